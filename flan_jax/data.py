@@ -1,0 +1,80 @@
+"""Input pipeline: a seqio Task or Mixture -> packed decoder features -> global sharded jax.Arrays.
+
+Each process reads its own shard of the data (seqio.ShardInfo) and contributes its rows of every
+global batch; `jax.make_array_from_process_local_data` stitches them into one array on the mesh.
+"""
+
+import difflib
+from typing import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flan_jax.errors import UserError
+
+Batch = dict[str, np.ndarray]
+
+
+def check_task_name(name: str) -> None:
+  """Raises UserError for a name that is neither a registered Task nor a Mixture."""
+  if not name:
+    raise UserError("MIXTURE_OR_TASK_NAME is not set: pass --gin.MIXTURE_OR_TASK_NAME=NAME "
+                    "(`python -m tasks` lists the names)")
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if name not in known:
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise UserError(f"unknown task or mixture '{name}'{hint}; `python -m tasks` lists the "
+                    "registered names, and a task module of your own must be imported by a gin file")
+
+
+def vocabulary(name: str) -> seqio.Vocabulary:
+  """The targets vocabulary of a registered Task or Mixture."""
+  return seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+
+
+def feature_converter(pack: bool) -> seqio.FeatureConverter:
+  # Loss on the targets only; PrefixLM features when the task has `inputs`.
+  return seqio.DecoderFeatureConverter(pack=pack, loss_on_targets_only=True)
+
+
+def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
+                global_batch_size: int, *, shuffle: bool = True, seed: int = 0, pack: bool = True,
+                num_epochs: int | None = None, skip_batches: int = 0) -> tf.data.Dataset:
+  """This process's share of every global batch, as a tf.data pipeline of numpy-able dicts.
+
+  The pipeline is deterministic given the seed, so skipping `skip_batches` batches resumes a
+  run exactly where a previous one stopped.
+  """
+  check_task_name(mixture_or_task_name)
+  num_processes = jax.process_count()
+  if global_batch_size % num_processes:
+    raise UserError(f"BATCH_SIZE={global_batch_size} is not divisible by the {num_processes} processes")
+  ds = seqio.get_dataset(
+      mixture_or_task_name,
+      task_feature_lengths=dict(task_feature_lengths),
+      dataset_split=split,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      feature_converter=feature_converter(pack),
+      shard_info=seqio.ShardInfo(jax.process_index(), num_processes),
+      seed=seed,
+      use_cached=False,
+  )
+  ds = ds.batch(global_batch_size // num_processes, drop_remainder=True)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def to_global(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Host-local rows -> global arrays whose batch dimension is split over the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def global_batches(ds: tf.data.Dataset, sharding: jax.sharding.Sharding) -> Iterator[dict[str, jax.Array]]:
+  for local in ds.as_numpy_iterator():
+    yield to_global(local, sharding)

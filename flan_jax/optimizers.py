@@ -1,0 +1,50 @@
+"""Optimizers and learning-rate schedules, chosen by name from gin."""
+
+import gin
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
+
+
+@gin.configurable
+def make_schedule(total_steps: int, learning_rate: float = 1e-3, schedule: str = "constant",
+                  warmup_steps: int = 0, end_fraction: float = 0.0) -> optax.Schedule:
+  """Linear warmup from 0, then `schedule`:
+
+  constant: hold; linear / cosine: decay to `end_fraction` * peak at `total_steps`;
+  rsqrt: peak * sqrt(warmup_steps / step) (inverse square root, T5's shape).
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule={schedule!r}; choose one of {', '.join(SCHEDULES)}")
+  warmup = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
+  decay_steps = max(total_steps - warmup_steps, 1)
+  end = learning_rate * end_fraction
+  if schedule == "constant":
+    after = optax.constant_schedule(learning_rate)
+  elif schedule == "linear":
+    after = optax.linear_schedule(learning_rate, end, decay_steps)
+  elif schedule == "cosine":
+    after = optax.cosine_decay_schedule(learning_rate, decay_steps, alpha=end_fraction)
+  else:
+    pivot = max(warmup_steps, 1)
+    after = lambda step: learning_rate * jnp.sqrt(pivot / (step + pivot))
+  if warmup_steps <= 0:
+    return after
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+@gin.configurable
+def make_optimizer(schedule: optax.Schedule, name: str = "adamw", weight_decay: float = 0.0,
+                   b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
+                   clip_norm: float | None = 1.0) -> optax.GradientTransformation:
+  """AdamW or Adafactor (FLAN's choice), after optional global-norm clipping."""
+  if name == "adamw":
+    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  elif name == "adafactor":
+    tx = optax.adafactor(schedule, weight_decay_rate=weight_decay or None, multiply_by_parameter_scale=False)
+  else:
+    raise ValueError(f"optimizer name={name!r}; choose 'adamw' or 'adafactor'")
+  if clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+  return tx

@@ -1,0 +1,337 @@
+"""The train state, the loss, the sharded train step, and the loop that runs them with checkpoints.
+
+The step is compiled once with `jax.jit` and explicit in/out shardings over the mesh (the pjit
+pattern): parameters and optimizer state are placed by the logical-axis rules, batches are split
+over the data axes, and XLA inserts the collectives.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flan_jax import checkpointing
+from flan_jax import data as data_lib
+from flan_jax import optimizers
+from flan_jax import partitioning
+from flan_jax.errors import UserError
+from flan_jax.model import ModelConfig, Transformer
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                  z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Sums over weighted tokens: (loss, weight, correct). logits [b, t, v] float32."""
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  loss = log_z - target_logit + z_loss * jnp.square(log_z)
+  weights = weights.astype(jnp.float32)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return jnp.sum(loss * weights), jnp.sum(weights), jnp.sum(correct * weights)
+
+
+def model_kwargs(batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+  """seqio decoder features -> the model's keyword arguments."""
+  return dict(segment_ids=batch.get("decoder_segment_ids"), positions=batch.get("decoder_positions"),
+              prefix_mask=batch.get("decoder_causal_attention"))
+
+
+def loss_fn(params, batch, *, model: Transformer, z_loss: float, dropout_rng: Optional[jax.Array]):
+  """Summed loss over target tokens, and (weight, correct) for normalising and metrics."""
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+  logits = model.apply({"params": params}, batch["decoder_input_tokens"], **model_kwargs(batch),
+                       deterministic=dropout_rng is None, rngs=rngs)
+  loss, weight, correct = cross_entropy(logits, batch["decoder_target_tokens"],
+                                        batch["decoder_loss_weights"], z_loss)
+  return loss, (weight, correct)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Transformer,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, num_microbatches: int = 1,
+               z_loss: float = 0.0, dropout_seed: Optional[int] = None) -> tuple[TrainState, dict]:
+  """One optimizer update on a global batch, accumulating gradients over microbatches.
+
+  Gradients are of the summed token loss and are divided by the total number of target tokens
+  at the end, so k microbatches give the same update as one batch k times larger.
+  """
+  dropout_rng = None
+  if dropout_seed is not None:
+    dropout_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def micro(i, mb):
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+    (loss, (weight, correct)), grads = grad_fn(state.params, mb, model=model, z_loss=z_loss, dropout_rng=rng)
+    return grads, jnp.stack([loss, weight, correct])
+
+  if num_microbatches == 1:
+    grads, sums = micro(0, batch)
+  else:
+    # Microbatch i takes rows i, i+k, i+2k, ...: every microbatch draws from every data shard.
+    split = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1),
+        dict(batch))
+
+    def body(carry, inputs):
+      grads, sums = micro(*inputs)
+      return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(3, jnp.float32))
+    (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), split))
+
+  loss, weight, correct = sums[0], jnp.maximum(sums[1], 1.0), sums[2]
+  grads = jax.tree.map(lambda g: g / weight, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss / weight, "accuracy": correct / weight, "learning_rate": schedule(state.step),
+             "grad_norm": optax.global_norm(grads), "target_tokens": sums[1]}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything derived from (model config, mesh, optimizer): shapes, shardings, compiled fns."""
+  model: Transformer
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  abstract_state: TrainState
+  state_shardings: TrainState
+  batch_sharding: jax.sharding.NamedSharding
+  init: Callable[[jax.Array], TrainState]
+
+  @property
+  def abstract_params(self) -> Any:
+    """Parameter shapes carrying their shardings: a restore target for orbax."""
+    return _with_shardings(self.abstract_state.params, self.state_shardings.params)
+
+  @property
+  def abstract_opt_state(self) -> Any:
+    return _with_shardings(self.abstract_state.opt_state, self.state_shardings.opt_state)
+
+
+def _with_shardings(shapes, shardings):
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.GradientTransformation,
+          seq_len: int = 8) -> Setup:
+  """Works out every shape and sharding of the train state without allocating it."""
+  model = Transformer(config)
+  dummy = jnp.zeros((1, seq_len), jnp.int32)
+
+  def init_boxed(rng):
+    return model.init(rng, dummy)["params"]
+
+  with partitioning.activate(mesh, rules):
+    boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+  param_shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  abstract_params = nn.unbox(boxed)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = partitioning.state_shardings_like(abstract_opt, abstract_params, param_shardings, mesh)
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  abstract_state = TrainState(step=scalar, params=abstract_params, opt_state=abstract_opt)
+  state_shardings = TrainState(step=partitioning.replicated(mesh), params=param_shardings,
+                               opt_state=opt_shardings)
+
+  @functools.partial(jax.jit, out_shardings=state_shardings)
+  def init(rng):
+    params = nn.unbox(init_boxed(rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  def init_fn(rng):
+    with partitioning.activate(mesh, rules):
+      return init(rng)
+
+  return Setup(model, mesh, rules, abstract_state, state_shardings,
+               partitioning.batch_sharding(mesh, rules), init_fn)
+
+
+def compile_train_step(s: Setup, tx, schedule, **step_kwargs) -> Callable:
+  """The jitted step with explicit shardings; the mesh and rules are active when it traces."""
+  step = jax.jit(functools.partial(train_step, model=s.model, tx=tx, schedule=schedule, **step_kwargs),
+                 in_shardings=(s.state_shardings, s.batch_sharding),
+                 out_shardings=(s.state_shardings, partitioning.replicated(s.mesh)),
+                 donate_argnums=(0,))
+
+  def run(state, batch):
+    with partitioning.activate(s.mesh, s.rules):
+      return step(state, batch)
+
+  return run
+
+
+class _StopSignal:
+  """Turns SIGTERM into a flag checked at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      self.requested = True
+    self._previous = signal.signal(signal.SIGTERM, handler)
+    return self
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+  if not (math.isfinite(float(metrics["loss"])) and math.isfinite(float(metrics["grad_norm"]))):
+    raise FloatingPointError(f"loss or gradient became {float(metrics['loss'])} / {float(metrics['grad_norm'])} "
+                             f"at step {step}; the last good checkpoint is kept. Lower the learning rate "
+                             "or enable clipping.")
+
+
+@gin.configurable(denylist=["model_dir"])
+def train(model_dir: Optional[str] = None, *,
+          mixture_or_task_name: Optional[str] = None,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          model_config: ModelConfig = gin.REQUIRED,
+          mesh: Optional[jax.sharding.Mesh] = None,
+          rules: Optional[tuple] = None,
+          learning_rate_schedule: Optional[optax.Schedule] = None,
+          optimizer: Optional[optax.GradientTransformation] = None,
+          checkpoint_period: int = 100,
+          checkpoints_to_keep: Optional[int] = 3,
+          keep_period: Optional[int] = None,
+          initial_checkpoint_path: Optional[str] = None,
+          num_microbatches: int = 1,
+          z_loss: float = 0.0,
+          seed: int = 0,
+          log_every: int = 10,
+          async_checkpointing: bool = True) -> TrainState:
+  """Trains to `train_steps`, resuming from the newest checkpoint in `model_dir` if there is one."""
+  if not model_dir:
+    raise UserError("MODEL_DIR is not set: pass --gin.MODEL_DIR=/path/to/run (checkpoints and logs go there)")
+  data_lib.check_task_name(mixture_or_task_name)
+  mesh = mesh or partitioning.make_mesh()
+  rules = rules or partitioning.axis_rules()
+  schedule = learning_rate_schedule or optimizers.make_schedule(train_steps)
+  tx = optimizer or optimizers.make_optimizer(schedule)
+  seq_len = sum(task_feature_lengths.values())
+  s = setup(model_config, mesh, rules, tx, seq_len)
+  if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
+    raise UserError(f"BATCH_SIZE={batch_size} must divide by the data-parallel size "
+                    f"{partitioning.data_parallel_size(mesh, rules)} and by num_microbatches={num_microbatches}")
+  _check_vocab(mixture_or_task_name, model_config)
+
+  is_main = jax.process_index() == 0
+  os.makedirs(model_dir, exist_ok=True)
+  mngr = checkpointing.manager(os.path.join(model_dir, "checkpoints"), save_every=checkpoint_period,
+                               keep=checkpoints_to_keep, keep_period=keep_period, async_save=async_checkpointing)
+  restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
+  if restored:
+    step, params, opt_state = restored
+    state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), s.state_shardings.step),
+                       params=params, opt_state=opt_state)
+    _log(is_main, f"resumed from step {step} in {model_dir}")
+  else:
+    state = s.init(jax.random.key(seed))
+    if initial_checkpoint_path:
+      loaded_step, params = checkpointing.restore_params(initial_checkpoint_path, s.abstract_params)
+      state = state.replace(params=params)
+      _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step})")
+  start = int(state.step)
+
+  step_fn = compile_train_step(s, tx, schedule, num_microbatches=num_microbatches, z_loss=z_loss,
+                               dropout_seed=seed + 1 if model_config.dropout_rate > 0 else None)
+  ds = data_lib.get_dataset(mixture_or_task_name, task_feature_lengths, "train", batch_size,
+                            seed=seed, skip_batches=start)
+  batches = data_lib.global_batches(ds, s.batch_sharding)
+  tokens_per_step = batch_size * seq_len
+  metrics_file = open(os.path.join(model_dir, "train_metrics.jsonl"), "a") if is_main else None
+  _log(is_main, f"training {mixture_or_task_name}: steps {start} -> {train_steps}, batch {batch_size} x {seq_len} "
+       f"tokens, {model_config.num_params():,} parameters, mesh {dict(mesh.shape)}")
+
+  pending = None  # (step, metrics) of the step dispatched before: read one step behind
+  timer_start, timer_step = None, start
+  with _StopSignal() as stop:
+    try:
+      for step in range(start, train_steps):
+        state, metrics = step_fn(state, next(batches))
+        if pending is not None:
+          _report(pending, is_main, metrics_file, log_every, train_steps, timer_start, timer_step, tokens_per_step)
+        pending = (step + 1, metrics)
+        if step == start:  # the first step compiles; time from here on
+          jax.block_until_ready(metrics)
+          timer_start, timer_step = time.time(), step + 1
+          if is_main:
+            _write_operative_config(model_dir)
+        last = step + 1 == train_steps
+        preempted = stop.requested or (jax.process_count() > 1 and mngr.reached_preemption(step + 1))
+        if (step + 1) % checkpoint_period == 0 or last or preempted:
+          _check_finite(step + 1, jax.device_get(metrics))
+          checkpointing.save(mngr, step + 1, state.params, state.opt_state, force=True)
+        if preempted:
+          _log(is_main, f"stop requested: saved step {step + 1}; rerun the same command to resume")
+          break
+      if pending is not None:
+        _report(pending, is_main, metrics_file, 1, train_steps, timer_start, timer_step, tokens_per_step)
+    finally:
+      mngr.wait_until_finished()
+      mngr.close()
+      if metrics_file:
+        metrics_file.close()
+  return state
+
+
+def _report(pending, is_main, metrics_file, log_every, train_steps, timer_start, timer_step, tokens_per_step):
+  step, metrics = pending
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  _check_finite(step, metrics)
+  if not is_main or (step % log_every and step != train_steps):
+    return
+  now = time.time()
+  done = step - timer_step
+  rate = done / (now - timer_start) if timer_start and done > 0 else 0.0
+  metrics["tokens_per_second"] = rate * tokens_per_step
+  metrics["step"] = step
+  metrics_file.write(json.dumps(metrics) + "\n")
+  metrics_file.flush()
+  eta = _format_eta((train_steps - step) / rate) if rate else "?"
+  _log(True, f"step {step}/{train_steps} | loss {metrics['loss']:.4f} | acc {metrics['accuracy']:.3f} | "
+       f"lr {metrics['learning_rate']:.2e} | {metrics['tokens_per_second']:,.0f} tok/s | ETA {eta}")
+
+
+def _log(is_main: bool, message: str) -> None:
+  if is_main:
+    print(message, flush=True)
+
+
+def _write_operative_config(model_dir: str) -> None:
+  with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(gin.operative_config_str())
+
+
+def _check_vocab(name: str, config: ModelConfig) -> None:
+  size = data_lib.vocabulary(name).vocab_size
+  if size > config.vocab_size:
+    raise UserError(f"the model's vocab_size={config.vocab_size} is smaller than the vocabulary of "
+                    f"'{name}' ({size}); set ModelConfig.vocab_size >= {size}")
