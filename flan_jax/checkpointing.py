@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from flan_jax.errors import UserError
 
 PARAMS, OPT_STATE = "params", "opt_state"
+SUBDIR = "checkpoints"  # where a run keeps them inside MODEL_DIR
 
 
 def manager(directory: str, *, save_every: int = 1, keep: Optional[int] = None,
@@ -75,18 +76,24 @@ def _name(path) -> str:
 
 
 def restore_params(path: str, abstract_params: Any) -> tuple[int, Any]:
-  """Parameters alone (no optimizer state) from a model dir (its newest step) or a step dir."""
+  """Parameters alone (no optimizer state) from a model dir (its newest step) or a step dir.
+
+  `path` may be MODEL_DIR, MODEL_DIR/checkpoints, or MODEL_DIR/checkpoints/<step>.
+  """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise UserError(f"checkpoint path {path} does not exist; pass CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
+    raise UserError(f"checkpoint path {path} does not exist; pass CHECKPOINT_PATH=<model dir> "
+                    f"or <model dir>/{SUBDIR}/<step>")
   directory, step = path, None
-  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, PARAMS)):
+  if os.path.isdir(os.path.join(path, SUBDIR)):
+    directory = os.path.join(path, SUBDIR)
+  elif os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, PARAMS)):
     directory, step = os.path.dirname(path), int(os.path.basename(path))
   mngr = manager(directory, async_save=False, create=False)
   steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
   if not steps:
-    raise UserError(f"no checkpoint found in {path}; pass CHECKPOINT_PATH=<model dir> or <model dir>/<step> "
-                    "of a finished training run")
+    raise UserError(f"no checkpoint found in {path}; pass CHECKPOINT_PATH=<model dir> or "
+                    f"<model dir>/{SUBDIR}/<step> of a training run")
   errors = []
   for candidate in steps:
     check_shapes(mngr, candidate, abstract_params)

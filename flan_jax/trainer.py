@@ -207,7 +207,7 @@ def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
                              "or enable clipping.")
 
 
-@gin.configurable(denylist=["model_dir"])
+@gin.configurable
 def train(model_dir: Optional[str] = None, *,
           mixture_or_task_name: Optional[str] = None,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
@@ -244,7 +244,7 @@ def train(model_dir: Optional[str] = None, *,
 
   is_main = jax.process_index() == 0
   os.makedirs(model_dir, exist_ok=True)
-  mngr = checkpointing.manager(os.path.join(model_dir, "checkpoints"), save_every=checkpoint_period,
+  mngr = checkpointing.manager(os.path.join(model_dir, checkpointing.SUBDIR), save_every=checkpoint_period,
                                keep=checkpoints_to_keep, keep_period=keep_period, async_save=async_checkpointing)
   restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
   if restored:

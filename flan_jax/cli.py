@@ -1,0 +1,128 @@
+"""Command-line handling shared by the binaries: t5x-style gin flags, multi-host start, one-line errors.
+
+Flags: `--gin_file=PATH` (repeatable; looked up in the working directory, then under gin/),
+`--gin.NAME=VALUE` (a binding or macro; a bare word such as a path is taken as a string),
+`--gin_search_paths=DIR,DIR`, and for multi-host runs `--multihost` (auto-detect the cluster) or
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+"""
+
+import dataclasses
+import logging
+import os
+import re
+import sys
+from typing import Callable, Optional, Sequence
+
+import gin
+
+from flan_jax.errors import UserError
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+_LITERAL_START = re.compile(r"""^\s*(['"\[\{\(@%]|-?\d|True$|False$|None$)""")
+
+
+@dataclasses.dataclass
+class Flags:
+  gin_files: list[str] = dataclasses.field(default_factory=list)
+  gin_bindings: list[str] = dataclasses.field(default_factory=list)
+  gin_search_paths: list[str] = dataclasses.field(default_factory=list)
+  multihost: bool = False
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+
+
+def parse_flags(argv: Sequence[str]) -> Flags:
+  flags = Flags()
+  args = list(argv)
+  while args:
+    arg = args.pop(0)
+    name, eq, value = arg.partition("=")
+    if not eq and name in ("--gin_file", "--gin_search_paths", "--coordinator_address",
+                           "--num_processes", "--process_id") and args:
+      value = args.pop(0)
+    if name.startswith("--gin."):
+      if not eq:
+        raise UserError(f"{arg}: write gin bindings as --gin.NAME=VALUE")
+      flags.gin_bindings.append(f"{name[len('--gin.'):]} = {_as_gin_value(value)}")
+    elif name == "--gin_file":
+      flags.gin_files.append(value)
+    elif name == "--gin_search_paths":
+      flags.gin_search_paths.extend(p for p in value.split(",") if p)
+    elif name == "--multihost":
+      flags.multihost = True
+    elif name == "--coordinator_address":
+      flags.coordinator_address = value
+    elif name in ("--num_processes", "--process_id"):
+      setattr(flags, name[2:], int(value))
+    else:
+      raise UserError(f"unknown flag {arg}; use --gin_file=PATH, --gin.NAME=VALUE, --gin_search_paths, "
+                      "--multihost or --coordinator_address/--num_processes/--process_id")
+  if not flags.gin_files:
+    raise UserError("no --gin_file given; start from gin/runs/finetune.gin, eval.gin or demo.gin")
+  return flags
+
+
+def _as_gin_value(value: str) -> str:
+  """Gin literals pass through; a bare word (a path, a task name) becomes a quoted string."""
+  return value if _LITERAL_START.match(value) else repr(value)
+
+
+def configure_gin(flags: Flags) -> None:
+  for path in [os.getcwd(), GIN_DIR] + flags.gin_search_paths:
+    gin.add_config_file_search_path(path)
+  for path in flags.gin_files:
+    if not (os.path.exists(path) or any(os.path.exists(os.path.join(d, path))
+                                       for d in [GIN_DIR] + flags.gin_search_paths)):
+      raise UserError(f"gin file {path} not found (looked in ., {GIN_DIR} and --gin_search_paths)")
+  logging.disable(logging.ERROR)  # gin logs every search-path miss before it finds a file
+  try:
+    gin.parse_config_files_and_bindings(flags.gin_files, flags.gin_bindings, finalize_config=True)
+  except (ValueError, SyntaxError, ImportError, IOError, gin.config.ParseError) as e:
+    raise UserError(f"gin: {_first_line(e)}") from e
+  finally:
+    logging.disable(logging.NOTSET)
+
+
+def initialize_distributed(flags: Flags) -> None:
+  if flags.coordinator_address or flags.multihost:
+    import jax
+    jax.distributed.initialize(coordinator_address=flags.coordinator_address,
+                               num_processes=flags.num_processes, process_id=flags.process_id)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> None:
+  """Runs a binary's main; a mistake the user can fix becomes one line on stderr and exit code 2."""
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  try:
+    flags = parse_flags(sys.argv[1:] if argv is None else argv)
+    configure_gin(flags)
+    initialize_distributed(flags)
+    main(flags)
+  except UserError as e:
+    print(f"error: {_first_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  except FloatingPointError as e:  # a diverged run: the message names the step
+    print(f"error: {_first_line(e)}", file=sys.stderr)
+    sys.exit(3)
+  except Exception as e:
+    cause = _user_error_in(e)
+    if cause is None:
+      raise
+    print(f"error: {cause}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _user_error_in(e: BaseException) -> Optional[str]:
+  """Gin re-raises errors from inside configurables as proxies; find a UserError or missing binding."""
+  seen = e
+  while seen is not None:
+    if "Required bindings" in str(seen) or "No configurable matching" in str(seen):
+      return f"gin: {_first_line(seen)}"
+    seen = seen.__cause__ or seen.__context__
+  return None
