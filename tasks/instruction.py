@@ -38,6 +38,7 @@ class InstructionDataset:
   templates: Sequence[templates_lib.Template]
   to_fields: Optional[Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]] = None
   metric_fns: Sequence[Callable] = (t5_metrics.accuracy,)
+  filter_fn: Optional[Callable[[Mapping[str, tf.Tensor]], tf.Tensor]] = None  # keep if True
 
   @property
   def has_options(self) -> bool:
@@ -80,38 +81,84 @@ def _rank_classification(ds, to_fields, templates, seed):
       is_correct_fn=operator.itemgetter("is_correct"))
 
 
+def _filtered(dataset: InstructionDataset) -> list[Callable]:
+  if dataset.filter_fn is None:
+    return []
+  return [lambda ds: ds.filter(dataset.filter_fn)]
+
+
+def _formatter(dataset: InstructionDataset, templates, seed: int) -> Callable:
+  return seqio.map_over_dataset(functools.partial(
+      _format, to_fields=dataset.to_fields, templates=tuple(templates), seed=seed))
+
+
+_TOKENIZE = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+
+
+def add_generative_task(name: str, dataset: InstructionDataset,
+                        templates: Sequence[templates_lib.Template], seed: int = TEMPLATE_SEED,
+                        metric_fns: Optional[Sequence[Callable]] = None) -> str:
+  """A task rendering each example with one seeded-random template out of `templates`."""
+  seqio.TaskRegistry.add(
+      name,
+      source=dataset.source,
+      preprocessors=_filtered(dataset) + [_formatter(dataset, templates, seed)] + _TOKENIZE,
+      output_features=output_features(),
+      metric_fns=list(dataset.metric_fns if metric_fns is None else metric_fns),
+  )
+  return name
+
+
+def add_scoring_task(name: str, dataset: InstructionDataset,
+                     templates: Sequence[templates_lib.Template], seed: int = TEMPLATE_SEED) -> str:
+  """A rank-classification task: every option is scored as the target of the chosen template."""
+  seqio.TaskRegistry.add(
+      name,
+      source=dataset.source,
+      preprocessors=_filtered(dataset) + [
+          functools.partial(_rank_classification, to_fields=dataset.to_fields,
+                            templates=tuple(templates), seed=seed)] + _TOKENIZE,
+      output_features=output_features(),
+      postprocess_fn=t5_post.rank_classification,
+      metric_fns=[t5_metrics.rank_classification],
+  )
+  return name
+
+
+def add_fewshot_task(name: str, dataset: InstructionDataset, template: templates_lib.Template,
+                     num_shots: int, seed: int = TEMPLATE_SEED) -> str:
+  """`num_shots` rendered training examples (same dataset, same template) before the query."""
+  formatting = _filtered(dataset) + [_formatter(dataset, [template], seed)]
+  source = seqio.experimental.FewshotDataSource(
+      dataset.source, num_shots=num_shots, train_preprocessors=formatting,
+      eval_preprocessors=formatting, eval_on_fixed_exemplars=True)
+  seqio.TaskRegistry.add(
+      name,
+      source=source,
+      preprocessors=[
+          functools.partial(seqio.experimental.fewshot_preprocessor, targets_prefix="\n",
+                            example_separator="\n\n"),
+      ] + _TOKENIZE,
+      output_features=output_features(),
+      metric_fns=list(dataset.metric_fns),
+  )
+  return name
+
+
 def register(dataset: InstructionDataset, seed: int = TEMPLATE_SEED) -> list[str]:
   """Registers the dataset's tasks with seqio; returns their names."""
+  check(dataset)
+  names = [add_generative_task(dataset.name, dataset, dataset.templates, seed),
+           add_generative_task(f"{dataset.name}_eval", dataset, dataset.answer_templates, seed)]
+  if dataset.has_options:
+    names.append(add_scoring_task(f"{dataset.name}_scoring", dataset, dataset.answer_templates,
+                                  seed))
+  return names
+
+
+def check(dataset: InstructionDataset) -> None:
+  """Raises TemplateError when a template names a missing field or none asks for the answer."""
   templates_lib.validate(dataset.name, dataset.templates, dataset.fields)
   if not dataset.answer_templates:
     raise templates_lib.TemplateError(
         f"task {dataset.name}: needs at least one template whose target is {{answer}}")
-  common = dict(to_fields=dataset.to_fields, seed=seed)
-  names = [dataset.name, f"{dataset.name}_eval"]
-  for name, templates in zip(names, (dataset.templates, dataset.answer_templates)):
-    seqio.TaskRegistry.add(
-        name,
-        source=dataset.source,
-        preprocessors=[
-            seqio.map_over_dataset(functools.partial(_format, templates=tuple(templates), **common)),
-            seqio.preprocessors.tokenize,
-            seqio.preprocessors.append_eos_after_trim,
-        ],
-        output_features=output_features(),
-        metric_fns=list(dataset.metric_fns),
-    )
-  if dataset.has_options:
-    names.append(f"{dataset.name}_scoring")
-    seqio.TaskRegistry.add(
-        names[-1],
-        source=dataset.source,
-        preprocessors=[
-            functools.partial(_rank_classification, templates=dataset.answer_templates, **common),
-            seqio.preprocessors.tokenize,
-            seqio.preprocessors.append_eos_after_trim,
-        ],
-        output_features=output_features(),
-        postprocess_fn=t5_post.rank_classification,
-        metric_fns=[t5_metrics.rank_classification],
-    )
-  return names

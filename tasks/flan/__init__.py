@@ -1,0 +1,25 @@
+"""The FLAN collection: 12 clusters of TFDS datasets, their tasks and mixtures.
+
+`register_all()` registers everything with seqio (idempotent). It only builds seqio objects:
+no TFDS builder is touched until a task's data is read, so it is cheap enough to run on import.
+"""
+
+import itertools
+
+from tasks.flan import closed_book, commonsense, nli, paraphrase, reading, sentiment
+from tasks.flan import dataset as dataset_lib
+
+DATASETS: tuple[dataset_lib.FlanDataset, ...] = tuple(itertools.chain(
+    nli.DATASETS, reading.DATASETS, closed_book.DATASETS, commonsense.DATASETS,
+    sentiment.DATASETS, paraphrase.DATASETS))
+
+_registered = False
+
+
+def register_all() -> None:
+  global _registered
+  if _registered:
+    return
+  _registered = True
+  for d in DATASETS:
+    dataset_lib.register(d)
