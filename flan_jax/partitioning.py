@@ -71,7 +71,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules: tuple):
   """Makes the mesh and rules visible to the model's activation constraints while tracing."""
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
 
 

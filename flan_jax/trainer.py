@@ -102,7 +102,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Tran
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss / weight, "accuracy": correct / weight, "learning_rate": schedule(state.step),
-             "grad_norm": optax.global_norm(grads), "target_tokens": sums[1]}
+             "grad_norm": optax.tree.norm(grads), "target_tokens": sums[1]}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= /tmp/flan_jax_demo
+T5_VERSION := 0.9.4
+TEST_ENV := TF_CPP_MIN_LOG_LEVEL=3 JAX_PLATFORMS=cpu
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[test]'
+	# t5 without its pins (they would replace seqio and tensorflow-datasets with nightlies)
+	$(BIN)/pip install --no-deps t5==$(T5_VERSION)
+	touch $@
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(TEST_ENV) $(BIN)/python -m flan_jax.train --gin_file=runs/demo.gin --gin.MODEL_DIR=$(DEMO_DIR)
+	$(TEST_ENV) $(BIN)/python -m flan_jax.eval --gin_file=runs/eval.gin --gin_file=models/small.gin \
+	  --gin.CHECKPOINT_PATH=$(DEMO_DIR) --gin.MIXTURE_OR_TASK_NAME=embedded_eval_sentiment \
+	  --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 32}" --gin.evaluate.num_examples=100
+
+test: install
+	$(TEST_ENV) $(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,29 @@
+"""Install flan_jax (the trainer and eval binaries) and tasks (the instruction collection)."""
+
+import setuptools
+
+setuptools.setup(
+    name="flan_jax",
+    version="0.1.0",
+    description="FLAN-style instruction tuning in JAX: seqio tasks, a sharded Flax trainer, zero-shot eval.",
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*", "tasks", "tasks.*"]),
+    python_requires=">=3.10",
+    # Bounds are the versions tested together; t5 is installed separately without its
+    # dependencies (see the Makefile), because its pins pull nightly seqio and tfds.
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "seqio>=0.0.19,<0.1",
+        "tensorflow>=2.18,<2.22",
+        "tensorflow-text>=2.18,<2.22",
+        "tensorflow-datasets>=4.9.6,<4.10",
+        "gin-config>=0.5,<0.6",
+        "numpy>=1.26",
+        # What t5.data and t5.evaluation import:
+        "babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", "pandas", "editdistance",
+        "immutabledict",
+    ],
+    extras_require={"test": ["pytest>=8"], "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
+)

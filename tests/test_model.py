@@ -1,0 +1,101 @@
+"""Tests for flan_jax/model.py: shapes, causal and prefix masking, packing, GQA, rotary."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax import model as model_lib
+from flan_jax.model import ModelConfig, Transformer
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = Transformer(TINY)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 250)
+  params = model.init(jax.random.key(0), tokens)["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+  apply = jax.jit(lambda p, t, **kw: model.apply({"params": p}, t, **kw))
+  return model, params, tokens, apply
+
+
+def test_forward_shapes_and_param_count(setup):
+  model, params, tokens, apply = setup
+  logits = apply(params, tokens)
+  assert logits.shape == (2, 12, TINY.vocab_size) and logits.dtype == jnp.float32
+  assert sum(x.size for x in jax.tree.leaves(params)) == TINY.num_params()
+  # Layers are stacked on a leading axis of length num_layers.
+  assert params["layers"]["attn"]["wq"].shape == (TINY.num_layers, TINY.d_model, TINY.num_heads, TINY.head_dim)
+  assert params["layers"]["attn"]["wk"].shape == (TINY.num_layers, TINY.d_model, TINY.num_kv_heads, TINY.head_dim)
+
+
+def test_causal_masking(setup):
+  _, params, tokens, apply = setup
+  base = apply(params, tokens)
+  t = 6
+  changed = apply(params, tokens.at[:, t + 1].set((tokens[:, t + 1] + 7) % 250 + 1))
+  np.testing.assert_allclose(base[:, : t + 1], changed[:, : t + 1], atol=1e-6)
+  assert not np.allclose(base[:, t + 1], changed[:, t + 1])
+
+
+def test_prefix_is_bidirectional_and_targets_causal(setup):
+  _, params, tokens, apply = setup
+  prefix = jnp.broadcast_to(jnp.arange(12) < 5, tokens.shape).astype(jnp.int32)
+  base = apply(params, tokens, prefix_mask=prefix)
+  in_prefix = apply(params, tokens.at[:, 4].set(3), prefix_mask=prefix)
+  assert not np.allclose(base[:, 0], in_prefix[:, 0])  # position 0 sees position 4
+  in_targets = apply(params, tokens.at[:, 8].set(3), prefix_mask=prefix)
+  np.testing.assert_allclose(base[:, :8], in_targets[:, :8], atol=1e-6)
+
+
+def test_packed_segments_match_separate_runs(setup):
+  _, params, _, apply = setup
+  a = jnp.array([[5, 6, 7, 8, 9]])
+  b = jnp.array([[11, 12, 13]])
+  packed = jnp.concatenate([a, b, jnp.zeros((1, 2), jnp.int32)], axis=1)
+  seg = jnp.array([[1] * 5 + [2] * 3 + [0] * 2])
+  pos = jnp.array([list(range(5)) + list(range(3)) + [0, 0]])
+  out = apply(params, packed, segment_ids=seg, positions=pos)
+  np.testing.assert_allclose(out[:, :5], apply(params, a), atol=1e-5)
+  np.testing.assert_allclose(out[:, 5:8], apply(params, b), atol=1e-5)
+
+
+def test_gqa_equals_multi_head_with_repeated_kv():
+  gqa_cfg = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64)
+  mha_cfg = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4, num_kv_heads=4, head_dim=8, d_ff=64)
+  tokens = jnp.arange(1, 9)[None]
+  p = Transformer(gqa_cfg).init(jax.random.key(3), tokens)["params"]
+  p = jax.tree.map(lambda x: getattr(x, "value", x), p, is_leaf=lambda x: hasattr(x, "names"))
+  mha = jax.tree.map(lambda x: x, p)
+  for name in ("wk", "wv"):  # Llama's repeat_kv: kv head j serves query heads 2j and 2j+1
+    mha["layers"]["attn"][name] = jnp.repeat(p["layers"]["attn"][name], 2, axis=2)
+  np.testing.assert_allclose(Transformer(gqa_cfg).apply({"params": p}, tokens),
+                             Transformer(mha_cfg).apply({"params": mha}, tokens), atol=1e-5)
+
+
+def test_rotary_matches_llama_reference():
+  x = jax.random.normal(jax.random.key(0), (1, 3, 2, 8))
+  pos = jnp.array([[0, 1, 5]])
+  got = model_lib.apply_rotary(x, pos, 10000.0)
+  # The Hugging Face Llama formula, written out with numpy.
+  inv = 1.0 / (10000.0 ** (np.arange(0, 8, 2) / 8))
+  freqs = np.asarray(pos)[..., None] * inv
+  emb = np.concatenate([freqs, freqs], -1)[:, :, None, :]
+  xn = np.asarray(x)
+  rot = np.concatenate([-xn[..., 4:], xn[..., :4]], -1)
+  np.testing.assert_allclose(got, xn * np.cos(emb) + rot * np.sin(emb), atol=1e-5)
+
+
+def test_rms_norm_epsilon_and_bf16_compute():
+  cfg = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                    d_ff=64, dtype="bfloat16")
+  tokens = jnp.arange(1, 5)[None]
+  params = Transformer(cfg).init(jax.random.key(0), tokens)["params"]
+  leaves = jax.tree.leaves(params)
+  assert all(getattr(x, "value", x).dtype == jnp.float32 for x in leaves)  # f32 master weights
+  assert Transformer(cfg).apply({"params": params}, tokens).dtype == jnp.float32
+  norm = model_lib.RMSNorm(1e-5, jnp.float32, jnp.float32)
+  x = jnp.array([[3.0, 4.0]])
+  out = norm.apply(norm.init(jax.random.key(0), x), x)
+  np.testing.assert_allclose(out, x / np.sqrt(12.5 + 1e-5), rtol=1e-6)
