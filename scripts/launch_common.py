@@ -40,17 +40,23 @@ def split_job_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-  """Parses the launcher's flags and checks the job's flags and --env; errors exit via argparse."""
+  """Parses the launcher's flags (args.job_args holds the job's); errors exit via argparse."""
   own, job = split_job_args(argv)
   args = parser.parse_args(own)
-  if not any(a == "--gin_file" or a.startswith("--gin_file=") for a in job):
-    parser.error("put the job's flags after `--`, with at least one --gin_file=...")
+  if "--dry-run" in job or "--dry_run" in job:
+    parser.error("--dry-run belongs before `--`; after it, it would go to the job")
   for item in args.env:
     name, sep, _ = item.partition("=")
     if not sep or not _ENV_NAME.match(name):
       parser.error(f"--env wants NAME=VALUE, got {item!r}")
   args.job_args = job
   return args
+
+
+def require_job_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """A job needs flags after `--`, at least one of them a --gin_file."""
+  if not any(a == "--gin_file" or a.startswith("--gin_file=") for a in args.job_args):
+    parser.error("put the job's flags after `--`, with at least one --gin_file=...")
 
 
 def job_argv(args: argparse.Namespace) -> list[str]:
@@ -66,9 +72,26 @@ def env_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
   return [tuple(item.split("=", 1)) for item in args.env]
 
 
+def quote(word: str) -> str:
+  """Quotes one word for a POSIX shell, preferring the form a person would type.
+
+  A word holding a single quote goes in double quotes (with \\ and " escaped) rather than
+  as a chain of '"'"' pieces; words with $, ` or ! keep shlex.quote's single quotes, which
+  nothing expands (and which shlex.split reads the same way a shell does).
+  """
+  if "'" not in word or any(c in word for c in "$`!"):
+    return shlex.quote(word)
+  return '"' + re.sub(r'([\\"])', r"\\\1", word) + '"'
+
+
+def join(argv: Sequence[str]) -> str:
+  """One argv as a shell command line; shlex.split gives the argv back."""
+  return " ".join(quote(word) for word in argv)
+
+
 def shell_join(*commands: Sequence[str]) -> str:
   """Quotes each argv for a POSIX shell and chains them with `&&`."""
-  return " && ".join(shlex.join(c) for c in commands)
+  return " && ".join(join(c) for c in commands)
 
 
 @dataclasses.dataclass
@@ -79,12 +102,12 @@ class Step:
   always: bool = False  # runs even after an earlier step failed (cleanup)
 
   def line(self) -> str:
-    text = shlex.join(self.argv)
-    return f"{text} || {shlex.join(self.otherwise)}" if self.otherwise else text
+    text = join(self.argv)
+    return f"{text} || {join(self.otherwise)}" if self.otherwise else text
 
 
 def _call(argv: list[str]) -> int:
-  print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
+  print("+ " + join(argv), file=sys.stderr, flush=True)
   try:
     return subprocess.call(argv)
   except FileNotFoundError:
