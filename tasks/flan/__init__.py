@@ -6,12 +6,14 @@ no TFDS builder is touched until a task's data is read, so it is cheap enough to
 
 import itertools
 
-from tasks.flan import closed_book, commonsense, nli, paraphrase, reading, sentiment
+from tasks.flan import (closed_book, commonsense, misc, nli, paraphrase, reading, sentiment,
+                        struct_to_text, summarization, translation)
 from tasks.flan import dataset as dataset_lib
 
 DATASETS: tuple[dataset_lib.FlanDataset, ...] = tuple(itertools.chain(
     nli.DATASETS, reading.DATASETS, closed_book.DATASETS, commonsense.DATASETS,
-    sentiment.DATASETS, paraphrase.DATASETS))
+    sentiment.DATASETS, paraphrase.DATASETS, struct_to_text.DATASETS, translation.DATASETS,
+    summarization.DATASETS, misc.DATASETS))
 
 _registered = False
 

@@ -37,7 +37,10 @@ def numbered(strings) -> tf.Tensor:
 
 def table_text(table) -> tf.Tensor:
   """A TFDS `table` (column_header, content) as "header: content | header: content"."""
-  cells = tf.strings.join([table["column_header"], table["content"]], separator=": ")
+  headers = tf.reshape(table["column_header"], [-1])
+  contents = tf.reshape(table["content"], [-1])
+  n = tf.minimum(tf.size(headers), tf.size(contents))  # equal in real data
+  cells = tf.strings.join([headers[:n], contents[:n]], separator=": ")
   return join(cells, " | ")
 
 
