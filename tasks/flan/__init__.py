@@ -1,13 +1,13 @@
 """The FLAN collection: 12 clusters of TFDS datasets, their tasks and mixtures.
 
 `register_all()` registers everything with seqio (idempotent). It only builds seqio objects:
-no TFDS builder is touched until a task's data is read, so it is cheap enough to run on import.
+no TFDS builder is read until a task's data is, so it is cheap enough to run on import.
 """
 
 import itertools
 
-from tasks.flan import (closed_book, commonsense, misc, nli, paraphrase, reading, sentiment,
-                        struct_to_text, summarization, translation)
+from tasks.flan import (closed_book, commonsense, misc, mixtures, nli, paraphrase, reading,
+                        sentiment, struct_to_text, summarization, translation)
 from tasks.flan import dataset as dataset_lib
 
 DATASETS: tuple[dataset_lib.FlanDataset, ...] = tuple(itertools.chain(
@@ -25,3 +25,13 @@ def register_all() -> None:
   _registered = True
   for d in DATASETS:
     dataset_lib.register(d)
+  mixtures.register_all(DATASETS)
+
+
+def by_name(name: str) -> dataset_lib.FlanDataset:
+  """The dataset called `name` (with or without the flan_ prefix)."""
+  name = name.removeprefix(dataset_lib.PREFIX)
+  for d in DATASETS:
+    if d.name == name:
+      return d
+  raise KeyError(f"no FLAN dataset {name!r}")
