@@ -7,7 +7,7 @@ setuptools.setup(
     version="0.1.0",
     description="FLAN-style instruction tuning in JAX: seqio tasks, a sharded Flax trainer, zero-shot eval.",
     packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*", "tasks", "tasks.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     # Bounds are the versions tested together; t5 is installed separately without its
     # dependencies (see the Makefile), because its pins pull nightly seqio and tfds.
     install_requires=[

@@ -78,7 +78,7 @@ def configure_gin(flags: Flags) -> None:
   logging.disable(logging.ERROR)  # gin logs every search-path miss before it finds a file
   try:
     gin.parse_config_files_and_bindings(flags.gin_files, flags.gin_bindings, finalize_config=True)
-  except (ValueError, SyntaxError, ImportError, IOError, gin.config.ParseError) as e:
+  except (ValueError, SyntaxError, ImportError, IOError) as e:
     raise UserError(f"gin: {_first_line(e)}") from e
   finally:
     logging.disable(logging.NOTSET)

@@ -1,0 +1,84 @@
+"""Tests for flan_jax/checkpointing.py through the training loop: resume, fallback, mismatch."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import tasks  # noqa: F401
+from flan_jax import checkpointing, partitioning, trainer
+from flan_jax.errors import UserError
+from flan_jax.model import ModelConfig
+from tests.conftest import TINY
+
+ARGS = dict(mixture_or_task_name="embedded_no_topic", task_feature_lengths={"inputs": 64, "targets": 16},
+            batch_size=4, model_config=TINY, checkpoint_period=2, log_every=100, async_checkpointing=False)
+
+
+def run(model_dir, steps, **kw):
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  return trainer.train(model_dir, train_steps=steps, mesh=mesh, **{**ARGS, **kw})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  straight_dir = str(tmp_path_factory.mktemp("straight"))
+  resumed_dir = str(tmp_path_factory.mktemp("resumed"))
+  straight = run(straight_dir, 6)
+  run(resumed_dir, 3)
+  resumed = run(resumed_dir, 6)
+  return straight, resumed, straight_dir, resumed_dir
+
+
+def test_stop_and_resume_equals_one_run(runs):
+  straight, resumed, _, _ = runs
+  assert int(resumed.step) == int(straight.step) == 6
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for a, b in zip(jax.tree.leaves(resumed.opt_state), jax.tree.leaves(straight.opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_keeps_last_k_and_writes_operative_config(runs):
+  _, _, straight_dir, _ = runs
+  steps = sorted(int(d) for d in os.listdir(os.path.join(straight_dir, "checkpoints")) if d.isdigit())
+  assert steps == [2, 4, 6]
+  assert os.path.exists(os.path.join(straight_dir, "config.gin"))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_previous(runs, tmp_path):
+  _, _, _, resumed_dir = runs
+  import shutil
+  copy = str(tmp_path / "run")
+  shutil.copytree(resumed_dir, copy)
+  newest = os.path.join(copy, "checkpoints", "6", checkpointing.PARAMS)
+  for root, _, files in os.walk(newest):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+  s = trainer.setup(TINY, partitioning.make_mesh(devices=jax.devices()[:1]), partitioning.axis_rules(),
+                    trainer.optimizers.make_optimizer(trainer.optimizers.make_schedule(6)))
+  mngr = checkpointing.manager(os.path.join(copy, "checkpoints"), async_save=False)
+  step, _, _ = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
+  assert step == 4
+
+
+def test_restore_params_for_a_different_model_names_the_mismatch(runs):
+  _, _, straight_dir, _ = runs
+  from flan_jax import evaluation
+  from flan_jax.model import Transformer
+  bigger = ModelConfig(**{**TINY.__dict__, "d_ff": 256})
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  target = evaluation.abstract_params(Transformer(bigger), mesh, partitioning.axis_rules())
+  with pytest.raises(UserError, match=r"does not match the model config: wrong shape.*w_down"):
+    checkpointing.restore_params(straight_dir, target)
+  step, params = checkpointing.restore_params(os.path.join(straight_dir, "checkpoints", "4"),
+                                              evaluation.abstract_params(Transformer(TINY), mesh,
+                                                                         partitioning.axis_rules()))
+  assert step == 4 and params["lm_head"].shape == (TINY.d_model, TINY.vocab_size)
+
+
+def test_no_checkpoint_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="no checkpoint found"):
+    checkpointing.restore_params(str(tmp_path), {})
