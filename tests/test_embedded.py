@@ -1,0 +1,67 @@
+"""Tests for tasks/embedded.py: the offline collection the demo and the tests train on."""
+
+import seqio
+import t5.data  # noqa: F401  (t5 must import cleanly beside seqio and tfds)
+import t5.evaluation.metrics as t5_metrics
+
+import tasks  # noqa: F401
+from tasks import embedded
+
+LENGTHS = {"inputs": 128, "targets": 32}
+
+
+def take(name, split="train", n=60):
+  ds = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split=split, shuffle=False, use_cached=False)
+  return [ex for _, ex in zip(range(n), ds.as_numpy_iterator())]
+
+
+def test_t5_metrics_work():
+  assert t5_metrics.accuracy(["a", "b"], ["a", "c"]) == {"accuracy": 50.0}
+
+
+def test_collection_shape():
+  clusters = {}
+  for cluster, name, *_ in embedded.DATASETS:
+    clusters.setdefault(cluster, []).append(name)
+  assert len(clusters) >= 4 and all(len(v) >= 3 for v in clusters.values())
+  assert all(len(templates) >= 3 for *_, templates in embedded.DATASETS)
+  assert sum("options" in fields for _, _, _, fields, _ in embedded.DATASETS) >= 6
+
+
+def test_examples_are_filled_and_deterministic():
+  for _, name, *_ in embedded.DATASETS:
+    first, again = take(embedded.PREFIX + name, n=20), take(embedded.PREFIX + name, n=20)
+    for a, b in zip(first, again):
+      assert a["inputs_pretokenized"] == b["inputs_pretokenized"]
+      assert a["inputs_pretokenized"] and a["targets_pretokenized"]
+      assert b"{" not in a["inputs_pretokenized"] and b"}" not in a["inputs_pretokenized"]
+
+
+def test_seeded_template_choice_covers_every_template():
+  for _, name, _, _, templates in embedded.DATASETS:
+    seen = set()
+    for ex in take(embedded.PREFIX + name, n=200):
+      text = ex["inputs_pretokenized"].decode()
+      seen |= {i for i, t in enumerate(templates) if t.inputs.split("{")[0] in text}
+    assert len(seen) == len(templates), (name, seen)
+
+
+def test_options_contain_the_target():
+  for _, name, _, fields, _ in embedded.DATASETS:
+    if "options" not in fields:
+      continue
+    for ex in take(embedded.PREFIX + name + "_eval", split="validation", n=30):
+      text, target = ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode()
+      if "OPTIONS:" in text:
+        assert f"- {target}" in text.split("OPTIONS:")[1].splitlines()
+    scoring = take(embedded.PREFIX + name + "_scoring", split="validation", n=30)
+    assert any(ex["is_correct"] for ex in scoring) and not all(ex["is_correct"] for ex in scoring)
+
+
+def test_leave_one_cluster_out_mixtures():
+  for cluster in embedded.CLUSTERS:
+    held_out = {embedded.PREFIX + n for c, n, *_ in embedded.DATASETS if c == cluster}
+    train = {t.name for t in seqio.get_mixture_or_task(f"{embedded.PREFIX}no_{cluster}").tasks}
+    evals = {t.name for t in seqio.get_mixture_or_task(f"{embedded.PREFIX}eval_{cluster}").tasks}
+    assert train and not train & held_out
+    assert {n + "_eval" for n in held_out} <= evals
