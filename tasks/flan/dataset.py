@@ -67,7 +67,9 @@ class FlanDataset:
     """seqio split name -> TFDS split slice. Slices of the train split never overlap."""
     n = self.carve_out
     start = n if self.test_split else 2 * n
-    splits = {"train": f"{self.train_split}[{start}:{start + TRAIN_CAP}]",
+    # TFDS rejects a slice that runs past the split's end: small splits are read to the end.
+    stop = "" if self.train_size - start <= TRAIN_CAP else start + TRAIN_CAP
+    splits = {"train": f"{self.train_split}[{start}:{stop}]",
               "validation": f"{self.train_split}[:{n}]"}
     splits["test"] = self.test_split or f"{self.train_split}[{n}:{2 * n}]"
     return splits
