@@ -1,0 +1,39 @@
+"""`python -m tasks` lists clusters, datasets, template counts and mixtures; importing `tasks`
+stays cheap."""
+
+import json
+import subprocess
+import sys
+import os
+
+import tasks.__main__ as catalogue_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_text_catalogue_lists_everything(capsys):
+  assert catalogue_cli.main([]) == 0
+  out = capsys.readouterr().out
+  for name in ("[nli] Natural language inference", "flan_anli_r1", "10 templates", "flan_all",
+               "flan_no_nli", "flan_eval_nli", "flan_no_nli_notemplate", "flan_clusters3",
+               "flan_no_nli_templates4", "embedded_all", "embedded_movie_review",
+               "not in mixtures"):
+    assert name in out, name
+
+
+def test_json_catalogue_and_filter(capsys):
+  assert catalogue_cli.main(["--json", "nli"]) == 0
+  cat = json.loads(capsys.readouterr().out)
+  assert len(cat["clusters"]) == 12
+  assert {r["task"] for r in cat["datasets"]} >= {"flan_anli_r1", "flan_qnli"}
+  assert all("nli" in n for n in cat["mixtures"])
+  row = next(r for r in cat["datasets"] if r["task"] == "flan_cb")
+  assert row["templates"] == 10 and "flan_cb_eval_t0" in row["tasks"]["eval_per_template"]
+
+
+def test_importing_tasks_adds_under_two_seconds():
+  code = ("import time, seqio; t = time.time(); import tasks; "
+          "print(time.time() - t)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert float(out.stdout.strip().splitlines()[-1]) < 2.0
