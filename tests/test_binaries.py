@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -72,3 +73,24 @@ def test_eval_without_checkpoint_is_one_clear_line(tmp_path):
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and "no checkpoint found" in lines[0], out.stderr[-2000:]
+
+
+def test_sigterm_saves_exits_zero_and_the_same_command_resumes(tmp_path):
+  args = [*TINY, f"--gin.MODEL_DIR={tmp_path}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
+          "--gin.TRAIN_STEPS=100000", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=100000", LENGTHS,
+          "--gin.train.log_every=1"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith("step 3/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert "stop requested: saved step" in rest
+  saved = int(rest.split("stop requested: saved step ")[1].split(";")[0])
+  assert os.listdir(os.path.join(tmp_path, "checkpoints")) == [str(saved)]
+  again = binary("train", *[a for a in args if "TRAIN_STEPS" not in a], f"--gin.TRAIN_STEPS={saved + 2}")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"resumed from step {saved}" in again.stdout and f"step {saved + 2}/{saved + 2}" in again.stdout

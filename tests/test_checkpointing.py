@@ -82,3 +82,16 @@ def test_restore_params_for_a_different_model_names_the_mismatch(runs):
 def test_no_checkpoint_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="no checkpoint found"):
     checkpointing.restore_params(str(tmp_path), {})
+
+
+def test_diverging_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
+  from flan_jax import optimizers
+  model_dir = str(tmp_path / "nan")
+  tx = optimizers.make_optimizer(lambda step: 1e30, clip_norm=None)
+  with pytest.raises(FloatingPointError, match=r"at step \d+"):
+    run(model_dir, 8, optimizer=tx, learning_rate_schedule=lambda step: 1e30, checkpoint_period=1)
+  s = trainer.setup(TINY, partitioning.make_mesh(devices=jax.devices()[:1]), partitioning.axis_rules(), tx)
+  mngr = checkpointing.manager(os.path.join(model_dir, "checkpoints"), async_save=False)
+  restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
+  if restored is not None:  # whatever was saved is finite
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored[1]))
