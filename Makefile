@@ -23,7 +23,7 @@ demo: install
 	$(TEST_ENV) $(BIN)/python -m flan_jax.train --gin_file=runs/demo.gin --gin.MODEL_DIR=$(DEMO_DIR)
 	$(TEST_ENV) $(BIN)/python -m flan_jax.eval --gin_file=runs/eval.gin --gin_file=models/small.gin \
 	  --gin.CHECKPOINT_PATH=$(DEMO_DIR) --gin.MIXTURE_OR_TASK_NAME=embedded_eval_sentiment \
-	  --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 32}" --gin.evaluate.num_examples=100
+	  --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 32}" --gin.evaluate.num_examples=64
 
 test: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests

@@ -30,8 +30,8 @@ def greedy_decode(model: Transformer, params, batch, *, max_decode_length: int, 
   valid = jnp.arange(model.config.vocab_size) < vocab_size
   rows = jnp.arange(b)
 
-  def step(i, carry):
-    buf, out, done = carry
+  def step(carry):
+    i, buf, out, done = carry
     logits = model.apply({"params": params}, buf, prefix_mask=prefix_mask)
     read = jnp.minimum(prompt_len - 1 + i, length - 1)
     next_logits = jnp.where(valid, logits[rows, read], -jnp.inf)
@@ -39,10 +39,14 @@ def greedy_decode(model: Transformer, params, batch, *, max_decode_length: int, 
     out = out.at[:, i].set(token)
     write = prompt_len + i
     buf = buf.at[rows, jnp.minimum(write, length - 1)].set(jnp.where(write < length, token, buf[rows, length - 1]))
-    return buf, out, done | (token == eos_id)
+    return i + 1, buf, out, done | (token == eos_id)
+
+  def not_finished(carry):  # stop as soon as every row has produced EOS
+    i, _, _, done = carry
+    return (i < max_decode_length) & ~jnp.all(done)
 
   out = jnp.zeros((b, max_decode_length), jnp.int32)
-  _, out, _ = jax.lax.fori_loop(0, max_decode_length, step, (buf, out, jnp.zeros((b,), bool)))
+  _, _, out, _ = jax.lax.while_loop(not_finished, step, (0, buf, out, jnp.zeros((b,), bool)))
   return out
 
 
