@@ -3,7 +3,8 @@
 Flags: `--gin_file=PATH` (repeatable; looked up in the working directory, then under gin/),
 `--gin.NAME=VALUE` (a binding or macro; a bare word such as a path is taken as a string),
 `--gin_search_paths=DIR,DIR`, and for multi-host runs `--multihost` (auto-detect the cluster) or
-`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; `--heartbeat_timeout_seconds=S`
+bounds how long the other hosts wait before they exit when one host dies (default 100).
 """
 
 import dataclasses
@@ -30,6 +31,7 @@ class Flags:
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
+  heartbeat_timeout_seconds: int = 100
 
 
 def parse_flags(argv: Sequence[str]) -> Flags:
@@ -38,8 +40,8 @@ def parse_flags(argv: Sequence[str]) -> Flags:
   while args:
     arg = args.pop(0)
     name, eq, value = arg.partition("=")
-    if not eq and name in ("--gin_file", "--gin_search_paths", "--coordinator_address",
-                           "--num_processes", "--process_id") and args:
+    if not eq and name in ("--gin_file", "--gin_search_paths", "--coordinator_address", "--num_processes",
+                           "--process_id", "--heartbeat_timeout_seconds") and args:
       value = args.pop(0)
     if name.startswith("--gin."):
       if not eq:
@@ -53,11 +55,12 @@ def parse_flags(argv: Sequence[str]) -> Flags:
       flags.multihost = True
     elif name == "--coordinator_address":
       flags.coordinator_address = value
-    elif name in ("--num_processes", "--process_id"):
+    elif name in ("--num_processes", "--process_id", "--heartbeat_timeout_seconds"):
       setattr(flags, name[2:], int(value))
     else:
       raise UserError(f"unknown flag {arg}; use --gin_file=PATH, --gin.NAME=VALUE, --gin_search_paths, "
-                      "--multihost or --coordinator_address/--num_processes/--process_id")
+                      "--multihost, --coordinator_address/--num_processes/--process_id or "
+                      "--heartbeat_timeout_seconds")
   if not flags.gin_files:
     raise UserError("no --gin_file given; start from gin/runs/finetune.gin, eval.gin or demo.gin")
   return flags
@@ -85,10 +88,18 @@ def configure_gin(flags: Flags) -> None:
 
 
 def initialize_distributed(flags: Flags) -> None:
-  if flags.coordinator_address or flags.multihost:
-    import jax
+  """Joins the other processes of a multi-host job (before anything touches a device)."""
+  if not (flags.coordinator_address or flags.multihost):
+    return
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only CPU devices use it
+  try:
     jax.distributed.initialize(coordinator_address=flags.coordinator_address,
-                               num_processes=flags.num_processes, process_id=flags.process_id)
+                               num_processes=flags.num_processes, process_id=flags.process_id,
+                               heartbeat_timeout_seconds=flags.heartbeat_timeout_seconds)
+  except (RuntimeError, ValueError) as e:
+    raise UserError(f"cannot join the multi-host job: {_first_line(e)} (check --coordinator_address, "
+                    "--num_processes and --process_id, or run on a TPU slice / SLURM job for --multihost)") from e
 
 
 def _first_line(e: BaseException) -> str:

@@ -42,14 +42,17 @@ def feature_converter(pack: bool) -> seqio.FeatureConverter:
 
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                 global_batch_size: int, *, shuffle: bool = True, seed: int = 0, pack: bool = True,
-                num_epochs: int | None = None, skip_batches: int = 0) -> tf.data.Dataset:
+                num_epochs: int | None = None, skip_batches: int = 0,
+                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
   """This process's share of every global batch, as a tf.data pipeline of numpy-able dicts.
 
-  The pipeline is deterministic given the seed, so skipping `skip_batches` batches resumes a
-  run exactly where a previous one stopped.
+  Process i of n reads shard i of n and gives rows [i * B/n, (i + 1) * B/n) of each global batch
+  of B rows. `shard=(i, n)` overrides the process index and count (to replay a multi-host run's
+  data on one host). The pipeline is deterministic given the seed, so skipping `skip_batches`
+  batches resumes a run exactly where a previous one stopped.
   """
   check_task_name(mixture_or_task_name)
-  num_processes = jax.process_count()
+  index, num_processes = shard or (jax.process_index(), jax.process_count())
   if global_batch_size % num_processes:
     raise UserError(f"BATCH_SIZE={global_batch_size} is not divisible by the {num_processes} processes")
   ds = seqio.get_dataset(
@@ -59,7 +62,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       shuffle=shuffle,
       num_epochs=num_epochs,
       feature_converter=feature_converter(pack),
-      shard_info=seqio.ShardInfo(jax.process_index(), num_processes),
+      shard_info=seqio.ShardInfo(index, num_processes),
       seed=seed,
       use_cached=False,
   )

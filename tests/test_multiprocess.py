@@ -1,0 +1,97 @@
+"""Two real processes on 127.0.0.1 (jax.distributed + gloo): training, checkpoints, a dying host."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import tasks  # noqa: F401
+from flan_jax import checkpointing, data as data_lib, evaluation, optimizers, partitioning, trainer
+from flan_jax.model import Transformer
+from tests.conftest import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTHS = {"inputs": 96, "targets": 16}
+TASK = "embedded_no_nli"
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(model_dir, steps, port, process_id, extra=()):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  args = ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin", f"--gin.MODEL_DIR={model_dir}",
+          f"--gin.MIXTURE_OR_TASK_NAME={TASK}", f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8",
+          "--gin.CHECKPOINT_PERIOD=2", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.train.log_every=1",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={process_id}", *extra]
+  return subprocess.Popen([sys.executable, "-m", "flan_jax.train", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("multihost"))
+  port = free_port()
+  procs = [start(model_dir, 4, port, i) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return model_dir, outs
+
+
+def test_two_processes_match_one_process(two_process_run):
+  model_dir, outs = two_process_run
+  assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in outs[0]
+  logged = [json.loads(line) for line in open(os.path.join(model_dir, "train_metrics.jsonl"))]
+
+  # Replay on one process and 4 devices: global batch = host 0's rows, then host 1's.
+  mesh = partitioning.make_mesh(devices=jax.devices()[:4])
+  schedule = optimizers.make_schedule(4, learning_rate=1e-3)
+  tx = optimizers.make_optimizer(schedule)
+  s = trainer.setup(TINY, mesh, partitioning.axis_rules(), tx)
+  step = trainer.compile_train_step(s, tx, schedule)
+  shards = [data_lib.get_dataset(TASK, LENGTHS, "train", 8, seed=0, shard=(i, 2)).as_numpy_iterator()
+            for i in range(2)]
+  state = s.init(jax.random.key(0))
+  losses = []
+  for _ in range(4):
+    parts = [next(it) for it in shards]
+    batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    state, metrics = step(state, data_lib.to_global(batch, s.batch_sharding))
+    losses.append(float(metrics["loss"]))
+  np.testing.assert_allclose([m["loss"] for m in logged], losses, rtol=1e-5)
+
+  target = evaluation.abstract_params(Transformer(TINY), mesh, partitioning.axis_rules())
+  saved_step, params = checkpointing.restore_params(model_dir, target)
+  assert saved_step == 4
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_a_dead_host_makes_the_other_exit(tmp_path):
+  port = free_port()
+  procs = [start(str(tmp_path), 100000, port, i, extra=["--heartbeat_timeout_seconds=5"]) for i in range(2)]
+  try:
+    for line in procs[0].stdout:
+      if line.startswith("step 2/"):
+        break
+    procs[1].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    procs[0].communicate(timeout=120)
+    waited = time.time() - t0
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert procs[0].returncode != 0
+  assert waited < 120
