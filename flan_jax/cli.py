@@ -122,11 +122,20 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     print(f"error: {_first_line(e)}", file=sys.stderr)
     sys.exit(3)
   except Exception as e:
+    if _peer_failure(e):
+      print(f"error: a collective failed, most likely because another host of this job died; see its log "
+            f"({_first_line(e)[:200]})", file=sys.stderr, flush=True)
+      sys.exit(4)
     cause = _user_error_in(e)
     if cause is None:
       raise
     print(f"error: {cause}", file=sys.stderr)
     sys.exit(2)
+
+
+def _peer_failure(e: BaseException) -> bool:
+  import jax
+  return jax.process_count() > 1 and isinstance(e, jax.errors.JaxRuntimeError)
 
 
 def _user_error_in(e: BaseException) -> Optional[str]:

@@ -87,7 +87,7 @@ def test_a_dead_host_makes_the_other_exit(tmp_path):
         break
     procs[1].send_signal(signal.SIGKILL)
     t0 = time.time()
-    procs[0].communicate(timeout=120)
+    out = procs[0].communicate(timeout=120)[0]
     waited = time.time() - t0
   finally:
     for p in procs:
@@ -95,3 +95,4 @@ def test_a_dead_host_makes_the_other_exit(tmp_path):
         p.kill()
   assert procs[0].returncode != 0
   assert waited < 120
+  assert "another host of this job died" in out or "another task died" in out, out[-3000:]
