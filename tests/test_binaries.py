@@ -94,3 +94,47 @@ def test_sigterm_saves_exits_zero_and_the_same_command_resumes(tmp_path):
   again = binary("train", *[a for a in args if "TRAIN_STEPS" not in a], f"--gin.TRAIN_STEPS={saved + 2}")
   assert again.returncode == 0, again.stderr[-2000:]
   assert f"resumed from step {saved}" in again.stdout and f"step {saved + 2}/{saved + 2}" in again.stdout
+
+
+def _final_params(model_dir):
+  import jax
+  from flan_jax import checkpointing, evaluation, partitioning
+  from flan_jax.model import Transformer
+  from tests.conftest import TINY
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  target = evaluation.abstract_params(Transformer(TINY), mesh, partitioning.axis_rules())
+  return checkpointing.restore_params(model_dir, target)
+
+
+def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
+  import random
+  import numpy as np
+  import jax
+
+  def args(model_dir):
+    return [*TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
+            "--gin.TRAIN_STEPS=12", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", LENGTHS,
+            "--gin.train.log_every=1"]
+
+  straight = binary("train", *args(tmp_path / "straight"))
+  assert straight.returncode == 0, straight.stderr[-2000:]
+
+  kill_at = random.Random().randint(5, 10)  # by step 5 the save of step 2 has completed
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *args(tmp_path / "killed")], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:
+    if line.startswith(f"step {kill_at}/"):
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, f"killed at step {kill_at}"
+  again = binary("train", *args(tmp_path / "killed"))
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "resumed from step" in again.stdout, (kill_at, again.stdout[:500])
+
+  step_a, a = _final_params(str(tmp_path / "straight"))
+  step_b, b = _final_params(str(tmp_path / "killed"))
+  assert step_a == step_b == 12
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), f"killed at step {kill_at}"
