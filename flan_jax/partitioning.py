@@ -15,6 +15,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flan_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical name, mesh axis or axes or None). Batch splits over every data-like axis; weights
@@ -53,16 +55,17 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
   devices = list(devices if devices is not None else jax.devices())
   if data == -1:
     if len(devices) % (fsdp * tensor * dcn_data):
-      raise ValueError(f"{len(devices)} devices do not divide into fsdp={fsdp} x tensor={tensor} "
+      raise UserError(f"{len(devices)} devices do not divide into fsdp={fsdp} x tensor={tensor} "
                        f"x dcn_data={dcn_data}")
     data = len(devices) // (fsdp * tensor * dcn_data)
   if data * fsdp * tensor * dcn_data != len(devices):
-    raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} x dcn_data={dcn_data} "
+    raise UserError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} x dcn_data={dcn_data} "
                      f"needs {data * fsdp * tensor * dcn_data} devices; there are {len(devices)}")
   if dcn_data > 1:
-    granule_is_process = not hasattr(devices[0], "slice_index")
+    # The slow links are between slices (TPU multislice) or, within one slice, between processes.
+    one_slice = len({getattr(d, "slice_index", 0) for d in devices}) == 1
     grid = mesh_utils.create_hybrid_device_mesh(
-        (data, fsdp, tensor), (dcn_data, 1, 1), devices, process_is_granule=granule_is_process)
+        (data, fsdp, tensor), (dcn_data, 1, 1), devices, process_is_granule=one_slice)
   else:
     grid = mesh_utils.create_device_mesh((data, fsdp, tensor), devices, allow_split_physical_axes=True)
   return Mesh(grid, MESH_AXES)

@@ -95,3 +95,23 @@ def test_diverging_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path)
   restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
   if restored is not None:  # whatever was saved is finite
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored[1]))
+
+
+def test_keep_last_k_and_every_mth(tmp_path):
+  run(str(tmp_path), 8, checkpoint_period=1, checkpoints_to_keep=2, keep_period=4)
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps == [4, 7, 8]
+
+
+def test_initial_checkpoint_restores_parameters_only(runs, tmp_path):
+  straight, _, straight_dir, _ = runs
+  from flan_jax import optimizers
+  frozen = optimizers.make_optimizer(lambda step: 0.0)
+  state = run(str(tmp_path / "ft"), 1, initial_checkpoint_path=straight_dir, optimizer=frozen,
+              learning_rate_schedule=lambda step: 0.0)
+  assert int(state.step) == 1  # a new run: its own step count and a fresh optimizer state
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(straight.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  bigger = ModelConfig(**{**TINY.__dict__, "num_layers": 3})
+  with pytest.raises(UserError, match="wrong shape"):
+    run(str(tmp_path / "ft2"), 1, initial_checkpoint_path=straight_dir, model_config=bigger)

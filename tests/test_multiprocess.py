@@ -42,7 +42,8 @@ def start(model_dir, steps, port, process_id, extra=()):
 def two_process_run(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("multihost"))
   port = free_port()
-  procs = [start(model_dir, 4, port, i) for i in range(2)]
+  # dcn_data=2: the data axis spans the two processes as it would span two slices or nodes.
+  procs = [start(model_dir, 4, port, i, extra=["--gin.make_mesh.dcn_data=2"]) for i in range(2)]
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
