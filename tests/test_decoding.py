@@ -22,11 +22,11 @@ def setup():
 
 def test_greedy_decode_matches_a_step_by_step_reference():
   model, params, batch = setup()
-  out = decoding.greedy_decode(model, params, batch, max_decode_length=5, eos_id=1, vocab_size=300)
+  out = decoding.greedy_decode(model, params, batch, max_decode_length=3, eos_id=1, vocab_size=300)
   for row, n in enumerate([5, 3]):
     seq = list(np.asarray(batch["decoder_input_tokens"][row, :n]))
     expected = []
-    for _ in range(5):
+    for _ in range(3):
       x = jnp.array([seq])
       logits = model.apply({"params": params}, x, prefix_mask=(jnp.arange(len(seq)) < n)[None])
       token = int(jnp.argmax(logits[0, -1, :300]))
