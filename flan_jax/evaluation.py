@@ -10,7 +10,6 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -27,12 +26,8 @@ from flan_jax.model import ModelConfig, Transformer
 
 def abstract_params(model: Transformer, mesh, rules, seq_len: int = 8):
   """Parameter shapes with their shardings, without allocating them."""
-  with partitioning.activate(mesh, rules):
-    boxed = jax.eval_shape(lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
-                           jax.random.key(0))
-  shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      nn.unbox(boxed), shardings)
+  init = lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+  return partitioning.with_shardings(*partitioning.abstract_params(init, mesh, rules))
 
 
 class _BatchRunner:
@@ -77,8 +72,8 @@ def evaluate(checkpoint_path: Optional[str] = None, *,
   if not checkpoint_path:
     raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
   data_lib.check_task_name(mixture_or_task_name)
-  mesh = mesh or partitioning.make_mesh()
-  rules = rules or partitioning.axis_rules()
+  mesh = partitioning.make_mesh() if mesh is None else mesh
+  rules = partitioning.axis_rules() if rules is None else rules
   if batch_size % partitioning.data_parallel_size(mesh, rules):
     raise UserError(f"eval batch_size={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)}")

@@ -83,6 +83,21 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: tuple) -> Any:
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
+def abstract_params(init_fn, mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
+  """(shapes, shardings) of the parameters a Flax init function makes, without allocating them.
+
+  `init_fn(rng)` returns parameters boxed with their logical axis names.
+  """
+  with activate(mesh, rules):
+    boxed = jax.eval_shape(init_fn, jax.random.key(0))
+  return nn.unbox(boxed), logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
+
+
+def with_shardings(shapes: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs that carry their shardings: a restore target for orbax."""
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
 def batch_sharding(mesh: Mesh, rules: tuple) -> NamedSharding:
   """Batches split their leading dimension over the axes of the `batch` rule."""
   return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))

@@ -19,7 +19,6 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from flan_jax import checkpointing
@@ -120,15 +119,11 @@ class Setup:
   @property
   def abstract_params(self) -> Any:
     """Parameter shapes carrying their shardings: a restore target for orbax."""
-    return _with_shardings(self.abstract_state.params, self.state_shardings.params)
+    return partitioning.with_shardings(self.abstract_state.params, self.state_shardings.params)
 
   @property
   def abstract_opt_state(self) -> Any:
-    return _with_shardings(self.abstract_state.opt_state, self.state_shardings.opt_state)
-
-
-def _with_shardings(shapes, shardings):
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return partitioning.with_shardings(self.abstract_state.opt_state, self.state_shardings.opt_state)
 
 
 def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.GradientTransformation,
@@ -140,10 +135,7 @@ def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.
   def init_boxed(rng):
     return model.init(rng, dummy)["params"]
 
-  with partitioning.activate(mesh, rules):
-    boxed = jax.eval_shape(init_boxed, jax.random.key(0))
-  param_shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-  abstract_params = nn.unbox(boxed)
+  abstract_params, param_shardings = partitioning.abstract_params(init_boxed, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_shardings = partitioning.state_shardings_like(abstract_opt, abstract_params, param_shardings, mesh)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
@@ -231,8 +223,8 @@ def train(model_dir: Optional[str] = None, *,
   if not model_dir:
     raise UserError("MODEL_DIR is not set: pass --gin.MODEL_DIR=/path/to/run (checkpoints and logs go there)")
   data_lib.check_task_name(mixture_or_task_name)
-  mesh = mesh or partitioning.make_mesh()
-  rules = rules or partitioning.axis_rules()
+  mesh = partitioning.make_mesh() if mesh is None else mesh
+  rules = partitioning.axis_rules() if rules is None else rules
   schedule = learning_rate_schedule or optimizers.make_schedule(train_steps)
   tx = optimizer or optimizers.make_optimizer(schedule)
   seq_len = sum(task_feature_lengths.values())
