@@ -34,6 +34,25 @@ class Flags:
   heartbeat_timeout_seconds: int = 100
 
 
+def import_tensorflow_quietly() -> None:
+  """TensorFlow's C++ start-up writes info lines to stderr that no setting turns off; drop them.
+
+  Only the import itself is muted; an import error is still raised (and printed) as usual.
+  """
+  if "tensorflow" in sys.modules:
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow  # noqa: F401
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def parse_flags(argv: Sequence[str]) -> Flags:
   flags = Flags()
   args = list(argv)

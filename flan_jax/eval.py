@@ -1,7 +1,11 @@
 """Zero-shot eval binary: `python -m flan_jax.eval --gin_file=gin/runs/eval.gin --gin.CHECKPOINT_PATH=...`."""
 
-import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
-from flan_jax import cli, evaluation
+from flan_jax import cli
+
+cli.import_tensorflow_quietly()  # before `tasks` pulls it in, so errors stay one line
+
+import tasks  # noqa: E402,F401  (registers the built-in tasks and mixtures)
+from flan_jax import evaluation  # noqa: E402
 
 
 def main(flags: cli.Flags) -> None:

@@ -1,7 +1,11 @@
 """Training binary: `python -m flan_jax.train --gin_file=gin/runs/finetune.gin --gin.NAME=VALUE ...`."""
 
-import tasks  # noqa: F401  (registers the built-in tasks and mixtures)
-from flan_jax import cli, trainer
+from flan_jax import cli
+
+cli.import_tensorflow_quietly()  # before `tasks` pulls it in, so errors stay one line
+
+import tasks  # noqa: E402,F401  (registers the built-in tasks and mixtures)
+from flan_jax import trainer  # noqa: E402
 
 
 def main(flags: cli.Flags) -> None:
