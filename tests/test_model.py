@@ -77,7 +77,8 @@ def test_gqa_equals_multi_head_with_repeated_kv():
 def test_rotary_matches_llama_reference():
   x = jax.random.normal(jax.random.key(0), (1, 3, 2, 8))
   pos = jnp.array([[0, 1, 5]])
-  got = model_lib.apply_rotary(x, pos, 10000.0)
+  inv_freq = model_lib.rotary_frequencies(ModelConfig(head_dim=8, rope_theta=10000.0))
+  got = model_lib.apply_rotary(x, pos, inv_freq)
   # The Hugging Face Llama formula, written out with numpy.
   inv = 1.0 / (10000.0 ** (np.arange(0, 8, 2) / 8))
   freqs = np.asarray(pos)[..., None] * inv

@@ -1,0 +1,393 @@
+"""Pretrained Llama-family models: Hugging Face directories and GGUF files in, Hugging Face out.
+
+Import reads config.json into a ModelConfig and places each tensor straight onto the mesh, shard
+by shard (each host reads only the slices its devices own). Export writes config.json, sharded
+safetensors with an index, generation_config.json and the tokenizer, one layer's tensor at a time.
+"""
+
+import dataclasses
+import json
+import os
+import resource
+from typing import Any, Callable, Iterator, Optional, Protocol
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax import partitioning
+from flan_jax import safetensors_io
+from flan_jax.errors import UserError
+from flan_jax.model import ModelConfig, Transformer
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+# ModelConfig fields that describe the weights; the rest (dtypes, remat, dropout) are the run's choice.
+SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
+                "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_low_freq_factor",
+                "rope_high_freq_factor", "rope_original_max_position", "max_position_embeddings",
+                "qkv_bias", "sliding_window", "prefix_lm", "norm_eps", "tie_embeddings")
+
+
+class TensorSource(Protocol):
+  """Tensors by their Hugging Face names, in Hugging Face layout (a Linear weight is [out, in])."""
+
+  def keys(self) -> list[str]: ...
+
+  def shape(self, name: str) -> tuple[int, ...]: ...
+
+  def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """An opened pretrained model: its config (ours and Hugging Face's) and its tensors."""
+  path: str
+  hf_config: dict
+  config: ModelConfig
+  source: TensorSource
+
+
+def is_pretrained(path: Optional[str]) -> bool:
+  """True for a Hugging Face model directory (config.json + weights) or a .gguf file."""
+  if not path:
+    return False
+  if path.endswith(".gguf"):
+    return True
+  return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def open_pretrained(path: str, **overrides: Any) -> Pretrained:
+  """Opens a Hugging Face directory or a GGUF file; `overrides` set non-shape ModelConfig fields."""
+  if path.endswith(".gguf"):
+    if not os.path.isfile(path):
+      raise UserError(f"GGUF file {path} does not exist")
+    from flan_jax import gguf_io
+    hf_config, source = gguf_io.open_gguf(path)
+  else:
+    hf_config, source = read_config(path), safetensors_io.SafetensorsDirectory(path)
+  config = ModelConfig(**config_fields(hf_config, path), **overrides)
+  check_tensors(config, source, path)
+  return Pretrained(path, hf_config, config, source)
+
+
+@gin.configurable
+def pretrained_model_config(path: str = gin.REQUIRED) -> ModelConfig:
+  """The ModelConfig of a pretrained model; dtypes, remat and dropout come from ModelConfig's gin bindings."""
+  return ModelConfig(**config_fields(read_config(path), path))
+
+
+def read_config(path: str) -> dict:
+  """The Hugging Face config dict of a model directory or a GGUF file."""
+  if path.endswith(".gguf"):
+    if not os.path.isfile(path):
+      raise UserError(f"GGUF file {path} does not exist")
+    from flan_jax import gguf_io
+    return gguf_io.open_gguf(path)[0]
+  config_file = os.path.join(path, "config.json")
+  if not os.path.isfile(config_file):
+    raise UserError(f"{path} is neither a Hugging Face model directory (no config.json) nor a .gguf file")
+  with open(config_file) as f:
+    return json.load(f)
+
+
+def _rope(hf: dict, path: str) -> dict:
+  """Rotary fields from `rope_scaling` + `rope_theta` (older configs) or `rope_parameters` (newer)."""
+  params = dict(hf.get("rope_parameters") or {})
+  scaling = dict(hf.get("rope_scaling") or {})
+  theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+  kind = scaling.get("rope_type", scaling.get("type", params.get("rope_type", "default")))
+  settings = {**params, **scaling}
+  out = dict(rope_theta=float(theta))
+  if kind in ("default", None):
+    return out
+  if kind == "linear":
+    return dict(out, rope_scaling="linear", rope_scaling_factor=float(settings["factor"]))
+  if kind == "llama3":
+    return dict(out, rope_scaling="llama3", rope_scaling_factor=float(settings["factor"]),
+                rope_low_freq_factor=float(settings["low_freq_factor"]),
+                rope_high_freq_factor=float(settings["high_freq_factor"]),
+                rope_original_max_position=int(settings["original_max_position_embeddings"]))
+  raise UserError(f"{path}: rope scaling type {kind!r} is not supported (supported: default, linear, llama3)")
+
+
+def config_fields(hf: dict, path: str = "config.json") -> dict:
+  """The weight-describing ModelConfig fields of a Hugging Face config.json dict."""
+  archs = hf.get("architectures") or []
+  arch = next((a for a in archs if a in ARCHITECTURES), None)
+  if arch is None:
+    raise UserError(f"{path}: architecture {archs or hf.get('model_type')} is not supported; supported: "
+                    f"{', '.join(ARCHITECTURES)}")
+  family = ARCHITECTURES[arch]
+  unsupported = {
+      "hidden_act": hf.get("hidden_act", "silu") != "silu",
+      "attention_bias": family != "qwen2" and bool(hf.get("attention_bias")),
+      "mlp_bias": bool(hf.get("mlp_bias")),
+      "use_sliding_window": family == "qwen2" and bool(hf.get("use_sliding_window")),
+      "quantization_config": "quantization_config" in hf,
+  }
+  for field, bad in unsupported.items():
+    if bad:
+      raise UserError(f"{path}: config field {field}={hf.get(field)!r} is not supported for {arch}")
+  heads = int(hf["num_attention_heads"])
+  window = hf.get("sliding_window") if family == "mistral" else None
+  return dict(
+      vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]), num_layers=int(hf["num_hidden_layers"]),
+      num_heads=heads, num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+      head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads), d_ff=int(hf["intermediate_size"]),
+      norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      max_position_embeddings=int(hf.get("max_position_embeddings", 8192)), qkv_bias=family == "qwen2",
+      sliding_window=int(window) if window else None, prefix_lm=False, **_rope(hf, path))
+
+
+def check_config(config: ModelConfig, pretrained_config: ModelConfig, path: str) -> None:
+  """A one-line error listing every weight-describing field where the run's config differs."""
+  diffs = [f"{f}: gin {getattr(config, f)!r} vs {getattr(pretrained_config, f)!r}" for f in SHAPE_FIELDS
+           if getattr(config, f) != getattr(pretrained_config, f)]
+  if diffs:
+    raise UserError(f"the model config does not match {path}: {'; '.join(diffs)} (include the matching "
+                    "gin/models/*.gin, or bind model_config = @pretrained_model_config())")
+
+
+# --- The name table: our parameter path <-> Hugging Face tensor names and layouts. ---------------
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+  """How one of our parameters is stored in Hugging Face tensors.
+
+  `hf_name` has `{i}` for the layer of a stacked parameter. Layouts: "copy" (same layout),
+  "linear" (ours = weight.T reshaped: our first `in_dims` dims come from the Linear's input, the
+  rest from its output) and "bias" (ours = bias reshaped).
+  """
+  path: tuple[str, ...]
+  hf_name: str
+  layout: str = "copy"
+  in_dims: int = 1
+
+  @property
+  def stacked(self) -> bool:
+    return "{i}" in self.hf_name
+
+
+def name_table(config: ModelConfig) -> list[Mapping]:
+  attn, mlp = "model.layers.{i}.self_attn", "model.layers.{i}.mlp"
+  table = [
+      Mapping(("embedding",), "model.embed_tokens.weight"),
+      Mapping(("layers", "attn_norm", "scale"), "model.layers.{i}.input_layernorm.weight"),
+      Mapping(("layers", "mlp_norm", "scale"), "model.layers.{i}.post_attention_layernorm.weight"),
+      Mapping(("layers", "attn", "wq"), f"{attn}.q_proj.weight", "linear"),
+      Mapping(("layers", "attn", "wk"), f"{attn}.k_proj.weight", "linear"),
+      Mapping(("layers", "attn", "wv"), f"{attn}.v_proj.weight", "linear"),
+      Mapping(("layers", "attn", "wo"), f"{attn}.o_proj.weight", "linear", in_dims=2),
+      Mapping(("layers", "mlp", "w_gate"), f"{mlp}.gate_proj.weight", "linear"),
+      Mapping(("layers", "mlp", "w_up"), f"{mlp}.up_proj.weight", "linear"),
+      Mapping(("layers", "mlp", "w_down"), f"{mlp}.down_proj.weight", "linear"),
+      Mapping(("final_norm", "scale"), "model.norm.weight"),
+  ]
+  if config.qkv_bias:
+    table += [Mapping(("layers", "attn", f"b{x}"), f"{attn}.{x}_proj.bias", "bias") for x in "qkv"]
+  if not config.tie_embeddings:
+    table.append(Mapping(("lm_head",), "lm_head.weight", "linear"))
+  return table
+
+
+def hf_names(config: ModelConfig) -> list[str]:
+  """Every Hugging Face tensor name of a model with this config, in export order."""
+  return [m.hf_name.format(i=i) for m in name_table(config)
+          for i in (range(config.num_layers) if m.stacked else [None])]
+
+
+def _span(index: slice, dims: tuple[int, ...]) -> tuple[slice, tuple[int, ...], tuple[slice, ...]]:
+  """For our slices over `dims` (1 or 2 dims flattened into one Hugging Face axis): the flat range
+  to read, the shape to reshape it to, and the slices to apply after reshaping."""
+  if len(dims) == 1:
+    return index[0], (index[0].stop - index[0].start,), (slice(None),)
+  (a, b), (sa, sb) = dims, index
+  return slice(sa.start * b, sa.stop * b), (sa.stop - sa.start, b), (slice(None), sb)
+
+
+def read_hf(m: Mapping, source: TensorSource, layer: Optional[int], shape: tuple[int, ...],
+            index: tuple[slice, ...]) -> np.ndarray:
+  """Our parameter's block `index` (one layer's shape `shape`) read from its Hugging Face tensor."""
+  name = m.hf_name.format(i=layer)
+  index = tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
+  if m.layout == "copy":
+    return source.read(name, index)
+  if m.layout == "bias":
+    flat, reshape, post = _span(index, shape)
+    return source.read(name, (flat,)).reshape(reshape)[post]
+  in_flat, in_shape, in_post = _span(index[:m.in_dims], shape[:m.in_dims])
+  out_flat, out_shape, out_post = _span(index[m.in_dims:], shape[m.in_dims:])
+  block = source.read(name, (out_flat, in_flat)).T  # [in, out]
+  return block.reshape(in_shape + out_shape)[in_post + out_post]
+
+
+def to_hf(m: Mapping, value: np.ndarray) -> np.ndarray:
+  """One layer of our parameter in its Hugging Face layout."""
+  if m.layout == "linear":
+    in_size = int(np.prod(value.shape[:m.in_dims]))
+    return value.reshape(in_size, -1).T
+  if m.layout == "bias":
+    return value.reshape(-1)
+  return value
+
+
+def check_tensors(config: ModelConfig, source: TensorSource, path: str) -> None:
+  """One line naming missing, unexpected and wrongly shaped tensors."""
+  want = {}
+  for m, shape in _leaves(config):
+    for i in range(config.num_layers) if m.stacked else [None]:
+      want[m.hf_name.format(i=i)] = to_hf(m, np.empty(shape[1:] if m.stacked else shape, np.int8)).shape
+  have = {k for k in source.keys() if not k.endswith("rotary_emb.inv_freq")}
+  missing = sorted(set(want) - have)
+  extra = sorted(have - set(want))
+  wrong = sorted(f"{k} {tuple(source.shape(k))} (expected {want[k]})" for k in set(want) & have
+                 if tuple(source.shape(k)) != want[k])
+  problems = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(extra)}" if extra else "",
+              f"wrong shape {_few(wrong)}" if wrong else ""]
+  if any(problems):
+    raise UserError(f"{path} does not hold the tensors its config describes: "
+                    + "; ".join(p for p in problems if p))
+
+
+def _few(names: list[str], n: int = 4) -> str:
+  return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _leaves(config: ModelConfig) -> list[tuple[Mapping, tuple[int, ...]]]:
+  """(mapping, our full shape) for every parameter of the model."""
+  shapes = jax.eval_shape(lambda: Transformer(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+  params = nn.unbox(shapes["params"])
+  return [(m, tuple(_get(params, m.path).shape)) for m in name_table(config)]
+
+
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+# --- Import: onto the mesh, shard by shard. --------------------------------------------------------
+
+def load_params(pretrained: Pretrained, mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[tuple] = None,
+                config: Optional[ModelConfig] = None) -> Any:
+  """Our parameter tree, each leaf placed on the mesh with its sharding (one device if no mesh).
+
+  Each device's block is read on its own, so a host reads only what its devices hold.
+  `config` (default: the pretrained one) sets the parameter dtype; its shape must match.
+  """
+  config = config or pretrained.config
+  check_config(config, pretrained.config, pretrained.path)
+  mesh = mesh or partitioning.make_mesh(devices=jax.devices()[:1])
+  rules = rules or partitioning.axis_rules()
+  init = lambda rng: Transformer(config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+  shapes, shardings = partitioning.abstract_params(init, mesh, rules)
+  params: dict = {}
+  for m in name_table(config):
+    struct, sharding = _get(shapes, m.path), _get(shardings, m.path)
+    _set(params, m.path, jax.make_array_from_callback(
+        struct.shape, sharding, _block_reader(m, pretrained.source, struct.shape, struct.dtype)))
+  return params
+
+
+def _block_reader(m: Mapping, source: TensorSource, shape: tuple[int, ...], dtype) -> Callable:
+  cache: dict = {}  # devices that hold the same block (replicas) read it once
+
+  def read(index: tuple[slice, ...]) -> np.ndarray:
+    index = tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
+    key = tuple((s.start, s.stop) for s in index)
+    if key not in cache:
+      if m.stacked:
+        layers = range(*index[0].indices(shape[0]))
+        block = np.stack([read_hf(m, source, i, shape[1:], index[1:]) for i in layers])
+      else:
+        block = read_hf(m, source, None, shape, index)
+      cache[key] = np.asarray(block, dtype=dtype)
+    return cache[key]
+
+  return read
+
+
+def peak_host_memory_gib() -> float:
+  """This process's peak resident memory so far (Linux reports kilobytes)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+# --- Export. ----------------------------------------------------------------------------------------
+
+def hf_config(config: ModelConfig, *, bos_id: Optional[int], eos_id: Optional[int], dtype: str) -> dict:
+  """config.json for our config: Qwen2 if it has q/k/v biases, Mistral if it has a window, else Llama."""
+  arch, model_type = "LlamaForCausalLM", "llama"
+  if config.qkv_bias:
+    arch, model_type = "Qwen2ForCausalLM", "qwen2"
+  elif config.sliding_window:
+    arch, model_type = "MistralForCausalLM", "mistral"
+  out = dict(architectures=[arch], model_type=model_type, vocab_size=config.vocab_size,
+             hidden_size=config.d_model, intermediate_size=config.d_ff, num_hidden_layers=config.num_layers,
+             num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+             head_dim=config.head_dim, hidden_act="silu", rms_norm_eps=config.norm_eps,
+             rope_theta=config.rope_theta, max_position_embeddings=config.max_position_embeddings,
+             tie_word_embeddings=config.tie_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
+             torch_dtype=dtype, attention_bias=False, mlp_bias=False)
+  if config.sliding_window:
+    out["sliding_window"] = config.sliding_window
+  if config.qkv_bias:
+    out.update(use_sliding_window=False)
+    del out["attention_bias"], out["mlp_bias"]
+  if config.rope_scaling == "linear":
+    out["rope_scaling"] = {"rope_type": "linear", "factor": config.rope_scaling_factor}
+  elif config.rope_scaling == "llama3":
+    out["rope_scaling"] = {"rope_type": "llama3", "factor": config.rope_scaling_factor,
+                           "low_freq_factor": config.rope_low_freq_factor,
+                           "high_freq_factor": config.rope_high_freq_factor,
+                           "original_max_position_embeddings": config.rope_original_max_position}
+  return out
+
+
+def hf_tensors(params: Any, config: ModelConfig, dtype) -> Iterator[tuple[str, np.ndarray]]:
+  """(Hugging Face name, host array) for every tensor, one at a time, gathered from the mesh."""
+  for m in name_table(config):
+    leaf = _get(params, m.path)
+    for i in range(config.num_layers) if m.stacked else [None]:
+      value = leaf[i] if m.stacked else leaf
+      yield m.hf_name.format(i=i), to_hf(m, _to_host(value).astype(dtype))
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def export(params: Any, config: ModelConfig, output_dir: str, *, dtype: str = "bfloat16",
+           bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+           max_shard_bytes: int = 5 * 2 ** 30) -> list[str]:
+  """Writes a Hugging Face model directory (weights and configs); returns the safetensors files."""
+  np_dtype = jnp.dtype(dtype)
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(output_dir, exist_ok=True)
+  files = safetensors_io.write_sharded(hf_tensors(params, config, np_dtype), output_dir,
+                                       _planned_sizes(config, np_dtype), max_shard_bytes, write=is_main)
+  if is_main:
+    with open(os.path.join(output_dir, "config.json"), "w") as f:
+      json.dump(hf_config(config, bos_id=bos_id, eos_id=eos_id, dtype=str(np_dtype)), f, indent=2)
+    with open(os.path.join(output_dir, "generation_config.json"), "w") as f:
+      json.dump({"bos_token_id": bos_id, "eos_token_id": eos_id}, f, indent=2)
+  return files
+
+
+def _planned_sizes(config: ModelConfig, dtype) -> list[tuple[str, int]]:
+  sizes = []
+  for m, shape in _leaves(config):
+    per = int(np.prod(shape[1:] if m.stacked else shape)) * dtype.itemsize
+    sizes += [(m.hf_name.format(i=i), per) for i in (range(config.num_layers) if m.stacked else [None])]
+  return sizes
