@@ -1,11 +1,15 @@
 """Orbax checkpoints of the train state: save every N steps, keep the last K, resume, restore params.
 
 A checkpoint directory holds one sub-directory per step with two items, `params` and
-`opt_state`, so evaluation and fine-tuning starts can restore parameters alone. Orbax writes
+`opt_state`, so evaluation and fine-tuning starts can restore parameters alone. Beside them a run
+records its model config (model_config.json) and vocabulary (vocabulary/), so eval, resume and
+export follow the run without being told its model or tokenizer again. Orbax writes
 each step to a temporary directory and renames it when complete, so a crash mid-save never
 touches the last complete checkpoint; a complete one that fails to restore is skipped.
 """
 
+import dataclasses
+import json
 import logging
 import os
 from typing import Any, Optional
@@ -13,10 +17,44 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from flan_jax import vocabularies
 from flan_jax.errors import UserError
+from flan_jax.model import ModelConfig
 
 PARAMS, OPT_STATE = "params", "opt_state"
 SUBDIR = "checkpoints"  # where a run keeps them inside MODEL_DIR
+MODEL_CONFIG = "model_config.json"
+VOCABULARY = "vocabulary"
+
+
+def model_dir_of(path: str) -> str:
+  """MODEL_DIR of MODEL_DIR, MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>."""
+  path = os.path.abspath(path)
+  if os.path.basename(path).isdigit():
+    path = os.path.dirname(path)
+  return os.path.dirname(path) if os.path.basename(path) == SUBDIR else path
+
+
+def write_run_record(model_dir: str, config: ModelConfig, vocab) -> None:
+  """Records the model config and the vocabulary (with its tokenizer file) in MODEL_DIR."""
+  with open(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), "w") as f:
+    json.dump(dataclasses.asdict(config), f, indent=2)
+  os.replace(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), os.path.join(model_dir, MODEL_CONFIG))
+  vocabularies.save(vocab, os.path.join(model_dir, VOCABULARY))
+
+
+def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
+  path = os.path.join(model_dir, MODEL_CONFIG)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return ModelConfig(**json.load(f))
+
+
+def recorded_vocabulary(model_dir: str):
+  """The vocabulary a run recorded, or None (runs from before the record existed)."""
+  directory = os.path.join(model_dir, VOCABULARY)
+  return vocabularies.load(directory) if os.path.isdir(directory) else None
 
 
 def manager(directory: str, *, save_every: int = 1, keep: Optional[int] = None,

@@ -12,6 +12,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flan_jax import vocabularies
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -31,13 +32,19 @@ def check_task_name(name: str) -> None:
 
 
 def vocabulary(name: str) -> seqio.Vocabulary:
-  """The targets vocabulary of a registered Task or Mixture."""
-  return seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+  """The targets vocabulary of a registered Task or Mixture (the run's choice for our tasks)."""
+  vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+  return vocab.resolve() if isinstance(vocab, vocabularies.RunVocabulary) else vocab
 
 
-def feature_converter(pack: bool) -> seqio.FeatureConverter:
-  # Loss on the targets only; PrefixLM features when the task has `inputs`.
-  return seqio.DecoderFeatureConverter(pack=pack, loss_on_targets_only=True)
+def feature_converter(pack: bool, vocab: seqio.Vocabulary) -> seqio.FeatureConverter:
+  """Loss on the targets only; PrefixLM features when the task has `inputs`.
+
+  Every example's decoder input starts with the vocabulary's BOS id (0 for the byte vocabulary),
+  as a pretrained Llama-family model expects.
+  """
+  return seqio.DecoderFeatureConverter(pack=pack, loss_on_targets_only=True,
+                                       bos_id=vocabularies.bos_id_or_zero(vocab))
 
 
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
@@ -61,7 +68,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       dataset_split=split,
       shuffle=shuffle,
       num_epochs=num_epochs,
-      feature_converter=feature_converter(pack),
+      feature_converter=feature_converter(pack, vocabulary(mixture_or_task_name)),
       shard_info=seqio.ShardInfo(index, num_processes),
       seed=seed,
       use_cached=False,

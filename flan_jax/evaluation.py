@@ -20,6 +20,8 @@ from flan_jax import checkpointing
 from flan_jax import data as data_lib
 from flan_jax import decoding
 from flan_jax import partitioning
+from flan_jax import pretrained
+from flan_jax import vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
@@ -61,14 +63,19 @@ def _pad(rows: np.ndarray, size: int) -> np.ndarray:
 def evaluate(checkpoint_path: Optional[str] = None, *,
              mixture_or_task_name: Optional[str] = None,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             model_config: ModelConfig = gin.REQUIRED,
+             model_config: Optional[ModelConfig] = None,
              split: str = "validation",
              batch_size: int = 32,
              num_examples: Optional[int] = None,
              output_dir: Optional[str] = None,
              mesh: Optional[jax.sharding.Mesh] = None,
              rules: Optional[tuple] = None) -> dict:
-  """Evaluates a checkpoint zero-shot on every task of a task or mixture; returns the report."""
+  """Evaluates a checkpoint zero-shot on every task of a task or mixture; returns the report.
+
+  `checkpoint_path` is a flan_jax run (its newest step), one step of it, a Hugging Face model
+  directory or a GGUF file. The model config and the vocabulary follow the checkpoint unless the
+  gin config sets them (then they must match it).
+  """
   if not checkpoint_path:
     raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
   data_lib.check_task_name(mixture_or_task_name)
@@ -77,12 +84,21 @@ def evaluate(checkpoint_path: Optional[str] = None, *,
   if batch_size % partitioning.data_parallel_size(mesh, rules):
     raise UserError(f"eval batch_size={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)}")
+  is_pretrained = pretrained.is_pretrained(checkpoint_path)
+  if is_pretrained and not output_dir:
+    raise UserError(f"{checkpoint_path} is a pretrained model: set EVAL_OUTPUT_DIR for the eval results")
+  model_dir = checkpointing.model_dir_of(checkpoint_path)
+  if model_config is None:
+    model_config = (pretrained.pretrained_model_config(checkpoint_path) if is_pretrained
+                    else checkpointing.recorded_model_config(model_dir) or ModelConfig())
+  _follow_vocabulary(mixture_or_task_name, checkpoint_path)
   model = Transformer(model_config)
-  step, params = checkpointing.restore_params(checkpoint_path, abstract_params(model, mesh, rules))
+  step, params = pretrained.restore_params(checkpoint_path, model_config, mesh, rules,
+                                           abstract_params(model, mesh, rules))
 
   vocab = data_lib.vocabulary(mixture_or_task_name)
   evaluator = seqio.Evaluator(
-      mixture_or_task_name, feature_converter=data_lib.feature_converter(pack=False),
+      mixture_or_task_name, feature_converter=data_lib.feature_converter(pack=False, vocab=vocab),
       eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
       use_cached=False, async_compute_metrics=False)
   predict = _BatchRunner(functools.partial(
@@ -96,7 +112,7 @@ def evaluate(checkpoint_path: Optional[str] = None, *,
   report = {"checkpoint_path": os.path.abspath(checkpoint_path), "step": step,
             "mixture_or_task_name": mixture_or_task_name, "split": split,
             "metrics": metrics, "average": average(metrics)}
-  output_dir = output_dir or _model_dir(checkpoint_path)
+  output_dir = output_dir or model_dir
   if jax.process_index() == 0:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, f"eval_{mixture_or_task_name}_step{step}.json")
@@ -107,12 +123,14 @@ def evaluate(checkpoint_path: Optional[str] = None, *,
   return report
 
 
-def _model_dir(checkpoint_path: str) -> str:
-  """MODEL_DIR of MODEL_DIR, MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>."""
-  path = os.path.abspath(checkpoint_path)
-  if os.path.basename(path).isdigit():
-    path = os.path.dirname(path)
-  return os.path.dirname(path) if os.path.basename(path) == checkpointing.SUBDIR else path
+def _follow_vocabulary(name: str, checkpoint_path: str) -> None:
+  """Tokenize with the checkpoint's vocabulary; one chosen in gin must be the same one."""
+  start = pretrained.starting_vocabulary(checkpoint_path)
+  if start is None:
+    return
+  if not vocabularies.is_configured():
+    vocabularies.set_default(start)
+  vocabularies.check_same(vocabularies.describe(start), data_lib.vocabulary(name), checkpoint_path)
 
 
 def _value(v) -> float:

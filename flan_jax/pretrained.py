@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flan_jax import checkpointing
 from flan_jax import partitioning
 from flan_jax import safetensors_io
+from flan_jax import vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
@@ -315,6 +317,24 @@ def _block_reader(m: Mapping, source: TensorSource, shape: tuple[int, ...], dtyp
   return read
 
 
+def restore_params(path: str, config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple,
+                   abstract_params: Any) -> tuple[int, Any]:
+  """(step, parameters) from a flan_jax checkpoint, or from a pretrained model (step 0)."""
+  if is_pretrained(path):
+    return 0, load_params(open_pretrained(path), mesh, rules, config)
+  return checkpointing.restore_params(path, abstract_params)
+
+
+def starting_vocabulary(path: str):
+  """The vocabulary of a pretrained model or of a flan_jax run directory; None if it has none."""
+  if is_pretrained(path):
+    try:
+      return vocabularies.pretrained_vocabulary(path)
+    except UserError:  # weights without a tokenizer: the run's own choice stands
+      return None
+  return checkpointing.recorded_vocabulary(checkpointing.model_dir_of(path))
+
+
 def peak_host_memory_gib() -> float:
   """This process's peak resident memory so far (Linux reports kilobytes)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
@@ -391,3 +411,62 @@ def _planned_sizes(config: ModelConfig, dtype) -> list[tuple[str, int]]:
     per = int(np.prod(shape[1:] if m.stacked else shape)) * dtype.itemsize
     sizes += [(m.hf_name.format(i=i), per) for i in (range(config.num_layers) if m.stacked else [None])]
   return sizes
+
+
+@gin.configurable
+def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED, *,
+                      dtype: str = "bfloat16", max_shard_gb: float = 5.0,
+                      model_config: Optional[ModelConfig] = None,
+                      mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[tuple] = None) -> list[str]:
+  """Exports a flan_jax checkpoint (or a pretrained model) as a Hugging Face model directory.
+
+  The model config and vocabulary are the ones the run recorded; the tokenizer file is copied
+  with a tokenizer_config.json, so `transformers.AutoTokenizer` loads it too.
+  """
+  if not checkpoint_path:
+    raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
+  if not output_dir:
+    raise UserError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=<directory for the Hugging Face model>")
+  if dtype not in ("bfloat16", "float16", "float32"):
+    raise UserError(f"export dtype {dtype!r} is not supported; use bfloat16, float16 or float32")
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    raise UserError(f"OUTPUT_DIR {output_dir} is not empty; choose a new directory")
+  model_dir = checkpointing.model_dir_of(checkpoint_path)
+  if model_config is None:
+    model_config = (pretrained_model_config(checkpoint_path) if is_pretrained(checkpoint_path)
+                    else checkpointing.recorded_model_config(model_dir))
+  if model_config is None:
+    raise UserError(f"{model_dir} records no model config (model_config.json); include its gin/models/*.gin "
+                    "and bind export_checkpoint.model_config = @ModelConfig()")
+  mesh = mesh or partitioning.make_mesh()
+  rules = rules or partitioning.axis_rules()
+  init = lambda rng: Transformer(model_config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+  target = partitioning.with_shardings(*partitioning.abstract_params(init, mesh, rules))
+  step, params = restore_params(checkpoint_path, model_config, mesh, rules, target)
+  vocab = starting_vocabulary(checkpoint_path)
+  bos = vocabularies.bos_id_or_zero(vocab) if vocab is not None else None
+  eos = vocab.eos_id if vocab is not None else None
+  files = export(params, model_config, output_dir, dtype=dtype, bos_id=bos, eos_id=eos,
+                 max_shard_bytes=int(max_shard_gb * 2 ** 30))
+  if jax.process_index() == 0:
+    if vocab is not None and vocabularies.describe(vocab)["kind"] != "byte":
+      _save_tokenizer(vocab, output_dir)
+    print(f"exported step {step} of {checkpoint_path} to {output_dir} ({len(files)} safetensors file(s), "
+          f"{dtype})", flush=True)
+  return files
+
+
+def _save_tokenizer(vocab, output_dir: str) -> None:
+  """The tokenizer file plus a tokenizer_config.json naming its class and special tokens."""
+  vocabularies.save(vocab, output_dir)
+  record = vocabularies.describe(vocab)
+  if record["kind"] == "huggingface":
+    token, tokenizer_class = vocab.tokenizer.id_to_token, "PreTrainedTokenizerFast"
+  else:
+    token, tokenizer_class = vocab.tokenizer.id_to_piece, "LlamaTokenizer"
+  config = {"tokenizer_class": tokenizer_class, "model_max_length": 1 << 20}
+  for name in ("bos", "eos"):
+    if record[f"{name}_id"] is not None:
+      config[f"{name}_token"] = token(record[f"{name}_id"])
+  with open(os.path.join(output_dir, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2)

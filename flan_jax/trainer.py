@@ -25,6 +25,8 @@ from flan_jax import checkpointing
 from flan_jax import data as data_lib
 from flan_jax import optimizers
 from flan_jax import partitioning
+from flan_jax import pretrained
+from flan_jax import vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
@@ -232,10 +234,12 @@ def train(model_dir: Optional[str] = None, *,
   if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
     raise UserError(f"BATCH_SIZE={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)} and by num_microbatches={num_microbatches}")
-  _check_vocab(mixture_or_task_name, model_config)
+  vocab = _check_vocab(mixture_or_task_name, model_config, model_dir, initial_checkpoint_path)
 
   is_main = jax.process_index() == 0
   os.makedirs(model_dir, exist_ok=True)
+  if is_main:
+    checkpointing.write_run_record(model_dir, model_config, vocab)
   mngr = checkpointing.manager(os.path.join(model_dir, checkpointing.SUBDIR), save_every=checkpoint_period,
                                keep=checkpoints_to_keep, keep_period=keep_period, async_save=async_checkpointing)
   restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
@@ -247,9 +251,12 @@ def train(model_dir: Optional[str] = None, *,
   else:
     state = s.init(jax.random.key(seed))
     if initial_checkpoint_path:
-      loaded_step, params = checkpointing.restore_params(initial_checkpoint_path, s.abstract_params)
+      began = time.time()
+      loaded_step, params = pretrained.restore_params(initial_checkpoint_path, model_config, mesh, rules,
+                                                      s.abstract_params)
       state = state.replace(params=params)
-      _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step})")
+      _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
+           f"{time.time() - began:.1f}s; peak host memory {pretrained.peak_host_memory_gib():.2f} GiB")
   start = int(state.step)
 
   step_fn = compile_train_step(s, tx, schedule, num_microbatches=num_microbatches, z_loss=z_loss,
@@ -322,8 +329,16 @@ def _write_operative_config(model_dir: str) -> None:
     f.write(gin.operative_config_str())
 
 
-def _check_vocab(name: str, config: ModelConfig) -> None:
-  size = data_lib.vocabulary(name).vocab_size
-  if size > config.vocab_size:
+def _check_vocab(name: str, config: ModelConfig, model_dir: str, initial_checkpoint_path: Optional[str]):
+  """The run's vocabulary, after checking it fits the model, the run so far and the starting point."""
+  vocab = data_lib.vocabulary(name)
+  if vocab.vocab_size > config.vocab_size:
     raise UserError(f"the model's vocab_size={config.vocab_size} is smaller than the vocabulary of "
-                    f"'{name}' ({size}); set ModelConfig.vocab_size >= {size}")
+                    f"'{name}' ({vocab.vocab_size}); set ModelConfig.vocab_size >= {vocab.vocab_size}")
+  recorded = checkpointing.recorded_vocabulary(model_dir)
+  if recorded is not None:
+    vocabularies.check_same(vocabularies.describe(recorded), vocab, model_dir)
+  start = pretrained.starting_vocabulary(initial_checkpoint_path) if initial_checkpoint_path else None
+  if start is not None:
+    vocabularies.check_same(vocabularies.describe(start), vocab, initial_checkpoint_path)
+  return vocab

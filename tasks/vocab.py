@@ -1,26 +1,18 @@
-"""The vocabulary every flan_jax task tokenizes with.
+"""The vocabulary every flan_jax task tokenizes with: the one the run's gin config chooses.
 
-The default is seqio's byte-level vocabulary: it needs no file and no download. Set the
-environment variable FLAN_JAX_SPM_MODEL to a SentencePiece model path to tokenize with the
-vocabulary of the model being tuned; it is read once, when `tasks` is first imported.
+Tasks are registered at import, before gin is parsed, so their features hold a
+`flan_jax.vocabularies.RunVocabulary`, which asks `run_vocabulary()` for the run's choice each time
+it tokenizes: `run_vocabulary.vocabulary = @pretrained_vocabulary()` in a run's gin file (see
+gin/runs/finetune_hf.gin), else seqio's byte vocabulary, which needs no file and no download.
 """
-
-import functools
-import os
 
 import seqio
 
-SPM_ENV = "FLAN_JAX_SPM_MODEL"
+from flan_jax.vocabularies import RunVocabulary
 
 
-@functools.cache
 def vocabulary() -> seqio.Vocabulary:
-  path = os.environ.get(SPM_ENV)
-  if not path:
-    return seqio.ByteVocabulary()
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{SPM_ENV}={path} does not exist; point it at a SentencePiece .model file")
-  return seqio.SentencePieceVocabulary(path)
+  return RunVocabulary()
 
 
 def output_features() -> dict[str, seqio.Feature]:
