@@ -25,11 +25,11 @@ from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
-# ModelConfig fields that describe the weights; the rest (dtypes, remat, dropout) are the run's choice.
+# ModelConfig fields that describe the weights and what they compute; the rest (dtypes, remat,
+# dropout, max_position_embeddings) are the run's choice.
 SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
                 "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_low_freq_factor",
-                "rope_high_freq_factor", "rope_original_max_position", "max_position_embeddings",
-                "qkv_bias", "sliding_window", "prefix_lm", "norm_eps", "tie_embeddings")
+                "rope_high_freq_factor", "rope_original_max_position", "qkv_bias", "sliding_window", "prefix_lm", "norm_eps", "tie_embeddings")
 
 
 class TensorSource(Protocol):

@@ -234,6 +234,9 @@ def train(model_dir: Optional[str] = None, *,
   if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
     raise UserError(f"BATCH_SIZE={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)} and by num_microbatches={num_microbatches}")
+  if pretrained.is_pretrained(initial_checkpoint_path):  # before anything is written to MODEL_DIR
+    pretrained.check_config(model_config, pretrained.pretrained_model_config(initial_checkpoint_path),
+                            initial_checkpoint_path)
   vocab = _check_vocab(mixture_or_task_name, model_config, model_dir, initial_checkpoint_path)
 
   is_main = jax.process_index() == 0
