@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /tmp/flan_jax_demo
 T5_VERSION := 0.9.4
+# The tests' PyTorch, installed first so that the test extra's `torch` is already met by a CPU build.
+TORCH_VERSION := 2.13.0
 TEST_ENV := TF_CPP_MIN_LOG_LEVEL=3 JAX_PLATFORMS=cpu
 
 .PHONY: install demo test clean
@@ -13,6 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==$(TORCH_VERSION)
 	$(BIN)/pip install -e '.[test]'
 	# t5 without its pins (they would replace seqio and tensorflow-datasets with nightlies)
 	$(BIN)/pip install --no-deps t5==$(T5_VERSION)

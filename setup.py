@@ -21,9 +21,17 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.6,<4.10",
         "gin-config>=0.5,<0.6",
         "numpy>=1.26",
+        "ml_dtypes",
+        # Pretrained models: safetensors weights, GGUF files, Hugging Face and SentencePiece tokenizers.
+        "safetensors>=0.4",
+        "gguf>=0.10",
+        "tokenizers>=0.20",
+        "sentencepiece>=0.2",
         # What t5.data and t5.evaluation import:
         "babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", "pandas", "editdistance",
         "immutabledict",
     ],
-    extras_require={"test": ["pytest>=8"], "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
+    # The tests build tiny Hugging Face models with transformers (PyTorch on the CPU) to compare with.
+    extras_require={"test": ["pytest>=8", "torch>=2.4", "transformers>=4.46"], "tpu": ["jax[tpu]"],
+                    "gpu": ["jax[cuda12]"]},
 )

@@ -479,8 +479,6 @@ def test_tensor_type_the_package_cannot_dequantize(models, tmp_path):
 ])
 def test_logits_match_hf(arch, qtype, atol, models, ggufs):
   from flan_jax import pretrained
-  if not hasattr(pretrained, "open_pretrained"):
-    pytest.skip("flan_jax.pretrained has no open_pretrained yet")
   from flan_jax.model import Transformer
   model = models[arch][1]
   tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 11))
@@ -499,3 +497,23 @@ def test_logits_match_hf(arch, qtype, atol, models, ggufs):
     with torch.no_grad():
       want = rounded(torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_train_binary_starts_from_a_gguf_file(models, ggufs, tmp_path):
+  """PRETRAINED may name a GGUF file: weights and tokenizer come from it, and the run records both."""
+  import gin
+  import tasks  # noqa: F401  (registers the embedded tasks)
+  from flan_jax import checkpointing, cli, train, vocabularies
+  model_dir = tmp_path / "run"
+  gin.clear_config()
+  try:
+    cli.run(train.main, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={ggufs['llama', 'F32']}",
+                         f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
+                         "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 8}", "--gin.TRAIN_STEPS=1",
+                         "--gin.BATCH_SIZE=8", "--gin.ModelConfig.dtype='float32'"])
+  finally:
+    gin.clear_config()
+  recorded = checkpointing.recorded_vocabulary(str(model_dir))
+  original = vocabularies.from_directory(models["llama"][0])
+  assert recorded.encode(" ".join(SAMPLE)) == original.encode(" ".join(SAMPLE))
+  assert checkpointing.recorded_model_config(str(model_dir)).vocab_size == models["llama"][1].config.vocab_size

@@ -59,7 +59,7 @@ def test_logits_match_transformers_with_padding_and_mixed_lengths(models, arch):
   assert diff < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["llama3", "qwen2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_is_token_identical(models, arch):
   directory, hf = models[arch]
   p = pretrained.open_pretrained(directory)
@@ -202,6 +202,16 @@ def test_tuned_run_exports_to_transformers_and_evaluates(tuned, tmp_path):
     vocabularies.set_default(None)
   report = json.load(open(os.path.join(model_dir, "eval_embedded_eval_nli_step2.json")))
   assert len(report["metrics"]) == 6
+
+
+def test_resuming_with_another_vocabulary_is_one_line(tuned, capsys):
+  from flan_jax import train
+  _, model_dir, _ = tuned
+  code, err = run_main(train, ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin", LENGTHS,
+                               f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
+                               "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8"], capsys)
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) == 1 and "was made with the vocabulary huggingface" in lines[0], err
 
 
 def test_eval_with_another_tokenizer_is_one_line(tuned, tmp_path, capsys):
