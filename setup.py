@@ -27,6 +27,7 @@ setuptools.setup(
         "gguf>=0.10",
         "tokenizers>=0.20",
         "sentencepiece>=0.2",
+        "matplotlib",  # the report's charts
         # What t5.data and t5.evaluation import:
         "babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", "pandas", "editdistance",
         "immutabledict",

@@ -306,12 +306,13 @@ def _block_reader(m: Mapping, source: TensorSource, shape: tuple[int, ...], dtyp
     index = tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
     key = tuple((s.start, s.stop) for s in index)
     if key not in cache:
-      if m.stacked:
-        layers = range(*index[0].indices(shape[0]))
-        block = np.stack([read_hf(m, source, i, shape[1:], index[1:]) for i in layers])
+      block = np.empty([s.stop - s.start for s in index], dtype)
+      if m.stacked:  # one Hugging Face tensor per layer, converted into place
+        for j, layer in enumerate(range(index[0].start, index[0].stop)):
+          block[j] = read_hf(m, source, layer, shape[1:], index[1:])
       else:
-        block = read_hf(m, source, None, shape, index)
-      cache[key] = np.asarray(block, dtype=dtype)
+        block[...] = read_hf(m, source, None, shape, index)
+      cache[key] = block
     return cache[key]
 
   return read

@@ -55,7 +55,6 @@ class SafetensorsDirectory:
     self._headers = {f: read_header(os.path.join(directory, f)) for f in files}
     self._where = {name: f for f, header in self._headers.items() for name in header
                    if not name.startswith("__")}
-    self._maps: dict = {}
 
   def keys(self) -> list[str]:
     return list(self._where)
@@ -64,28 +63,31 @@ class SafetensorsDirectory:
     return tuple(self._entry(name)["shape"])
 
   def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
-    """A copy of tensor[index]; only the pages that hold the slice are read from disk."""
-    return np.array(self._array(name)[index])
+    """A copy of tensor[index]; only the pages that hold the slice are read from disk.
+
+    The file is mapped for this read alone, so pages read for earlier blocks do not stay in
+    this process's memory.
+    """
+    entry, file = self._entry(name), self._where[name]
+    if entry["dtype"] not in DTYPES:
+      raise UserError(f"{self.directory}/{file}: tensor {name} has unsupported dtype {entry['dtype']}")
+    start, end = entry["data_offsets"]
+    dtype, shape = np.dtype(DTYPES[entry["dtype"]]), tuple(entry["shape"])
+    if end - start != dtype.itemsize * int(np.prod(shape)):
+      raise UserError(f"{self.directory}/{file}: tensor {name} is truncated or damaged")
+    if not shape:
+      return np.zeros((), dtype)
+    mapped = np.memmap(os.path.join(self.directory, file), dtype=dtype, mode="r",
+                       offset=self._headers[file]["__data_start__"] + start, shape=shape)
+    try:
+      return np.array(mapped[index])
+    finally:
+      del mapped
 
   def _entry(self, name: str) -> dict:
     if name not in self._where:
       raise UserError(f"{self.directory}: no tensor named {name}")
     return self._headers[self._where[name]][name]
-
-  def _array(self, name: str) -> np.ndarray:
-    if name not in self._maps:
-      entry, file = self._entry(name), self._where[name]
-      if entry["dtype"] not in DTYPES:
-        raise UserError(f"{self.directory}/{file}: tensor {name} has unsupported dtype {entry['dtype']}")
-      start, end = entry["data_offsets"]
-      offset = self._headers[file]["__data_start__"] + start
-      dtype = np.dtype(DTYPES[entry["dtype"]])
-      shape = tuple(entry["shape"])
-      if end - start != dtype.itemsize * int(np.prod(shape)):
-        raise UserError(f"{self.directory}/{file}: tensor {name} is truncated or damaged")
-      self._maps[name] = np.memmap(os.path.join(self.directory, file), dtype=dtype, mode="r",
-                                   offset=offset, shape=shape) if shape else np.zeros((), dtype)
-    return self._maps[name]
 
 
 def plan_shards(sizes: Iterable[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:

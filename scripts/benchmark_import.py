@@ -10,6 +10,7 @@ process, so peak resident memory is that step's alone; flan_jax imports into flo
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,22 +34,25 @@ import json, sys, time
 import jax
 from flan_jax import partitioning, pretrained
 mesh = {"1": dict(devices=jax.devices()[:1]), "fsdp8": dict(data=1, fsdp=8)}[sys.argv[2]]
+before = pretrained.peak_host_memory_gib()
 began = time.time()
 p = pretrained.open_pretrained(sys.argv[1])
 params = pretrained.load_params(p, partitioning.make_mesh(**mesh))
 jax.block_until_ready(params)
 wq = params["layers"]["attn"]["wq"]
 print(json.dumps({"seconds": time.time() - began, "peak_host_gib": pretrained.peak_host_memory_gib(),
+                  "before_gib": before,
                   "per_device_gib": sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(params)) / 2**30,
                   "shard_shape_wq": list(wq.sharding.shard_shape(wq.shape))}))
 """
 
 TORCH_LOAD = """
 import json, resource, sys, time, torch, transformers
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+before = peak()
 began = time.time()
 model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
-print(json.dumps({"seconds": time.time() - began,
-                  "peak_host_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+print(json.dumps({"seconds": time.time() - began, "peak_host_gib": peak(), "before_gib": before}))
 """
 
 
@@ -59,7 +63,9 @@ def hf_shape(gin_file: str) -> dict:
   from flan_jax import pretrained
   from flan_jax.model import ModelConfig
   gin.add_config_file_search_path(os.path.join(ROOT, "gin"))
+  logging.disable(logging.ERROR)  # gin logs every search-path miss before it finds the file
   gin.parse_config_file(gin_file)
+  logging.disable(logging.NOTSET)
   config = ModelConfig()
   hf = pretrained.hf_config(config, bos_id=1, eos_id=2, dtype="bfloat16")
   hf.pop("architectures")
@@ -96,10 +102,13 @@ def main():
       rows.append((f"flan_jax import, mesh {mesh} (f32)", child(IMPORT, directory, mesh, devices=8)))
 
   print(f"checkpoint: {args.hf_dir or args.model}, {size / 2**30:.2f} GiB of safetensors")
-  print(f"{'what':<38} {'seconds':>8} {'peak host GiB':>14} {'per device GiB':>15}")
+  print("peak host GiB is the process's peak resident memory; 'before' is what it held (libraries) "
+        "before loading")
+  print(f"{'what':<38} {'seconds':>8} {'before GiB':>11} {'peak host GiB':>14} {'per device GiB':>15}")
   for name, r in rows:
     per_device = f"{r['per_device_gib']:.2f}" if "per_device_gib" in r else "-"
-    print(f"{name:<38} {r['seconds']:>8.1f} {r['peak_host_gib']:>14.2f} {per_device:>15}")
+    print(f"{name:<38} {r['seconds']:>8.1f} {r['before_gib']:>11.2f} {r['peak_host_gib']:>14.2f} "
+          f"{per_device:>15}")
   if args.output:
     with open(args.output, "w") as f:
       json.dump({"checkpoint": args.hf_dir or args.model, "safetensors_gib": size / 2**30,
