@@ -1,12 +1,13 @@
 """Command-line handling shared by the binaries: t5x-style gin flags, multi-host start, one-line errors.
 
 Flags: `--gin_file=PATH` (repeatable; looked up in the working directory, then under gin/),
-`--gin.NAME=VALUE` (a binding or macro; a bare word such as a path is taken as a string),
+`--gin.NAME=VALUE` (a binding or macro; a VALUE that is not a gin literal is taken as a string),
 `--gin_search_paths=DIR,DIR`, and for multi-host runs `--multihost` (auto-detect the cluster) or
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; `--heartbeat_timeout_seconds=S`
 bounds how long the other hosts wait before they exit when one host dies (default 100).
 """
 
+import ast
 import dataclasses
 import logging
 import os
@@ -19,7 +20,6 @@ import gin
 from flan_jax.errors import UserError
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
-_LITERAL_START = re.compile(r"""^\s*(['"\[\{\(@%]|-?\d|True$|False$|None$)""")
 
 
 @dataclasses.dataclass
@@ -86,8 +86,23 @@ def parse_flags(argv: Sequence[str]) -> Flags:
 
 
 def _as_gin_value(value: str) -> str:
-  """Gin literals pass through; a bare word (a path, a task name) becomes a quoted string."""
-  return value if _LITERAL_START.match(value) else repr(value)
+  """Gin literals pass through; anything else (a path, a task name) becomes a quoted string.
+
+  Literals are numbers, True/False/None, quoted strings, lists, tuples and dicts of them, `@name`
+  references and `%NAME` macros (also inside a list or dict). `2024_runs/r1` is a string even
+  though it starts with a digit.
+  """
+  text = value.strip()
+  if text.startswith(("@", "%")):
+    return value
+  try:
+    ast.literal_eval(text)
+    return value
+  except (ValueError, SyntaxError):
+    pass
+  if text[:1] in "[({" and re.search(r"[@%]", text):  # a container holding references
+    return value
+  return repr(value)
 
 
 def configure_gin(flags: Flags) -> None:

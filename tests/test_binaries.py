@@ -142,3 +142,15 @@ def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
   assert step_a == step_b == 8
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert np.array_equal(np.asarray(x), np.asarray(y)), f"killed at step {kill_at}"
+
+
+@pytest.mark.parametrize("value, binding", [
+    ("2024_runs/r1", "'2024_runs/r1'"), ("/tmp/x", "'/tmp/x'"), ("embedded_all", "'embedded_all'"),
+    ("1e-3", "1e-3"), ("-2", "-2"), ("True", "True"), ("None", "None"), ("'float32'", "'float32'"),
+    ("{'inputs': 96}", "{'inputs': 96}"), ("@ModelConfig()", "@ModelConfig()"), ("%MODEL_DIR", "%MODEL_DIR"),
+    ("[@a(), @b()]", "[@a(), @b()]"), ("3rd_try", "'3rd_try'"),
+])
+def test_gin_values_that_are_not_literals_are_strings(value, binding):
+  from flan_jax import cli
+  flags = cli.parse_flags(["--gin_file=runs/finetune.gin", f"--gin.X={value}"])
+  assert flags.gin_bindings == [f"X = {binding}"]
