@@ -4,6 +4,8 @@ import gin
 import jax.numpy as jnp
 import optax
 
+from flan_jax.errors import UserError
+
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
 
 
@@ -16,7 +18,7 @@ def make_schedule(total_steps: int, learning_rate: float = 1e-3, schedule: str =
   rsqrt: peak * sqrt(warmup_steps / step) (inverse square root, T5's shape).
   """
   if schedule not in SCHEDULES:
-    raise ValueError(f"schedule={schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise UserError(f"make_schedule.schedule={schedule!r} is not a schedule; choose one of {', '.join(SCHEDULES)}")
   warmup = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
   decay_steps = max(total_steps - warmup_steps, 1)
   end = learning_rate * end_fraction
@@ -44,7 +46,7 @@ def make_optimizer(schedule: optax.Schedule, name: str = "adamw", weight_decay: 
   elif name == "adafactor":
     tx = optax.adafactor(schedule, weight_decay_rate=weight_decay or None, multiply_by_parameter_scale=False)
   else:
-    raise ValueError(f"optimizer name={name!r}; choose 'adamw' or 'adafactor'")
+    raise UserError(f"make_optimizer.name={name!r} is not an optimizer; choose 'adamw' or 'adafactor'")
   if clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
   return tx

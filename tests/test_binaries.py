@@ -82,6 +82,10 @@ def run_main(module, argv, capsys):
     (["--gin.MIXTURE_OR_TASK_NAME=embedded_all"], "MODEL_DIR is not set"),
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embeded_all"], "did you mean embedded_all"),
     (["--gin_file=no_such.gin"], "gin file no_such.gin not found"),
+    (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.make_optimizer.name=adamz"],
+     "make_optimizer.name='adamz' is not an optimizer"),
+    (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.make_schedule.schedule=cosinus"],
+     "make_schedule.schedule='cosinus' is not a schedule"),
     (["--no_such_flag"], "unknown flag --no_such_flag"),
 ])
 def test_train_bad_input_is_one_clear_line(args, message, capsys):
