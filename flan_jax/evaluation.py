@@ -1,14 +1,16 @@
-"""Zero-shot evaluation: restore parameters, run seqio.Evaluator, aggregate, write JSON, print a table.
+"""Zero-shot evaluation: restore checkpoints, run seqio.Evaluator, write metrics and per-example records.
 
-Metrics that need scores get each target's log-likelihood (rank classification over the
-options); metrics that need predictions get greedy decodes. This module restores a checkpoint on
-its own and never imports the trainer.
+Rank-classification tasks get each option's log-likelihood (and every normalisation of it);
+decoding tasks get greedy decodes. This module restores checkpoints on its own and never imports
+the trainer.
 """
 
+import dataclasses
 import functools
 import json
 import os
-from typing import Any, Mapping, Optional
+import time
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import gin
 import jax
@@ -20,7 +22,9 @@ from flan_jax import checkpointing
 from flan_jax import data as data_lib
 from flan_jax import decoding
 from flan_jax import partitioning
+from flan_jax import predictions as predictions_lib
 from flan_jax import pretrained
+from flan_jax import task_info
 from flan_jax import vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
@@ -33,25 +37,39 @@ def abstract_params(model: Transformer, mesh, rules, seq_len: int = 8):
 
 
 class _BatchRunner:
-  """Feeds an enumerated eval dataset through a jitted function in fixed-size global batches."""
+  """Feeds an enumerated eval dataset through a jitted function in fixed-size global batches.
 
-  def __init__(self, fn, params, mesh, rules, batch_size: int):
+  Every process reads the same batches; each device receives only its own rows (its block of the
+  batch sharding), and the outputs come back replicated to every process.
+  """
+
+  def __init__(self, fn, params, mesh, rules, batch_size: int, progress: Optional["_Progress"] = None):
     self.params, self.mesh, self.rules, self.batch_size = params, mesh, rules, batch_size
     self.sharding = partitioning.batch_sharding(mesh, rules)
     self.fn = jax.jit(fn, out_shardings=partitioning.replicated(mesh))
+    self.progress = progress
 
   def __call__(self, ds) -> list[tuple[int, Any]]:
     results = []
     for indices, features in ds.batch(self.batch_size).as_numpy_iterator():
-      n = len(indices)
-      batch = {k: self._to_global(_pad(v, self.batch_size)) for k, v in features.items()}
-      with partitioning.activate(self.mesh, self.rules):
-        out = np.asarray(self.fn(self.params, batch))[:n]
-      results.extend(zip(indices.tolist(), out))
+      results.extend(zip(indices.tolist(), self.run_rows(features)))
+      if self.progress:
+        self.progress.add(len(indices))
     return results
 
+  def run_rows(self, features: Mapping[str, np.ndarray]) -> list:
+    """The function's output for each row of `features` (any number of rows)."""
+    n = len(next(iter(features.values())))
+    out = []
+    for start in range(0, n, self.batch_size):
+      batch = {k: self._to_global(_pad(v[start:start + self.batch_size], self.batch_size))
+               for k, v in features.items()}
+      with partitioning.activate(self.mesh, self.rules):
+        out.extend(np.asarray(self.fn(self.params, batch))[:min(self.batch_size, n - start)])
+    return out
+
   def _to_global(self, rows: np.ndarray) -> jax.Array:
-    # Every process holds the whole batch; each device takes its slice of it.
+    # The callback runs for this process's devices only: each receives its slice of the rows.
     return jax.make_array_from_callback(rows.shape, self.sharding, lambda idx: rows[idx])
 
 
@@ -60,77 +78,252 @@ def _pad(rows: np.ndarray, size: int) -> np.ndarray:
 
 
 @gin.configurable
-def evaluate(checkpoint_path: Optional[str] = None, *,
+def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
              mixture_or_task_name: Optional[str] = None,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              model_config: Optional[ModelConfig] = None,
-             split: str = "validation",
+             split: Union[str, Sequence[str]] = "validation",
              batch_size: int = 32,
              num_examples: Optional[int] = None,
              output_dir: Optional[str] = None,
+             normalization: str = "none",
+             all_steps: bool = False,
+             follow_seconds: float = 0.0,
+             run_names: Optional[Sequence[str]] = None,
              mesh: Optional[jax.sharding.Mesh] = None,
-             rules: Optional[tuple] = None) -> dict:
-  """Evaluates a checkpoint zero-shot on every task of a task or mixture; returns the report.
+             rules: Optional[tuple] = None) -> list[dict]:
+  """Evaluates checkpoints zero-shot on every task of a task or mixture; returns their reports.
 
-  `checkpoint_path` is a flan_jax run (its newest step), one step of it, a Hugging Face model
-  directory or a GGUF file. The model config and the vocabulary follow the checkpoint unless the
-  gin config sets them (then they must match it).
+  `checkpoint_path` is one path or a list of them (several runs, e.g. base, tuned, ablation);
+  each is a flan_jax run (its newest step, or with `all_steps` every step not yet evaluated), one
+  step of a run, a Hugging Face model directory or a GGUF file. With `follow_seconds`, a run is
+  watched for new checkpoints until none has appeared for that long. Each (step, split) writes
+  `eval_<name>_<split>_step<step>.json` (metrics) and `predictions_<name>_<split>_step<step>.jsonl`
+  (every example, for `python -m flan_jax.report`). The model config and the vocabulary follow the
+  checkpoint unless the gin config sets them (then they must match it).
   """
-  if not checkpoint_path:
+  paths = [checkpoint_path] if isinstance(checkpoint_path, str) else list(checkpoint_path or [])
+  if not paths:
     raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
+  if normalization not in predictions_lib.NORMALIZATIONS:
+    raise UserError(f"evaluate.normalization={normalization!r}; choose one of "
+                    f"{', '.join(predictions_lib.NORMALIZATIONS)}")
   data_lib.check_task_name(mixture_or_task_name)
+  splits = [split] if isinstance(split, str) else list(split)
+  names = list(run_names) if run_names else [_run_name(p) for p in paths]
+  if len(names) != len(paths) or len(set(names)) != len(names):
+    raise UserError(f"run names {names} must be distinct, one per checkpoint path")
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules() if rules is None else rules
   if batch_size % partitioning.data_parallel_size(mesh, rules):
     raise UserError(f"eval batch_size={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)}")
-  is_pretrained = pretrained.is_pretrained(checkpoint_path)
+  job = _Job(mixture_or_task_name, dict(task_feature_lengths), splits, batch_size, num_examples,
+             normalization, mesh, rules)
+  reports = []
+  for name, path in zip(names, paths):
+    reports += _evaluate_run(job, name, path, model_config, output_dir, all_steps, follow_seconds)
+  return reports
+
+
+@dataclasses.dataclass
+class _Job:
+  """What stays fixed across the checkpoints of one eval command; seqio evaluators are built once."""
+  name: str
+  lengths: dict
+  splits: list
+  batch_size: int
+  num_examples: Optional[int]
+  normalization: str
+  mesh: Any
+  rules: tuple
+  evaluators: dict = dataclasses.field(default_factory=dict)
+  vocab_record: Optional[dict] = None
+
+  def evaluator(self, split: str) -> seqio.Evaluator:
+    if split not in self.evaluators:
+      vocab = data_lib.vocabulary(self.name)
+      self.evaluators[split] = seqio.Evaluator(
+          self.name, feature_converter=data_lib.feature_converter(pack=False, vocab=vocab),
+          eval_split=split, sequence_length=self.lengths, num_examples=self.num_examples,
+          use_cached=False, async_compute_metrics=False)
+      if not self.evaluators[split].eval_tasks:
+        raise UserError(f"no task of '{self.name}' has a '{split}' split; set evaluate.split to one "
+                        "the tasks have (see `python -m tasks`)")
+    return self.evaluators[split]
+
+
+def _run_name(path: str) -> str:
+  return os.path.basename(checkpointing.model_dir_of(path).rstrip("/")) or path
+
+
+def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelConfig],
+                  output_dir: Optional[str], all_steps: bool, follow_seconds: float) -> list[dict]:
+  is_pretrained = pretrained.is_pretrained(path)
   if is_pretrained and not output_dir:
-    raise UserError(f"{checkpoint_path} is a pretrained model: set EVAL_OUTPUT_DIR for the eval results")
-  model_dir = checkpointing.model_dir_of(checkpoint_path)
+    raise UserError(f"{path} is a pretrained model: set EVAL_OUTPUT_DIR for the eval results")
+  if not is_pretrained and not os.path.isdir(path):
+    raise UserError(f"checkpoint path {path} does not exist; pass CHECKPOINT_PATH=<model dir> "
+                    f"or <model dir>/{checkpointing.SUBDIR}/<step>")
+  model_dir = checkpointing.model_dir_of(path)
+  output_dir = output_dir or model_dir
   if model_config is None:
-    model_config = (pretrained.pretrained_model_config(checkpoint_path) if is_pretrained
+    model_config = (pretrained.pretrained_model_config(path) if is_pretrained
                     else checkpointing.recorded_model_config(model_dir) or ModelConfig())
-  _follow_vocabulary(mixture_or_task_name, checkpoint_path)
+  _follow_vocabulary(job, path)
   model = Transformer(model_config)
-  step, params = pretrained.restore_params(checkpoint_path, model_config, mesh, rules,
-                                           abstract_params(model, mesh, rules))
+  target = abstract_params(model, job.mesh, job.rules)
+  reports, done = [], set()
+  waited_since = time.time()
+  while True:
+    pending = [s for s in _steps(path, is_pretrained, all_steps or follow_seconds > 0) if s not in done]
+    pending = [s for s in pending if not (all_steps and _evaluated(output_dir, job, s))]
+    for step in pending:
+      where = path if is_pretrained or step is None else os.path.join(model_dir, checkpointing.SUBDIR, str(step))
+      loaded_step, params = pretrained.restore_params(where, model_config, job.mesh, job.rules, target)
+      reports += [_evaluate_step(job, run, path, model, params, loaded_step, split, output_dir)
+                  for split in job.splits]
+      done.add(step)
+      waited_since = time.time()
+    if time.time() - waited_since >= follow_seconds:
+      return reports
+    time.sleep(min(10.0, follow_seconds))
 
-  vocab = data_lib.vocabulary(mixture_or_task_name)
-  evaluator = seqio.Evaluator(
-      mixture_or_task_name, feature_converter=data_lib.feature_converter(pack=False, vocab=vocab),
-      eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
-      use_cached=False, async_compute_metrics=False)
+
+def _steps(path: str, is_pretrained: bool, every: bool) -> list:
+  """The steps to evaluate: None for a pretrained model or a single step dir (restored as named)."""
+  if is_pretrained or os.path.basename(os.path.abspath(path)).isdigit() or not every:
+    return [None]
+  directory = os.path.join(checkpointing.model_dir_of(path), checkpointing.SUBDIR)
+  if not os.path.isdir(directory):
+    return [None]  # restore_params explains what is missing
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def _evaluated(output_dir: str, job: _Job, step) -> bool:
+  return step is not None and all(os.path.exists(_result_path(output_dir, job.name, split, step, "eval"))
+                                  for split in job.splits)
+
+
+def _result_path(output_dir: str, name: str, split: str, step: int, kind: str) -> str:
+  suffix = "json" if kind == "eval" else "jsonl"
+  return os.path.join(output_dir, f"{kind}_{name}_{split}_step{step}.{suffix}")
+
+
+def _evaluate_step(job: _Job, run: str, path: str, model: Transformer, params, step: int, split: str,
+                   output_dir: str) -> dict:
+  """Scores and decodes every task of the mixture on one split; writes metrics and predictions."""
+  evaluator = job.evaluator(split)
+  vocab = data_lib.vocabulary(job.name)
+  total = sum(_count(evaluator.cached_model_datasets[t.name]) * len(t.metric_objs) for t in evaluator.eval_tasks)
+  progress = _Progress(total, f"{job.name} ({split}) @ step {step}")
   predict = _BatchRunner(functools.partial(
-      decoding.greedy_decode, model, max_decode_length=task_feature_lengths["targets"],
-      eos_id=vocab.eos_id, vocab_size=vocab.vocab_size), params, mesh, rules, batch_size)
-  score = _BatchRunner(functools.partial(decoding.score_targets, model), params, mesh, rules, batch_size)
-  future, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict, score_fn=score)
-
+      decoding.greedy_decode, model, max_decode_length=job.lengths["targets"],
+      eos_id=vocab.eos_id, vocab_size=vocab.vocab_size), params, job.mesh, job.rules, job.batch_size, progress)
+  score = _BatchRunner(functools.partial(decoding.score_targets, model), params, job.mesh, job.rules,
+                       job.batch_size, progress)
+  future, outputs = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict, score_fn=score)
   metrics = {task: {name: float(_value(v)) for name, v in values.items()}
              for task, values in future.result().items()}
-  report = {"checkpoint_path": os.path.abspath(checkpoint_path), "step": step,
-            "mixture_or_task_name": mixture_or_task_name, "split": split,
+  records = []
+  for task in evaluator.eval_tasks:
+    info = task_info.lookup(task.name)
+    lineage = predictions_lib.Lineage(run, os.path.abspath(path), step, split, task.name, info.dataset,
+                                      info.cluster, info.template)
+    examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
+    out = outputs[task.name]
+    if seqio.metrics.ModelOutputType.SCORE in out:
+      content_free = _content_free(score, examples, vocab, job.lengths)
+      task_records = predictions_lib.scoring_records(
+          examples, out[seqio.metrics.ModelOutputType.SCORE], content_free, lineage, job.normalization)
+      metrics[task.name]["accuracy"] = predictions_lib.accuracy(task_records)
+    else:
+      task_records = predictions_lib.generative_records(
+          examples, _postprocessed(task, vocab, out[seqio.metrics.ModelOutputType.PREDICTION], examples),
+          _targets(task, examples), lineage)
+    records += task_records
+  report = {"checkpoint_path": os.path.abspath(path), "run": run, "step": step,
+            "mixture_or_task_name": job.name, "split": split, "normalization": job.normalization,
             "metrics": metrics, "average": average(metrics)}
-  output_dir = output_dir or model_dir
   if jax.process_index() == 0:
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, f"eval_{mixture_or_task_name}_step{step}.json")
-    with open(path, "w") as f:
+    result = _result_path(output_dir, job.name, split, step, "eval")
+    predictions_lib.write_jsonl(records, _result_path(output_dir, job.name, split, step, "predictions"))
+    with open(result + ".tmp", "w") as f:
       json.dump(report, f, indent=2)
+    os.replace(result + ".tmp", result)
     print(format_table(report), flush=True)
-    print(f"wrote {path}", flush=True)
+    print(f"wrote {result} and its predictions", flush=True)
   return report
 
 
-def _follow_vocabulary(name: str, checkpoint_path: str) -> None:
-  """Tokenize with the checkpoint's vocabulary; one chosen in gin must be the same one."""
+def _count(ds) -> int:
+  n = int(ds.cardinality())
+  return n if n >= 0 else sum(1 for _ in ds)
+
+
+def _postprocessed(task: seqio.Task, vocab, tokens, examples) -> list:
+  """Decoded predictions after the task's postprocessor, as seqio's metrics see them."""
+  texts = [vocab.decode([int(t) for t in row]) for row in tokens]
+  if not task.postprocess_fn:
+    return texts
+  return [task.postprocess_fn(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
+
+
+def _targets(task: seqio.Task, examples) -> list:
+  """Each example's target text after the task's postprocessor."""
+  texts = [predictions_lib.text(ex["targets_pretokenized"]) for ex in examples]
+  if not task.postprocess_fn:
+    return texts
+  return [task.postprocess_fn(text, example=ex, is_target=True) for text, ex in zip(texts, examples)]
+
+
+def _content_free(score: "_BatchRunner", examples, vocab, lengths: Mapping[str, int]) -> dict[str, float]:
+  """Each distinct option's log-likelihood after an empty prompt (BOS only): the calibration term."""
+  options = {}
+  for row in examples:
+    options.setdefault(predictions_lib.text(row["targets_pretokenized"]), row["targets"])
+  length = lengths["inputs"] + lengths["targets"]
+  bos = vocabularies.bos_id_or_zero(vocab)
+  rows = {k: np.zeros((len(options), length), np.int32) for k in (
+      "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_causal_attention")}
+  for i, ids in enumerate(options.values()):
+    ids = np.asarray(ids[:length], np.int32)
+    rows["decoder_input_tokens"][i, :len(ids)] = np.concatenate([[bos], ids[:-1]])
+    rows["decoder_target_tokens"][i, :len(ids)] = ids
+    rows["decoder_loss_weights"][i, :len(ids)] = 1
+    rows["decoder_causal_attention"][i, 0] = 1
+  return dict(zip(options, score.run_rows(rows)))
+
+
+class _Progress:
+  """Prints examples done, examples/s and an ETA for one split of one checkpoint."""
+
+  def __init__(self, total: int, title: str):
+    self.total, self.title, self.done, self.started = max(total, 1), title, 0, time.time()
+    self.last_print = 0.0
+
+  def add(self, n: int) -> None:
+    self.done += n
+    now = time.time()
+    if jax.process_index() == 0 and (now - self.last_print > 10 or self.done >= self.total):
+      self.last_print = now
+      rate = self.done / max(now - self.started, 1e-9)
+      eta = (self.total - self.done) / rate if rate else 0.0
+      print(f"eval {self.title}: {self.done}/{self.total} examples, {rate:.1f} examples/s, "
+            f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s", flush=True)
+
+
+def _follow_vocabulary(job: _Job, checkpoint_path: str) -> None:
+  """Tokenize with the checkpoint's vocabulary; one chosen in gin, or used by an earlier run of
+  this command (its tasks are already tokenized), must be the same one."""
   start = pretrained.starting_vocabulary(checkpoint_path)
   if start is None:
     return
-  if not vocabularies.is_configured():
+  if not vocabularies.is_configured() and job.vocab_record is None:
     vocabularies.set_default(start)
-  vocabularies.check_same(vocabularies.describe(start), data_lib.vocabulary(name), checkpoint_path)
+  vocabularies.check_same(vocabularies.describe(start), data_lib.vocabulary(job.name), checkpoint_path)
+  job.vocab_record = vocabularies.describe(start)
 
 
 def _value(v) -> float:

@@ -44,13 +44,27 @@ def test_eval_binary_writes_real_metrics(trained):
                f"--gin.CHECKPOINT_PATH={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli",
                LENGTHS, "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8")
   assert out.returncode == 0, out.stderr[-3000:]
-  report = json.load(open(os.path.join(model_dir, "eval_embedded_eval_nli_step4.json")))
+  report = json.load(open(os.path.join(model_dir, "eval_embedded_eval_nli_validation_step4.json")))
   assert report["step"] == 4
-  assert set(report["metrics"]) == {f"embedded_{d}_nli_{kind}" for d in ("color", "place", "count")
-                                    for kind in ("eval", "scoring")}
+  # Every template of every NLI dataset, decoded and rank-classified.
+  assert set(report["metrics"]) == {f"embedded_{d}_nli_{kind}_t{i}" for d in ("color", "place", "count")
+                                    for kind in ("eval", "scoring") for i in range(4)}
   for task, values in report["metrics"].items():
     assert 0.0 <= values["accuracy"] <= 100.0, (task, values)
-  assert "average" in out.stdout and "embedded_color_nli_scoring" in out.stdout
+  assert "average" in out.stdout and "embedded_color_nli_scoring_t0" in out.stdout
+  # One record per example, with its lineage, for the report.
+  lines = open(os.path.join(model_dir, "predictions_embedded_eval_nli_validation_step4.jsonl")).readlines()
+  records = [json.loads(line) for line in lines]
+  assert len(records) == 3 * 4 * 8 * 2
+  scoring = [r for r in records if r["kind"] == "scoring"]
+  assert {r["cluster"] for r in records} == {"nli"} and {r["template"] for r in records} == {0, 1, 2, 3}
+  assert all(r["target"] in r["options"] and set(r["scores"]) == {"none", "per_token", "per_char", "calibrated"}
+             for r in scoring)
+  per_task = {}
+  for r in scoring:
+    per_task.setdefault(r["task"], []).append(r["correct"])
+  for task, flags in per_task.items():  # the table's accuracy is the records' accuracy
+    assert report["metrics"][task]["accuracy"] == pytest.approx(100 * sum(flags) / len(flags))
 
 
 def test_unknown_task_is_one_clear_line_from_the_binary():

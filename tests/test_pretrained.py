@@ -200,8 +200,8 @@ def test_tuned_run_exports_to_transformers_and_evaluates(tuned, tmp_path):
                           "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8"])
   finally:
     vocabularies.set_default(None)
-  report = json.load(open(os.path.join(model_dir, "eval_embedded_eval_nli_step2.json")))
-  assert len(report["metrics"]) == 6
+  report = json.load(open(os.path.join(model_dir, "eval_embedded_eval_nli_validation_step2.json")))
+  assert len(report["metrics"]) == 24
 
 
 def test_resuming_with_another_vocabulary_is_one_line(tuned, capsys):

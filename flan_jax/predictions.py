@@ -1,0 +1,113 @@
+"""Per-example eval records: rank classification under each normalisation, and decoded answers.
+
+The records are the report's input (docs/reporting.md): one JSON object per evaluated example,
+with its task, dataset, cluster, template, example id, prompt, options and their scores.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+NORMALIZATIONS = ("none", "per_token", "per_char", "calibrated")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lineage:
+  """Where a record comes from: the run, the checkpoint, and the task's place in the collection."""
+  run: str
+  checkpoint: str
+  step: int
+  split: str
+  task: str
+  dataset: str
+  cluster: str
+  template: Optional[int]
+
+
+def normalized(log_likelihood: float, num_tokens: int, text: str, content_free: float) -> dict[str, float]:
+  """An option's score under every normalisation.
+
+  none: the summed log-likelihood of its tokens (EOS included); per_token: divided by that
+  number of tokens; per_char: divided by the option's length in characters; calibrated: minus
+  the option's log-likelihood after an empty prompt (only BOS), which removes the model's prior
+  for the option itself.
+  """
+  return {"none": log_likelihood, "per_token": log_likelihood / max(num_tokens, 1),
+          "per_char": log_likelihood / max(len(text), 1), "calibrated": log_likelihood - content_free}
+
+
+def best(scores: Sequence[float]) -> int:
+  """The index of the highest score; the first one wins a tie."""
+  return int(np.argmax(np.asarray(scores, np.float64)))
+
+
+def scoring_records(examples: Sequence[Mapping[str, Any]], log_likelihoods: Sequence[float],
+                    content_free: Mapping[str, float], lineage: Lineage, normalization: str) -> list[dict]:
+  """One record per example from the scored option rows of a rank-classification task.
+
+  `examples` are the task's rows in order (t5's rank_classification: `idx` = [example, option],
+  `inputs_pretokenized`, `targets_pretokenized`, `targets`, `is_correct`).
+  """
+  groups: dict[int, list] = {}
+  for row, ll in zip(examples, log_likelihoods):
+    groups.setdefault(int(row["idx"][0]), []).append((int(row["idx"][1]), row, float(ll)))
+  records = []
+  for example_id, options in groups.items():
+    options.sort(key=lambda o: o[0])
+    texts = [text(row["targets_pretokenized"]) for _, row, _ in options]
+    scores = [normalized(ll, int(np.count_nonzero(row["targets"])), option, float(content_free[option]))
+              for (_, row, ll), option in zip(options, texts)]
+    by_name = {name: [s[name] for s in scores] for name in NORMALIZATIONS}
+    correct = [i for i, (_, row, _) in enumerate(options) if bool(row["is_correct"])]
+    target = texts[correct[0]] if correct else None
+    prediction = texts[best(by_name[normalization])]
+    records.append(_record(lineage, "scoring", example_id, text(options[0][1]["inputs_pretokenized"]),
+                           prediction, target, prediction == target, options=texts, scores=by_name))
+  return records
+
+
+def generative_records(examples: Sequence[Mapping[str, Any]], predictions: Sequence[Any],
+                       targets: Sequence[Any], lineage: Lineage) -> list[dict]:
+  """One record per example of a decoding task: its postprocessed prediction against the target."""
+  records = []
+  for position, (row, prediction, target) in enumerate(zip(examples, predictions, targets)):
+    example_id = int(row["example_id"]) if "example_id" in row else position
+    records.append(_record(lineage, "generative", example_id, text(row.get("inputs_pretokenized", b"")),
+                           _jsonable(prediction), _jsonable(target), prediction == target))
+  return records
+
+
+def accuracy(records: Iterable[Mapping[str, Any]]) -> float:
+  """Percent of records that are correct."""
+  flags = [bool(r["correct"]) for r in records]
+  return 100.0 * float(np.mean(flags)) if flags else 0.0
+
+
+def write_jsonl(records: Iterable[Mapping[str, Any]], path: str) -> None:
+  with open(path + ".tmp", "w") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def _record(lineage: Lineage, kind: str, example_id: int, prompt: str, prediction, target, correct,
+            **extra) -> dict:
+  return {**dataclasses.asdict(lineage), "kind": kind, "example_id": example_id, "prompt": prompt,
+          **extra, "prediction": prediction, "target": target, "correct": bool(correct)}
+
+
+def text(value) -> str:
+  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _jsonable(value):
+  if isinstance(value, bytes):
+    return text(value)
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_jsonable(v) for v in value]
+  return value
