@@ -39,15 +39,16 @@ def abstract_params(model: Transformer, mesh, rules, seq_len: int = 8):
 class _BatchRunner:
   """Feeds an enumerated eval dataset through a jitted function in fixed-size global batches.
 
-  Every process reads the same batches; each device receives only its own rows (its block of the
-  batch sharding), and the outputs come back replicated to every process.
+  Compiled once and reused for every checkpoint: set `params` (and `progress`) before a call.
+  Every process reads the same batches; each device receives only its own rows (its block of
+  the batch sharding), and the outputs come back replicated to every process.
   """
 
-  def __init__(self, fn, params, mesh, rules, batch_size: int, progress: Optional["_Progress"] = None):
-    self.params, self.mesh, self.rules, self.batch_size = params, mesh, rules, batch_size
+  def __init__(self, fn, mesh, rules, batch_size: int):
+    self.mesh, self.rules, self.batch_size = mesh, rules, batch_size
     self.sharding = partitioning.batch_sharding(mesh, rules)
     self.fn = jax.jit(fn, out_shardings=partitioning.replicated(mesh))
-    self.progress = progress
+    self.params, self.progress = None, None
 
   def __call__(self, ds) -> list[tuple[int, Any]]:
     results = []
@@ -173,6 +174,11 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
   _follow_vocabulary(job, path)
   model = Transformer(model_config)
   target = abstract_params(model, job.mesh, job.rules)
+  vocab = data_lib.vocabulary(job.name)
+  runners = (_BatchRunner(functools.partial(
+      decoding.greedy_decode, model, max_decode_length=job.lengths["targets"], eos_id=vocab.eos_id,
+      vocab_size=vocab.vocab_size), job.mesh, job.rules, job.batch_size),
+             _BatchRunner(functools.partial(decoding.score_targets, model), job.mesh, job.rules, job.batch_size))
   reports, done = [], set()
   waited_since = time.time()
   while True:
@@ -181,7 +187,9 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
     for step in pending:
       where = path if is_pretrained or step is None else os.path.join(model_dir, checkpointing.SUBDIR, str(step))
       loaded_step, params = pretrained.restore_params(where, model_config, job.mesh, job.rules, target)
-      reports += [_evaluate_step(job, run, path, model, params, loaded_step, split, output_dir)
+      for runner in runners:
+        runner.params = params
+      reports += [_evaluate_step(job, run, path, runners, loaded_step, split, output_dir)
                   for split in job.splits]
       done.add(step)
       waited_since = time.time()
@@ -210,18 +218,14 @@ def _result_path(output_dir: str, name: str, split: str, step: int, kind: str) -
   return os.path.join(output_dir, f"{kind}_{name}_{split}_step{step}.{suffix}")
 
 
-def _evaluate_step(job: _Job, run: str, path: str, model: Transformer, params, step: int, split: str,
+def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, split: str,
                    output_dir: str) -> dict:
   """Scores and decodes every task of the mixture on one split; writes metrics and predictions."""
   evaluator = job.evaluator(split)
   vocab = data_lib.vocabulary(job.name)
   total = sum(_count(evaluator.cached_model_datasets[t.name]) * len(t.metric_objs) for t in evaluator.eval_tasks)
-  progress = _Progress(total, f"{job.name} ({split}) @ step {step}")
-  predict = _BatchRunner(functools.partial(
-      decoding.greedy_decode, model, max_decode_length=job.lengths["targets"],
-      eos_id=vocab.eos_id, vocab_size=vocab.vocab_size), params, job.mesh, job.rules, job.batch_size, progress)
-  score = _BatchRunner(functools.partial(decoding.score_targets, model), params, job.mesh, job.rules,
-                       job.batch_size, progress)
+  predict, score = runners
+  predict.progress = score.progress = _Progress(total, f"{job.name} ({split}) @ step {step}")
   future, outputs = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict, score_fn=score)
   metrics = {task: {name: float(_value(v)) for name, v in values.items()}
              for task, values in future.result().items()}
