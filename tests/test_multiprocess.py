@@ -97,3 +97,32 @@ def test_a_dead_host_makes_the_other_exit(tmp_path):
   assert procs[0].returncode != 0
   assert waited < 120
   assert "another host of this job died" in out or "another task died" in out, out[-3000:]
+
+
+def test_two_process_eval_matches_one_process(two_process_run, tmp_path):
+  """Each host feeds only its rows of every eval batch; the records equal a one-process eval's."""
+  model_dir, _ = two_process_run
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  args = ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'two'}",
+          "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_sentiment", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+          "--gin.evaluate.num_examples=4", "--gin.EVAL_BATCH_SIZE=8", "--gin.make_mesh.fsdp=2",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen([sys.executable, "-m", "flan_jax.eval", *args, f"--process_id={i}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert "mesh" not in outs[1] and "wrote" not in outs[1]  # only the first host reports
+
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  evaluation.evaluate(model_dir, mixture_or_task_name="embedded_eval_sentiment", task_feature_lengths=LENGTHS,
+                      num_examples=4, batch_size=8, mesh=mesh, output_dir=str(tmp_path / "one"))
+  name = "predictions_embedded_eval_sentiment_validation_step4.jsonl"
+  two = [json.loads(line) for line in open(tmp_path / "two" / name)]
+  one = [json.loads(line) for line in open(tmp_path / "one" / name)]
+  assert len(two) == len(one) > 0
+  for a, b in zip(two, one):
+    assert (a["task"], a["example_id"], a["prediction"]) == (b["task"], b["example_id"], b["prediction"])
+    if a["kind"] == "scoring":
+      np.testing.assert_allclose(a["scores"]["none"], b["scores"]["none"], rtol=1e-5, atol=1e-5)
