@@ -28,6 +28,7 @@ setuptools.setup(
         "tokenizers>=0.20",
         "sentencepiece>=0.2",
         "matplotlib",  # the report's charts
+        "clu", "tensorboard",  # metric writers: TensorBoard events beside the JSONL
         # What t5.data and t5.evaluation import:
         "babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", "pandas", "editdistance",
         "immutabledict",

@@ -7,7 +7,6 @@ over the data axes, and XLA inserts the collectives.
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import signal
@@ -23,6 +22,7 @@ import optax
 
 from flan_jax import checkpointing
 from flan_jax import data as data_lib
+from flan_jax import metrics as metrics_lib
 from flan_jax import optimizers
 from flan_jax import partitioning
 from flan_jax import pretrained
@@ -189,11 +189,6 @@ class _StopSignal:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
   if not (math.isfinite(float(metrics["loss"])) and math.isfinite(float(metrics["grad_norm"]))):
     raise FloatingPointError(f"loss or gradient became {float(metrics['loss'])} / {float(metrics['grad_norm'])} "
@@ -267,59 +262,45 @@ def train(model_dir: Optional[str] = None, *,
   ds = data_lib.get_dataset(mixture_or_task_name, task_feature_lengths, "train", batch_size,
                             seed=seed, skip_batches=start)
   batches = data_lib.global_batches(ds, s.batch_sharding)
-  tokens_per_step = batch_size * seq_len
-  metrics_file = open(os.path.join(model_dir, "train_metrics.jsonl"), "a") if is_main else None
+  throughput = metrics_lib.Throughput(train_steps, tokens_per_step=batch_size * seq_len)
   _log(is_main, f"training {mixture_or_task_name}: steps {start} -> {train_steps}, batch {batch_size} x {seq_len} "
        f"tokens, {model_config.num_params():,} parameters, mesh {dict(mesh.shape)}")
 
-  pending = None  # (step, metrics) of the step dispatched before: read one step behind
-  timer_start, timer_step = None, start
-  with _StopSignal() as stop:
+  previous = None  # (step, metrics) of the step before: read one step behind, while this one runs
+  with _StopSignal() as stop, metrics_lib.MetricsWriter(model_dir, enabled=is_main) as writer:
     try:
-      for step in range(start, train_steps):
+      for step in range(start + 1, train_steps + 1):  # `step` is the step this iteration completes
         state, metrics = step_fn(state, next(batches))
-        if pending is not None:
-          _report(pending, is_main, metrics_file, log_every, train_steps, timer_start, timer_step, tokens_per_step)
-        pending = (step + 1, metrics)
-        if step == start:  # the first step compiles; time from here on
+        if previous is not None:
+          _report(writer, throughput, *previous, every=log_every)
+        previous = (step, metrics)
+        if step == start + 1:  # the first step compiles; time from here on
           jax.block_until_ready(metrics)
-          timer_start, timer_step = time.time(), step + 1
+          throughput.start(step)
           if is_main:
             _write_operative_config(model_dir)
-        last = step + 1 == train_steps
-        preempted = stop.requested or (jax.process_count() > 1 and mngr.reached_preemption(step + 1))
-        if (step + 1) % checkpoint_period == 0 or last or preempted:
-          _check_finite(step + 1, jax.device_get(metrics))
-          checkpointing.save(mngr, step + 1, state.params, state.opt_state, force=True)
+        preempted = stop.requested or (jax.process_count() > 1 and mngr.reached_preemption(step))
+        if step % checkpoint_period == 0 or step == train_steps or preempted:
+          _check_finite(step, jax.device_get(metrics))
+          checkpointing.save(mngr, step, state.params, state.opt_state, force=True)
         if preempted:
-          _log(is_main, f"stop requested: saved step {step + 1}; rerun the same command to resume")
+          writer.log(f"stop requested: saved step {step}; rerun the same command to resume")
           break
-      if pending is not None:
-        _report(pending, is_main, metrics_file, 1, train_steps, timer_start, timer_step, tokens_per_step)
+      if previous is not None:
+        _report(writer, throughput, *previous, every=1)
     finally:
       mngr.wait_until_finished()
       mngr.close()
-      if metrics_file:
-        metrics_file.close()
   return state
 
 
-def _report(pending, is_main, metrics_file, log_every, train_steps, timer_start, timer_step, tokens_per_step):
-  step, metrics = pending
+def _report(writer: metrics_lib.MetricsWriter, throughput: metrics_lib.Throughput, step: int,
+            metrics: Mapping[str, Any], every: int) -> None:
+  """Checks a finished step's metrics; writes them every `every` steps and at the last step."""
   metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
   _check_finite(step, metrics)
-  if not is_main or (step % log_every and step != train_steps):
-    return
-  now = time.time()
-  done = step - timer_step
-  rate = done / (now - timer_start) if timer_start and done > 0 else 0.0
-  metrics["tokens_per_second"] = rate * tokens_per_step
-  metrics["step"] = step
-  metrics_file.write(json.dumps(metrics) + "\n")
-  metrics_file.flush()
-  eta = _format_eta((train_steps - step) / rate) if rate else "?"
-  _log(True, f"step {step}/{train_steps} | loss {metrics['loss']:.4f} | acc {metrics['accuracy']:.3f} | "
-       f"lr {metrics['learning_rate']:.2e} | {metrics['tokens_per_second']:,.0f} tok/s | ETA {eta}")
+  if step % every == 0 or step == throughput.total_steps:
+    writer.write_train_step(step, metrics, throughput)
 
 
 def _log(is_main: bool, message: str) -> None:

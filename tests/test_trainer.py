@@ -37,9 +37,10 @@ def test_packed_loss_equals_examples_one_by_one():
   loss = jax.jit(functools.partial(trainer.loss_fn, model=s.model, z_loss=0.0, dropout_rng=None))
   ds = functools.partial(seqio.get_dataset, mixture_or_task_name="embedded_parity", task_feature_lengths=LENGTHS,
                          dataset_split="train", shuffle=False, use_cached=False)
-  packed = next(ds(feature_converter=data_lib.feature_converter(pack=True)).batch(2).as_numpy_iterator())
+  vocab = data_lib.vocabulary("embedded_parity")
+  packed = next(ds(feature_converter=data_lib.feature_converter(True, vocab)).batch(2).as_numpy_iterator())
   singles = {}
-  for ex in ds(feature_converter=data_lib.feature_converter(pack=False)).take(64).as_numpy_iterator():
+  for ex in ds(feature_converter=data_lib.feature_converter(False, vocab)).take(64).as_numpy_iterator():
     singles[tuple(ex["decoder_input_tokens"][ex["decoder_target_tokens"] > 0])] = ex
   total, weight = 0.0, 0.0
   matched = 0

@@ -1,0 +1,96 @@
+"""Metrics by step: JSONL lines and TensorBoard events in MODEL_DIR, the progress line, the ETA.
+
+Only process 0 writes; on the other processes the writer does nothing.
+"""
+
+import json
+import os
+import time
+from typing import Callable, Mapping, Optional
+
+from clu import metric_writers
+
+
+def format_eta(seconds: float) -> str:
+  """`1h05m` from an hour on, `4m07s` below it."""
+  seconds = int(seconds)
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Throughput:
+  """Training speed since a start step, and the time left at that speed."""
+
+  def __init__(self, total_steps: int, tokens_per_step: int, clock: Callable[[], float] = time.monotonic):
+    self.total_steps = total_steps
+    self.tokens_per_step = tokens_per_step
+    self._clock = clock
+    self._start_time: Optional[float] = None
+    self._start_step = 0
+
+  def start(self, step: int) -> None:
+    """Times from now on; `step` is the last step already done (the one that compiled)."""
+    self._start_time, self._start_step = self._clock(), step
+
+  def measure(self, step: int) -> tuple[float, str]:
+    """(tokens per second, ETA) once `step` is done; (0.0, "?") until a timed step is."""
+    done = step - self._start_step
+    if self._start_time is None or done <= 0:
+      return 0.0, "?"
+    elapsed = self._clock() - self._start_time
+    if elapsed <= 0:
+      return 0.0, "?"
+    rate = done / elapsed
+    return rate * self.tokens_per_step, format_eta((self.total_steps - step) / rate)
+
+
+class MetricsWriter:
+  """Writes scalars by step to MODEL_DIR/{name}_metrics.jsonl and MODEL_DIR/tensorboard/{name}.
+
+  `enabled` is true on process 0 only: a disabled writer writes and prints nothing.
+  """
+
+  def __init__(self, model_dir: str, *, enabled: bool, name: str = "train"):
+    self.enabled = enabled
+    self._jsonl = None
+    self._summary = None
+    if enabled:
+      self._jsonl = open(os.path.join(model_dir, f"{name}_metrics.jsonl"), "a")
+      self._summary = metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard", name))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
+    """One JSONL line (the scalars, then `step`) and one TensorBoard point per scalar."""
+    if not self.enabled:
+      return
+    scalars = {f"{prefix}/{k}" if prefix else k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({**scalars, "step": step}) + "\n")
+    self._jsonl.flush()
+    self._summary.write_scalars(step, scalars)
+    self._summary.flush()
+
+  def write_train_step(self, step: int, scalars: Mapping[str, float], throughput: Throughput) -> None:
+    """Writes a train step's scalars with its tokens per second, and prints the progress line."""
+    if not self.enabled:
+      return
+    tokens_per_second, eta = throughput.measure(step)
+    self.write_scalars(step, {**scalars, "tokens_per_second": tokens_per_second})
+    self.log(f"step {step}/{throughput.total_steps} | loss {scalars['loss']:.4f} | "
+             f"acc {scalars['accuracy']:.3f} | lr {scalars['learning_rate']:.2e} | "
+             f"{tokens_per_second:,.0f} tok/s | ETA {eta}")
+
+  def log(self, message: str) -> None:
+    if self.enabled:
+      print(message, flush=True)
+
+  def close(self) -> None:
+    """Flushes and closes both files; closing twice is harmless."""
+    if self.enabled:
+      self._jsonl.close()
+      self._summary.close()
+
+  def __enter__(self) -> "MetricsWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
