@@ -21,6 +21,7 @@ import seqio
 from flan_jax import checkpointing
 from flan_jax import data as data_lib
 from flan_jax import decoding
+from flan_jax import metrics as metrics_lib
 from flan_jax import partitioning
 from flan_jax import predictions as predictions_lib
 from flan_jax import pretrained
@@ -256,6 +257,10 @@ def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, sp
     with open(result + ".tmp", "w") as f:
       json.dump(report, f, indent=2)
     os.replace(result + ".tmp", result)
+    with metrics_lib.MetricsWriter(output_dir, enabled=True, name="eval") as writer:  # TensorBoard too
+      scalars = {f"{task}/{name}": v for task, values in metrics.items() for name, v in values.items()}
+      scalars.update({f"average/{name}": v for name, v in report["average"].items()})
+      writer.write_scalars(step, scalars, prefix=f"{job.name}/{split}")
     print(format_table(report), flush=True)
     print(f"wrote {result} and its predictions", flush=True)
   return report

@@ -66,6 +66,11 @@ def test_rank_classification_picks_the_right_options_after_training(toy):
   records = _records(os.path.join(model_dir, "predictions_toy_colors_scoring_validation_step120.jsonl"))
   assert len(records) == 24 and all(r["options"] == COLORS for r in records)
   assert {r["dataset"] for r in records} == {"toy_colors"} and {r["cluster"] for r in records} == {"toy"}
+  # The same numbers by step, as JSONL and as TensorBoard events.
+  logged = [json.loads(line) for line in open(os.path.join(model_dir, "eval_metrics.jsonl"))]
+  key = "toy_colors_scoring/validation/toy_colors_scoring/accuracy"
+  assert logged[-1]["step"] == 120 and logged[-1][key] == report["metrics"]["toy_colors_scoring"]["accuracy"]
+  assert os.listdir(os.path.join(model_dir, "tensorboard", "eval"))
 
 
 def test_scores_do_not_depend_on_the_batch_size(toy, tmp_path):
