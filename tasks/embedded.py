@@ -2,8 +2,9 @@
 
 It exists so the demo and the tests can instruction-tune and evaluate zero-shot without any
 download. Every example is drawn from a `random.Random` seeded by (seed, dataset, split), so the
-collection is the same on every machine. Tasks are `embedded_<dataset>` (+ `_eval`, `_scoring`); mixtures
-are `embedded_all`, `embedded_no_<cluster>` (train on every other cluster), `embedded_eval_<cluster>`.
+collection is the same on every machine. Tasks are `embedded_<dataset>` (+ `_eval`, `_scoring`, and
+`_eval_tI`, `_scoring_tI` per answer template I); mixtures are `embedded_all`, `embedded_no_<cluster>`
+(train on every other cluster) and `embedded_eval_<cluster>` (the cluster's one-template tasks).
 """
 
 import functools
@@ -14,6 +15,7 @@ import seqio
 import tensorflow as tf
 from t5.evaluation import metrics as t5_metrics
 
+from flan_jax import task_info
 from tasks import instruction
 from tasks.templates import Template
 
@@ -259,26 +261,22 @@ def _metrics(make):
 
 
 def register_all() -> None:
+  per_template = {}  # cluster -> its datasets' one-template evaluation tasks
   for cluster, name, make, fields, templates in DATASETS:
     source = seqio.FunctionDataSource(
         functools.partial(_dataset_fn, name), splits=list(NUM_EXAMPLES),
         num_input_examples=dict(NUM_EXAMPLES))
-    instruction.register(instruction.InstructionDataset(
+    dataset = instruction.InstructionDataset(
         name=PREFIX + name, cluster=cluster, source=source, fields=fields,
-        templates=templates, metric_fns=_metrics(make)))
+        templates=templates, metric_fns=_metrics(make))
+    per_template.setdefault(cluster, []).extend(
+        task for task in instruction.register(dataset) if task_info.lookup(task).template is not None)
 
-  def tasks_of(clusters, scoring=False):  # scoring: the evaluation tasks instead
-    names = []
-    for cluster, name, _, fields, _ in DATASETS:
-      if cluster in clusters:
-        names.append(PREFIX + name + ("_eval" if scoring else ""))
-        if scoring and "options" in fields:
-          names.append(PREFIX + name + "_scoring")
-    return names
+  def train_tasks(clusters):
+    return [PREFIX + name for cluster, name, *_ in DATASETS if cluster in clusters]
 
-  seqio.MixtureRegistry.add(PREFIX + "all", tasks_of(CLUSTERS), default_rate=1.0)
+  seqio.MixtureRegistry.add(PREFIX + "all", train_tasks(CLUSTERS), default_rate=1.0)
   for cluster in CLUSTERS:
     others = [c for c in CLUSTERS if c != cluster]
-    seqio.MixtureRegistry.add(f"{PREFIX}no_{cluster}", tasks_of(others), default_rate=1.0)
-    seqio.MixtureRegistry.add(f"{PREFIX}eval_{cluster}", tasks_of([cluster], scoring=True),
-                              default_rate=1.0)
+    seqio.MixtureRegistry.add(f"{PREFIX}no_{cluster}", train_tasks(others), default_rate=1.0)
+    seqio.MixtureRegistry.add(f"{PREFIX}eval_{cluster}", per_template[cluster], default_rate=1.0)

@@ -1,9 +1,7 @@
 """Turns a dataset plus instruction templates into registered seqio Tasks.
 
-For a dataset `NAME` this registers `NAME` for training (one seeded-random template per example,
-from all templates), `NAME_eval` (the same over the templates whose target is the answer, scored
-on decoded text) and, when the dataset has an options list, `NAME_scoring` (rank classification:
-the log-likelihood of every option as the target; the likeliest counts as the prediction).
+`register` adds `NAME` (training), `NAME_eval` (generative, answer templates mixed), `NAME_scoring`
+(rank classification, with options) and their one-template variants `NAME_eval_tI`/`NAME_scoring_tI`.
 """
 
 import dataclasses
@@ -17,6 +15,7 @@ from t5.data import postprocessors as t5_post
 from t5.data import preprocessors as t5_pre
 from t5.evaluation import metrics as t5_metrics
 
+from flan_jax import task_info
 from tasks import templates as templates_lib
 from tasks.vocab import output_features
 
@@ -59,10 +58,20 @@ def _format(ex, to_fields, templates, seed):
   return {"inputs": ex["inputs"], "targets": ex["targets"]}
 
 
+def add_example_ids(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Adds `example_id`: the example's position in the split as read (unshuffled, filtered)."""
+  return ds.enumerate().map(lambda i, ex: dict(ex, **{task_info.EXAMPLE_ID: i}),
+                            num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _rank_classification(ds, to_fields, templates, seed):
-  """One example per option: the chosen template's input, and the option as the answer."""
+  """One example per option: the chosen template's input, and the option as the answer.
+
+  t5 numbers the source examples in order: `idx` is [example_id, option index].
+  """
 
   def expand(ex):
+    example_id = ex.pop(task_info.EXAMPLE_ID)
     ex = _fields(ex, to_fields)
     index = templates_lib.choose_template(ex, len(templates), seed)
     options = ex[templates_lib.OPTIONS_FIELD]
@@ -73,12 +82,14 @@ def _rank_classification(ds, to_fields, templates, seed):
         "inputs": tf.fill(tf.shape(options), tf.gather(inputs, index)),
         "targets": tf.gather(targets, index),
         "is_correct": tf.equal(options, ex[templates_lib.ANSWER_FIELD]),
+        task_info.EXAMPLE_ID: example_id,
     }
 
-  ds = ds.map(expand, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = add_example_ids(ds).map(expand, num_parallel_calls=tf.data.AUTOTUNE)
   return t5_pre.rank_classification(
       ds, inputs_fn=operator.itemgetter("inputs"), targets_fn=operator.itemgetter("targets"),
-      is_correct_fn=operator.itemgetter("is_correct"))
+      is_correct_fn=operator.itemgetter("is_correct"),
+      passthrough_feature_keys=[task_info.EXAMPLE_ID])
 
 
 def _filtered(dataset: InstructionDataset) -> list[Callable]:
@@ -95,22 +106,36 @@ def _formatter(dataset: InstructionDataset, templates, seed: int) -> Callable:
 _TOKENIZE = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
 
 
-def add_generative_task(name: str, dataset: InstructionDataset,
-                        templates: Sequence[templates_lib.Template], seed: int = TEMPLATE_SEED,
-                        metric_fns: Optional[Sequence[Callable]] = None) -> str:
-  """A task rendering each example with one seeded-random template out of `templates`."""
-  seqio.TaskRegistry.add(
-      name,
-      source=dataset.source,
-      preprocessors=_filtered(dataset) + [_formatter(dataset, templates, seed)] + _TOKENIZE,
-      output_features=output_features(),
-      metric_fns=list(dataset.metric_fns if metric_fns is None else metric_fns),
-  )
+def _record(name: str, dataset: InstructionDataset, template: Optional[int], kind: str) -> str:
+  task_info.register(name, dataset=dataset.name, cluster=dataset.cluster, template=template,
+                     kind=kind)
   return name
 
 
+def add_generative_task(name: str, dataset: InstructionDataset,
+                        templates: Sequence[templates_lib.Template], seed: int = TEMPLATE_SEED,
+                        metric_fns: Optional[Sequence[Callable]] = None, *,
+                        template: Optional[int] = None, kind: str = "generative") -> str:
+  """A task rendering each example with one seeded-random template out of `templates`.
+
+  `template` (the index of the one template used, if one) and `kind` go to task_info; a
+  "generative" (evaluation) task numbers its examples (`example_id`), a "train" task does not.
+  """
+  numbered = [add_example_ids] if kind == "generative" else []
+  seqio.TaskRegistry.add(
+      name,
+      source=dataset.source,
+      preprocessors=(_filtered(dataset) + [_formatter(dataset, templates, seed)] + numbered
+                     + _TOKENIZE),
+      output_features=output_features(),
+      metric_fns=list(dataset.metric_fns if metric_fns is None else metric_fns),
+  )
+  return _record(name, dataset, template, kind)
+
+
 def add_scoring_task(name: str, dataset: InstructionDataset,
-                     templates: Sequence[templates_lib.Template], seed: int = TEMPLATE_SEED) -> str:
+                     templates: Sequence[templates_lib.Template], seed: int = TEMPLATE_SEED, *,
+                     template: Optional[int] = None) -> str:
   """A rank-classification task: every option is scored as the target of the chosen template."""
   seqio.TaskRegistry.add(
       name,
@@ -122,7 +147,7 @@ def add_scoring_task(name: str, dataset: InstructionDataset,
       postprocess_fn=t5_post.rank_classification,
       metric_fns=[t5_metrics.rank_classification],
   )
-  return name
+  return _record(name, dataset, template, "scoring")
 
 
 def add_fewshot_task(name: str, dataset: InstructionDataset, template: templates_lib.Template,
@@ -131,7 +156,7 @@ def add_fewshot_task(name: str, dataset: InstructionDataset, template: templates
   formatting = _filtered(dataset) + [_formatter(dataset, [template], seed)]
   source = seqio.experimental.FewshotDataSource(
       dataset.source, num_shots=num_shots, train_preprocessors=formatting,
-      eval_preprocessors=formatting, eval_on_fixed_exemplars=True)
+      eval_preprocessors=formatting + [add_example_ids], eval_on_fixed_exemplars=True)
   seqio.TaskRegistry.add(
       name,
       source=source,
@@ -142,18 +167,59 @@ def add_fewshot_task(name: str, dataset: InstructionDataset, template: templates
       output_features=output_features(),
       metric_fns=list(dataset.metric_fns),
   )
-  return name
+  index = list(dataset.templates).index(template) if template in dataset.templates else None
+  return _record(name, dataset, index, "generative")
+
+
+def answer_indices(dataset: InstructionDataset) -> list[int]:
+  """The indices (in `dataset.templates`) of the templates that ask for the answer."""
+  return [i for i, t in enumerate(dataset.templates) if t.asks_for_answer]
+
+
+def plan(dataset: InstructionDataset) -> dict[str, task_info.TaskInfo]:
+  """Every task `register` adds for the dataset, in order, and what it evaluates."""
+  def info(template, kind):
+    return task_info.TaskInfo(dataset.name, dataset.cluster, template, kind)
+
+  kinds = [("generative", task_info.eval_task)]
+  if dataset.has_options:
+    kinds.append(("scoring", task_info.scoring_task))
+  out = {dataset.name: info(None, "train")}
+  out.update({suffixed(dataset.name): info(None, kind) for kind, suffixed in kinds})
+  for kind, suffixed in kinds:
+    out.update({suffixed(dataset.name, i): info(i, kind) for i in answer_indices(dataset)})
+  return out
+
+
+def _templates_for(dataset: InstructionDataset, info: task_info.TaskInfo):
+  if info.kind == "train":
+    return dataset.templates
+  if info.template is None:
+    return dataset.answer_templates
+  return [dataset.templates[info.template]]
+
+
+def _unregister(dataset: InstructionDataset) -> None:
+  """Drops what an earlier `register` of a dataset of the same name added."""
+  for name in task_info.tasks_of(dataset.name):
+    if task_info.fallback(name).dataset == dataset.name:
+      seqio.TaskRegistry.remove(name)
+      task_info.remove(name)
 
 
 def register(dataset: InstructionDataset, seed: int = TEMPLATE_SEED) -> list[str]:
-  """Registers the dataset's tasks with seqio; returns their names."""
+  """Registers the tasks of `plan(dataset)` with seqio and task_info (replacing an earlier
+  registration of the same dataset); returns their names."""
   check(dataset)
-  names = [add_generative_task(dataset.name, dataset, dataset.templates, seed),
-           add_generative_task(f"{dataset.name}_eval", dataset, dataset.answer_templates, seed)]
-  if dataset.has_options:
-    names.append(add_scoring_task(f"{dataset.name}_scoring", dataset, dataset.answer_templates,
-                                  seed))
-  return names
+  _unregister(dataset)
+  planned = plan(dataset)
+  for name, info in planned.items():
+    templates = _templates_for(dataset, info)
+    if info.kind == "scoring":
+      add_scoring_task(name, dataset, templates, seed, template=info.template)
+    else:
+      add_generative_task(name, dataset, templates, seed, template=info.template, kind=info.kind)
+  return list(planned)
 
 
 def check(dataset: InstructionDataset) -> None:

@@ -5,6 +5,7 @@ import t5.data  # noqa: F401  (t5 must import cleanly beside seqio and tfds)
 import t5.evaluation.metrics as t5_metrics
 
 import tasks  # noqa: F401
+from flan_jax import task_info
 from tasks import embedded
 
 LENGTHS = {"inputs": 128, "targets": 32}
@@ -64,4 +65,5 @@ def test_leave_one_cluster_out_mixtures():
     train = {t.name for t in seqio.get_mixture_or_task(f"{embedded.PREFIX}no_{cluster}").tasks}
     evals = {t.name for t in seqio.get_mixture_or_task(f"{embedded.PREFIX}eval_{cluster}").tasks}
     assert train and not train & held_out
-    assert {n + "_eval" for n in held_out} <= evals
+    assert {task_info.lookup(t).dataset for t in evals} == held_out  # one task per template
+    assert {task_info.eval_task(n, 0) for n in held_out} <= evals

@@ -139,6 +139,7 @@ def test_leave_one_cluster_out(cluster):
     assert not trained & held_out, (cluster, variant)
     assert trained == set(clusters.CLUSTERS) - held_out
   assert _clusters_of(f"flan_eval_{cluster}") == {cluster}
+  assert _clusters_of(f"flan_eval_{cluster}_templates") == {cluster}
 
 
 def test_overlaps_follow_the_paper():

@@ -157,19 +157,27 @@ def name_template(dataset: FlanDataset) -> Template:
   return raw_template(dataset, prefix=f"[{title}: {dataset.paper_name}] ")
 
 
+def _ablations(dataset: FlanDataset) -> dict[str, list[Template]]:
+  """Training task name -> its templates, for the paper's format and template-count ablations."""
+  out = {f"{dataset.task}_templates{k}": list(dataset.templates[:k]) for k in TEMPLATE_COUNTS[:-1]}
+  out[f"{dataset.task}_notemplate"] = [raw_template(dataset)]
+  out[f"{dataset.task}_datasetname"] = [name_template(dataset)]
+  return out
+
+
+def _fewshot_task(dataset: FlanDataset) -> str:
+  return f"{dataset.task}_{FEWSHOT_SHOTS}shot"
+
+
 def task_names(dataset: FlanDataset) -> dict[str, list[str]]:
-  """Every task name registered for the dataset, by kind."""
-  base = dataset.task
-  answer = [i for i, t in enumerate(dataset.templates) if t.asks_for_answer]
-  options = "options" in dataset.fields
+  """Every task name `register` gives the dataset, by kind."""
+  planned = instruction.plan(instruction_dataset(dataset))
   return {
-      "train": [base],
-      "eval": [f"{base}_eval"] + ([f"{base}_scoring"] if options else []),
-      "eval_per_template": [f"{base}_eval_t{i}" for i in answer]
-                           + ([f"{base}_scoring_t{i}" for i in answer] if options else []),
-      "ablation": [f"{base}_templates{k}" for k in TEMPLATE_COUNTS[:-1]]
-                  + [f"{base}_notemplate", f"{base}_datasetname"],
-      "fewshot": [f"{base}_{FEWSHOT_SHOTS}shot"],
+      "train": [n for n, info in planned.items() if info.kind == "train"],
+      "eval": [n for n, info in planned.items() if info.kind != "train" and info.template is None],
+      "eval_per_template": [n for n, info in planned.items() if info.template is not None],
+      "ablation": list(_ablations(dataset)),
+      "fewshot": [_fewshot_task(dataset)],
   }
 
 
@@ -178,18 +186,8 @@ def register(dataset: FlanDataset) -> list[str]:
   check(dataset)
   base = instruction_dataset(dataset)
   names = instruction.register(base)
-  for i, template in enumerate(dataset.templates):
-    if template.asks_for_answer:
-      names.append(instruction.add_generative_task(f"{base.name}_eval_t{i}", base, [template]))
-      if base.has_options:
-        names.append(instruction.add_scoring_task(f"{base.name}_scoring_t{i}", base, [template]))
-  for k in TEMPLATE_COUNTS[:-1]:
-    names.append(instruction.add_generative_task(
-        f"{base.name}_templates{k}", base, dataset.templates[:k]))
-  names.append(instruction.add_generative_task(
-      f"{base.name}_notemplate", base, [raw_template(dataset)]))
-  names.append(instruction.add_generative_task(
-      f"{base.name}_datasetname", base, [name_template(dataset)]))
+  for name, templates in _ablations(dataset).items():
+    names.append(instruction.add_generative_task(name, base, templates, kind="train"))
   names.append(instruction.add_fewshot_task(
-      f"{base.name}_{FEWSHOT_SHOTS}shot", base, base.answer_templates[0], FEWSHOT_SHOTS))
+      _fewshot_task(dataset), base, base.answer_templates[0], FEWSHOT_SHOTS))
   return names

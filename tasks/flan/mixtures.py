@@ -1,5 +1,5 @@
-"""The FLAN mixtures: everything, leave-one-cluster-out training with its evaluation mixture,
-and the paper's ablations (no template, dataset name, templates per dataset, clusters count).
+"""The FLAN mixtures: everything, leave-one-cluster-out training with its evaluation mixtures
+(templates mixed, and one task per template), and the paper's ablations.
 
 Training mixtures weight each task by its (capped) number of training examples, at most 3,000.
 Datasets that need a manual download are registered as tasks but left out of every mixture.
@@ -26,21 +26,26 @@ def train_tasks(datasets: Sequence[FlanDataset], cluster_names: Iterable[str],
   return [d.task + suffix for d in datasets if d.in_mixtures and d.cluster in wanted]
 
 
-def eval_tasks(datasets: Sequence[FlanDataset], cluster_names: Iterable[str]) -> list[str]:
-  """Generative and rank-classification evaluation tasks of the given clusters."""
+def eval_tasks(datasets: Sequence[FlanDataset], cluster_names: Iterable[str],
+               kind: str = "eval") -> list[str]:
+  """Generative and rank-classification evaluation tasks of the given clusters: templates mixed
+  ("eval"), or one task per answer template ("eval_per_template")."""
   wanted = set(cluster_names)
   return [name for d in datasets if d.in_mixtures and d.cluster in wanted
-          for name in task_names(d)["eval"]]
+          for name in task_names(d)[kind]]
 
 
 def definitions(datasets: Sequence[FlanDataset]) -> dict[str, tuple[list[str], bool]]:
   """Mixture name -> (task names, whether rates are by example count). Order is stable."""
-  out = {f"{PREFIX}all": (train_tasks(datasets, clusters.CLUSTERS), True),
-         f"{PREFIX}eval_all": (eval_tasks(datasets, clusters.CLUSTERS), False)}
+  out = {f"{PREFIX}all": (train_tasks(datasets, clusters.CLUSTERS), True)}
+  for name in ("all",) + tuple(clusters.CLUSTERS):
+    wanted = clusters.CLUSTERS if name == "all" else [name]
+    out[f"{PREFIX}eval_{name}"] = (eval_tasks(datasets, wanted), False)
+    out[f"{PREFIX}eval_{name}_templates"] = (eval_tasks(datasets, wanted, "eval_per_template"),
+                                             False)
   for cluster in clusters.CLUSTERS:
     kept = clusters.training_clusters(cluster)
     out[f"{PREFIX}no_{cluster}"] = (train_tasks(datasets, kept), True)
-    out[f"{PREFIX}eval_{cluster}"] = (eval_tasks(datasets, [cluster]), False)
     for variant in ABLATIONS:
       out[f"{PREFIX}no_{cluster}_{variant}"] = (train_tasks(datasets, kept, variant), True)
   for k in range(1, len(clusters.ABLATION_ORDER) + 1):
