@@ -5,6 +5,7 @@ download. Every example is drawn from a `random.Random` seeded by (seed, dataset
 collection is the same on every machine. Tasks are `embedded_<dataset>` (+ `_eval`, `_scoring`, and
 `_eval_tI`, `_scoring_tI` per answer template I); mixtures are `embedded_all`, `embedded_no_<cluster>`
 (train on every other cluster) and `embedded_eval_<cluster>` (the cluster's one-template tasks).
+Splits: train, validation (choose a template on it) and test (report the chosen template on it).
 """
 
 import functools
@@ -20,7 +21,7 @@ from tasks import instruction
 from tasks.templates import Template
 
 SEED = 0
-NUM_EXAMPLES = {"train": 2000, "validation": 200}
+NUM_EXAMPLES = {"train": 2000, "validation": 200, "test": 200}
 PREFIX = "embedded_"
 
 # ------------------------------------------------------------------ sentiment
