@@ -3,13 +3,13 @@
 Packed sequences are supported through segment ids, and a prefix mask gives bidirectional
 attention over the inputs (prefix LM; off for models pretrained causally). Optional pieces cover the
 Llama family: q/k/v biases (Qwen2), a sliding attention window (Mistral) and Llama 3 rotary
-scaling. Every parameter carries logical axis names
+scaling. Decoding runs through a KV cache (`Cache`). Every parameter carries logical axis names
 (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`) that partitioning.py maps
 onto the device mesh. The block follows the Llama reference so its weights can be loaded 1:1.
 """
 
 import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import gin
@@ -151,11 +151,68 @@ def attention_mask(length: int, segment_ids: Optional[Array], prefix_mask: Optio
   return mask[:, None, None]  # broadcast over kv heads and the query group
 
 
+KV_AXES = ("activation_batch", "activation_kv_heads", "activation_length", None)  # [b, k, s, h]
+
+
+class Cache(NamedTuple):
+  """Keys and values of every layer for a fixed number of slots per row, filled left to right.
+
+  All rows write at the same slot; each slot records its token's position, segment (0: empty or
+  padding, which real tokens never attend to) and prefix flag, so a row sees only its own tokens.
+  """
+  key: Array  # [layers, batch, kv_heads, slots, head_dim]
+  value: Array  # [layers, batch, kv_heads, slots, head_dim]
+  positions: Array  # [batch, slots] int32
+  segment_ids: Array  # [batch, slots] int32
+  prefix: Array  # [batch, slots] bool
+  index: Array  # [] int32: the next slot to write
+
+  def take(self, rows: Array) -> "Cache":
+    """The cache of rows `rows` [n] of this one (repeats or reorders rows, as beam search does)."""
+    return Cache(self.key[:, rows], self.value[:, rows], self.positions[rows], self.segment_ids[rows],
+                 self.prefix[rows], self.index)
+
+
+def write_slots(buf: Array, new: Array, index: Array, axis: int = 1) -> Array:
+  """buf [..., slots (at axis), ...] with new [..., t, ...] written at slots index..index+t-1."""
+  return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), index, axis=axis)
+
+
+def init_cache(config: ModelConfig, batch: int, slots: int) -> Cache:
+  """An empty cache of `slots` slots per row, in the compute dtype."""
+  shape = (config.num_layers, batch, config.num_kv_heads, slots, config.head_dim)
+  kv = jnp.zeros(shape, jnp.dtype(config.dtype))
+  meta = jnp.zeros((batch, slots), jnp.int32)
+  return Cache(kv, kv, meta, meta, meta.astype(bool), jnp.zeros((), jnp.int32))
+
+
+def cached_attention_mask(positions: Array, segment_ids: Array, prefix: Array, cache: Cache,
+                          sliding_window: Optional[int] = None) -> Array:
+  """[batch, 1, 1, q, slots] boolean: attention_mask's rule between new tokens and a cache holding them.
+
+  positions, segment_ids, prefix: [batch, q] for the new tokens, as written into the cache.
+  """
+  q_pos, k_pos = positions[:, :, None], cache.positions[:, None, :]
+  mask = k_pos <= q_pos
+  if sliding_window is not None:
+    mask = mask & (q_pos - k_pos < sliding_window)
+  mask = mask | (prefix[:, :, None] & cache.prefix[:, None, :])
+  mask = mask & (segment_ids[:, :, None] == cache.segment_ids[:, None, :])
+  return mask[:, None, None]
+
+
 class Attention(nn.Module):
+  """Grouped-query attention, returning (output, this call's keys and values or None).
+
+  With `kv` (cached keys and values, each [batch, kv_heads, slots, head_dim]) the new keys and
+  values take slots index..index+length-1, the queries attend over every slot as `mask` allows,
+  and the new keys and values come back as [batch, kv_heads, length, head_dim] for the cache.
+  """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array) -> Array:
+  def __call__(self, x: Array, mask: Array, positions: Array, kv: Optional[tuple[Array, Array]] = None,
+               index: Optional[Array] = None) -> tuple[Array, Optional[tuple[Array, Array]]]:
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model
@@ -175,15 +232,20 @@ class Attention(nn.Module):
     q = apply_rotary(q, positions, inv_freq)
     key = apply_rotary(key, positions, inv_freq)
     q = constrain(q, "activation_batch", "activation_length", "activation_heads", None)
+    kv_dims, new_kv = "bskh", None
+    if kv is not None:  # the cache keeps [b, k, s, h], the layout the attention products read
+      kv_dims, new_kv = "bksh", (key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3))
+      key, value = (constrain(write_slots(buf, new, index, axis=2), *KV_AXES) for buf, new in zip(kv, new_kv))
 
     # Query head i reads kv head i // (n // k), as Llama's repeat_kv does.
     b, t = x.shape[:2]
     q = q.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, key).astype(jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
+    logits = jnp.einsum(f"btkgh,{kv_dims}->bkgts", q, key).astype(jnp.float32)
+    logits = logits / jnp.sqrt(h).astype(jnp.float32)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, value).reshape(b, t, n, h)
-    return jnp.einsum("btnh,nhd->btd", out, wo)
+    out = jnp.einsum(f"bkgts,{kv_dims}->btkgh", probs, value).reshape(b, t, n, h)
+    return jnp.einsum("btnh,nhd->btd", out, wo), new_kv
 
 
 class MLP(nn.Module):
@@ -204,19 +266,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """One pre-norm transformer layer; shaped as a scan body: (carry, broadcast args) -> (carry, None)."""
+  """One pre-norm transformer layer; shaped as a scan body: (carry, args) -> (carry, new kv or None)."""
   config: ModelConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array):
+  def __call__(self, x: Array, mask: Array, positions: Array, kv: Optional[tuple[Array, Array]] = None,
+               index: Optional[Array] = None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name=name)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-    x = x + drop(Attention(cfg, name="attn")(norm("attn_norm")(x), mask, positions))
+    attn, kv = Attention(cfg, name="attn")(norm("attn_norm")(x), mask, positions, kv, index)
+    x = x + drop(attn)
     x = x + drop(MLP(cfg, name="mlp")(norm("mlp_norm")(x)))
     x = constrain(x, "activation_batch", "activation_length", "activation_embed")
-    return x, None
+    return x, kv
 
 
 class Transformer(nn.Module):
@@ -225,18 +289,24 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, *, segment_ids: Optional[Array] = None,
                positions: Optional[Array] = None, prefix_mask: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, cache: Optional[Cache] = None):
     """tokens: [batch, length] int -> logits: [batch, length, vocab] float32.
 
     segment_ids: packed example ids (0 = padding); positions: position of each token within its
     example (defaults to 0..length-1); prefix_mask: 1 where attention is bidirectional (inputs).
+    cache: decode with a KV cache (one example per row): the tokens fill the cache's next
+    `length` slots and attend to all their row has cached; segment_ids then default to 1 and
+    positions to the slot indices, and the call returns (logits, the updated cache).
     """
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    mask = attention_mask(tokens.shape[1], segment_ids, prefix_mask if cfg.prefix_lm else None,
-                          cfg.sliding_window)
+    if cache is not None:
+      positions, mask, cache = _write_cache_inputs(cfg, tokens, segment_ids, positions, prefix_mask, cache)
+    else:
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+      mask = attention_mask(tokens.shape[1], segment_ids, prefix_mask if cfg.prefix_lm else None,
+                            cfg.sliding_window)
 
     embedding = self.param("embedding", nn.with_logical_partitioning(_init(1.0), ("vocab", "embed")),
                            (cfg.vocab_size, cfg.d_model), pdtype)
@@ -247,10 +317,13 @@ class Transformer(nn.Module):
     policy = REMAT_POLICIES[cfg.remat_policy]
     if cfg.remat_policy != "none":
       block = nn.remat(Block, policy=policy, prevent_cse=False)
+    in_axes, args = (nn.broadcast, nn.broadcast), (mask, positions)
+    if cache is not None:  # each layer also reads its slice of the cache and returns its new keys and values
+      in_axes, args = in_axes + (0, nn.broadcast), args + ((cache.key, cache.value), cache.index)
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                     in_axes=in_axes, length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = layers(cfg, deterministic, name="layers")(x, mask, positions)
+    x, new_kv = layers(cfg, deterministic, name="layers")(x, *args)
     x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
 
     if cfg.tie_embeddings:
@@ -259,4 +332,30 @@ class Transformer(nn.Module):
       head = self.param("lm_head", nn.with_logical_partitioning(_init(), ("embed", "vocab")),
                         (cfg.d_model, cfg.vocab_size), pdtype)
       logits = jnp.einsum("btd,dv->btv", x, head.astype(dtype))
-    return constrain(logits.astype(jnp.float32), "activation_batch", "activation_length", "activation_vocab")
+    logits = constrain(logits.astype(jnp.float32), "activation_batch", "activation_length",
+                       "activation_vocab")
+    if cache is None:
+      return logits
+    # Every layer's new keys and values [layers, b, k, t, h] go into the cache in one in-place write.
+    key, value = (constrain(write_slots(buf, new, cache.index, axis=3), None, *KV_AXES)
+                  for buf, new in zip((cache.key, cache.value), new_kv))
+    return logits, cache._replace(key=key, value=value, index=cache.index + tokens.shape[1])
+
+
+def _write_cache_inputs(cfg: ModelConfig, tokens: Array, segment_ids: Optional[Array],
+                        positions: Optional[Array], prefix_mask: Optional[Array],
+                        cache: Cache) -> tuple[Array, Array, Cache]:
+  """(positions, attention mask, cache with the new tokens' positions, segments and prefix flags)."""
+  if positions is None:
+    positions = jnp.broadcast_to(cache.index + jnp.arange(tokens.shape[1]), tokens.shape)
+  if segment_ids is None:
+    segment_ids = jnp.ones_like(tokens)
+  if prefix_mask is None or not cfg.prefix_lm:
+    prefix_mask = jnp.zeros(tokens.shape, bool)
+  prefix = prefix_mask.astype(bool)
+  write = lambda buf, new: constrain(write_slots(buf, new, cache.index), "activation_batch",
+                                     "activation_length")
+  cache = cache._replace(positions=write(cache.positions, positions), prefix=write(cache.prefix, prefix),
+                         segment_ids=write(cache.segment_ids, segment_ids))
+  mask = cached_attention_mask(positions, segment_ids, prefix, cache, cfg.sliding_window)
+  return positions, mask, cache

@@ -27,6 +27,7 @@ DEFAULT_RULES = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
     ("embed", "fsdp"),
