@@ -3,11 +3,15 @@
 Batches are unpacked seqio decoder features: right-padded prompts whose prefix mask gives their lengths.
 """
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
+
+import gin
 
 import jax
 import jax.numpy as jnp
 
+from flan_jax.errors import UserError
 from flan_jax.model import Cache, Transformer, init_cache
 
 NEG = -1e9  # the log-probability of a dead beam; finite, so sums and ratios of it stay finite
@@ -205,6 +209,34 @@ def _beam_step(state: _BeamState, logits: jax.Array, i, eos_id: int, vocab_size:
   done = state.done | ((scores[:, -1] > NEG / 2) & (live_lp[:, 0] / norm <= scores[:, -1]))
   origin = jnp.arange(b)[:, None] * beams + live_origin
   return _BeamState(live_lp, live_seqs, scores, fin_seqs, done, origin)
+
+
+METHODS = ("greedy", "sample", "beam")
+
+
+@gin.configurable
+def decoder(method: str = "greedy", *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+            seed: int = 0, num_beams: int = 4, length_penalty: float = 1.0) -> Callable:
+  """The eval's decoding function, chosen in gin: `decoder.method = 'beam'`, `decoder.num_beams = 8`.
+
+  Returns fn(model, params, batch, *, max_decode_length, eos_id, vocab_size) -> tokens, like
+  greedy_decode. Sampling uses the same key for every batch, so an eval repeats exactly.
+  """
+  if method == "greedy":
+    return greedy_decode
+  if method == "sample":
+    return functools.partial(_sample_with_seed, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p)
+  if method == "beam":
+    return functools.partial(_best_beam, num_beams=num_beams, length_penalty=length_penalty)
+  raise UserError(f"decoder.method={method!r} is not a decoding method; choose one of {', '.join(METHODS)}")
+
+
+def _sample_with_seed(model, params, batch, *, seed: int, **kwargs) -> jax.Array:
+  return sample_decode(model, params, batch, jax.random.key(seed), **kwargs)
+
+
+def _best_beam(model, params, batch, **kwargs) -> jax.Array:
+  return beam_search(model, params, batch, **kwargs)[0]
 
 
 def greedy_decode_reference(model: Transformer, params, batch, *, max_decode_length: int, eos_id: int,

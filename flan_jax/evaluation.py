@@ -177,7 +177,7 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
   target = abstract_params(model, job.mesh, job.rules)
   vocab = data_lib.vocabulary(job.name)
   runners = (_BatchRunner(functools.partial(
-      decoding.greedy_decode, model, max_decode_length=job.lengths["targets"], eos_id=vocab.eos_id,
+      decoding.decoder(), model, max_decode_length=job.lengths["targets"], eos_id=vocab.eos_id,
       vocab_size=vocab.vocab_size), job.mesh, job.rules, job.batch_size),
              _BatchRunner(functools.partial(decoding.score_targets, model), job.mesh, job.rules, job.batch_size))
   reports, done = [], set()

@@ -151,3 +151,21 @@ def test_bad_input_is_one_line(toy, tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match="no checkpoint found"):
     _evaluate(str(tmp_path / "empty"), mesh)
+
+
+def test_beam_search_of_width_one_decodes_like_greedy(toy, tmp_path):
+  import gin
+  model_dir, mesh = toy
+  kwargs = dict(mixture_or_task_name="toy_colors_eval", split="test")
+  _evaluate(model_dir, mesh, output_dir=str(tmp_path / "greedy"), **kwargs)
+  gin.clear_config()
+  try:
+    gin.bind_parameter("decoder.method", "beam")
+    gin.bind_parameter("decoder.num_beams", 1)
+    _evaluate(model_dir, mesh, output_dir=str(tmp_path / "beam"), **kwargs)
+  finally:
+    gin.clear_config()
+  name = "predictions_toy_colors_eval_test_step120.jsonl"
+  greedy, beam = _records(tmp_path / "greedy" / name), _records(tmp_path / "beam" / name)
+  assert [r["prediction"] for r in greedy] == [r["prediction"] for r in beam]
+  assert sum(r["correct"] for r in greedy) >= 12  # the toy task is learnt well enough to decode too

@@ -6,6 +6,7 @@ import math
 import os
 
 import gguf
+import jax
 import numpy as np
 import pytest
 import torch
@@ -499,21 +500,21 @@ def test_logits_match_hf(arch, qtype, atol, models, ggufs):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_train_binary_starts_from_a_gguf_file(models, ggufs, tmp_path):
-  """PRETRAINED may name a GGUF file: weights and tokenizer come from it, and the run records both."""
-  import gin
-  import tasks  # noqa: F401  (registers the embedded tasks)
-  from flan_jax import checkpointing, cli, train, vocabularies
-  model_dir = tmp_path / "run"
-  gin.clear_config()
-  try:
-    cli.run(train.main, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={ggufs['llama', 'F32']}",
-                         f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
-                         "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 8}", "--gin.TRAIN_STEPS=1",
-                         "--gin.BATCH_SIZE=8", "--gin.ModelConfig.dtype='float32'"])
-  finally:
-    gin.clear_config()
-  recorded = checkpointing.recorded_vocabulary(str(model_dir))
-  original = vocabularies.from_directory(models["llama"][0])
-  assert recorded.encode(" ".join(SAMPLE)) == original.encode(" ".join(SAMPLE))
-  assert checkpointing.recorded_model_config(str(model_dir)).vocab_size == models["llama"][1].config.vocab_size
+def test_a_gguf_file_is_a_starting_point_like_a_model_directory(models, ggufs):
+  """What the trainer and eval binaries call for INITIAL_CHECKPOINT_PATH / CHECKPOINT_PATH."""
+  from flan_jax import partitioning, pretrained, vocabularies
+  path, (directory, _) = ggufs["llama", "F32"], models["llama"]
+  assert pretrained.is_pretrained(path)
+  assert pretrained.pretrained_model_config(path) == pretrained.pretrained_model_config(directory)
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  config = pretrained.pretrained_model_config(path)
+  step, params = pretrained.restore_params(path, config, mesh, partitioning.axis_rules(), None)
+  want = pretrained.load_params(pretrained.open_pretrained(directory))
+  assert step == 0
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  from_gguf = pretrained.starting_vocabulary(path)
+  original = vocabularies.from_directory(directory)
+  text = " ".join(SAMPLE)
+  assert from_gguf.encode(text) == original.encode(text)
+  assert (from_gguf.bos_id, from_gguf.eos_id) == (original.bos_id, original.eos_id)

@@ -20,6 +20,7 @@ from tests.conftest import TINY
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"inputs": 96, "targets": 16}
 TASK = "embedded_no_nli"
+EVAL_TASK = "embedded_movie_review_scoring_t0"
 
 
 def free_port() -> int:
@@ -100,13 +101,15 @@ def test_a_dead_host_makes_the_other_exit(tmp_path):
 
 
 def test_two_process_eval_matches_one_process(two_process_run, tmp_path):
-  """Each host feeds only its rows of every eval batch; the records equal a one-process eval's."""
+  """Each host feeds only its rows of every eval batch; the records equal a one-process eval's.
+
+  (Decoding on a sharded mesh is tested against one device in test_decoding.py.)"""
   model_dir, _ = two_process_run
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
   args = ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'two'}",
-          "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_sentiment", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
-          "--gin.evaluate.num_examples=4", "--gin.EVAL_BATCH_SIZE=8", "--gin.make_mesh.fsdp=2",
+          f"--gin.MIXTURE_OR_TASK_NAME={EVAL_TASK}", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+          "--gin.evaluate.num_examples=24", "--gin.EVAL_BATCH_SIZE=8", "--gin.make_mesh.fsdp=2",
           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
   procs = [subprocess.Popen([sys.executable, "-m", "flan_jax.eval", *args, f"--process_id={i}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
@@ -116,9 +119,9 @@ def test_two_process_eval_matches_one_process(two_process_run, tmp_path):
   assert "mesh" not in outs[1] and "wrote" not in outs[1]  # only the first host reports
 
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-  evaluation.evaluate(model_dir, mixture_or_task_name="embedded_eval_sentiment", task_feature_lengths=LENGTHS,
-                      num_examples=4, batch_size=8, mesh=mesh, output_dir=str(tmp_path / "one"))
-  name = "predictions_embedded_eval_sentiment_validation_step4.jsonl"
+  evaluation.evaluate(model_dir, mixture_or_task_name=EVAL_TASK, task_feature_lengths=LENGTHS,
+                      num_examples=24, batch_size=8, mesh=mesh, output_dir=str(tmp_path / "one"))
+  name = f"predictions_{EVAL_TASK}_validation_step4.jsonl"
   two = [json.loads(line) for line in open(tmp_path / "two" / name)]
   one = [json.loads(line) for line in open(tmp_path / "one" / name)]
   assert len(two) == len(one) > 0

@@ -20,7 +20,7 @@ def test_mesh_files_parse(path):
   size = 1
   for axis in ("data", "fsdp", "tensor", "dcn_data"):
     size *= gin.query_parameter(f"make_mesh.{axis}") if f"make_mesh.{axis}" in gin.config_str() else 1
-  assert size >= 4
+  assert size >= 4 or os.path.basename(path) == "gpu1.gin"  # every file but one GPU's spans devices
   gin.clear_config()
 
 
