@@ -7,7 +7,6 @@ import functools
 from typing import Callable, NamedTuple
 
 import gin
-
 import jax
 import jax.numpy as jnp
 
