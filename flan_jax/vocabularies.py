@@ -93,7 +93,26 @@ def decode_tf_with(decode: Callable[[list[int]], str], ids) -> tf.Tensor:
   return text
 
 
-class HuggingFaceVocabulary(seqio.Vocabulary):
+class _SpecialIds:
+  """The BOS, EOS and UNK ids a vocabulary was built with (set in its __init__)."""
+  _bos_id: Optional[int]
+  _eos_id: Optional[int]
+  _unk_id: Optional[int]
+
+  @property
+  def bos_id(self) -> Optional[int]:
+    return self._bos_id
+
+  @property
+  def eos_id(self) -> Optional[int]:
+    return self._eos_id
+
+  @property
+  def unk_id(self) -> Optional[int]:
+    return self._unk_id
+
+
+class HuggingFaceVocabulary(_SpecialIds, seqio.Vocabulary):
   """A Hugging Face `tokenizers` tokenizer.json as a seqio vocabulary (no extra ids, pad id 0).
 
   `encode` gives the tokenizer's ids without its special tokens (seqio adds EOS); `decode` drops
@@ -128,18 +147,6 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
       tok.no_padding()
       self._tokenizer = tok
     return self._tokenizer
-
-  @property
-  def bos_id(self) -> Optional[int]:
-    return self._bos_id
-
-  @property
-  def eos_id(self) -> Optional[int]:
-    return self._eos_id
-
-  @property
-  def unk_id(self) -> Optional[int]:
-    return self._unk_id
 
   @property
   def _base_vocab_size(self) -> int:
@@ -182,7 +189,7 @@ class HuggingFaceVocabulary(seqio.Vocabulary):
   __repr__ = __str__
 
 
-class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+class SentencePieceVocabulary(_SpecialIds, seqio.SentencePieceVocabulary):
   """A SentencePiece .model as a seqio vocabulary (seqio's, with no extra ids).
 
   Its ids are the `sentencepiece` library's `encode` ids, in Python and in TF (tf_text). BOS/EOS
@@ -206,18 +213,6 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
   @property
   def tokenizer_file(self) -> str:
     return self.sentencepiece_model_file
-
-  @property
-  def bos_id(self) -> Optional[int]:
-    return self._bos_id
-
-  @property
-  def eos_id(self) -> Optional[int]:
-    return self._eos_id
-
-  @property
-  def unk_id(self) -> Optional[int]:
-    return self._unk_id
 
   def _decode(self, ids: Sequence[int]) -> str:
     drop = {self._bos_id, self._eos_id}
