@@ -16,6 +16,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from flan_jax.errors import UserError
+
 Array = jax.Array
 
 REMAT_POLICIES = {
@@ -60,13 +62,14 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+      raise UserError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of ModelConfig.num_kv_heads="
+                      f"{self.num_kv_heads}; choose heads that divide evenly")
     if self.head_dim % 2:
-      raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+      raise UserError(f"ModelConfig.head_dim={self.head_dim} must be even for rotary embeddings")
     if self.rope_scaling not in ROPE_SCALINGS:
-      raise ValueError(f"rope_scaling={self.rope_scaling!r}; choose one of {list(ROPE_SCALINGS)}")
+      raise UserError(f"ModelConfig.rope_scaling={self.rope_scaling!r}; choose one of {list(ROPE_SCALINGS)}")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
+      raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
 
   def num_params(self) -> int:
     d, f, h = self.d_model, self.d_ff, self.head_dim

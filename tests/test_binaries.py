@@ -97,6 +97,8 @@ def run_main(module, argv, capsys):
     (["--gin.MIXTURE_OR_TASK_NAME=embedded_all"], "MODEL_DIR is not set"),
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embeded_all"], "did you mean embedded_all"),
     (["--gin_file=no_such.gin"], "gin file no_such.gin not found"),
+    (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.ModelConfig.num_heads=3"],
+     "ModelConfig.num_heads=3 is not a multiple of ModelConfig.num_kv_heads=2"),
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.make_optimizer.name=adamz"],
      "make_optimizer.name='adamz' is not an optimizer"),
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.make_schedule.schedule=cosinus"],
