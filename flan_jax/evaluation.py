@@ -182,9 +182,10 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
              _BatchRunner(functools.partial(decoding.score_targets, model), job.mesh, job.rules, job.batch_size))
   reports, done = [], set()
   waited_since = time.time()
+  every = all_steps or follow_seconds > 0  # then steps with results already written are skipped
   while True:
-    pending = [s for s in _steps(path, is_pretrained, all_steps or follow_seconds > 0) if s not in done]
-    pending = [s for s in pending if not (all_steps and _evaluated(output_dir, job, s))]
+    pending = [s for s in _steps(path, is_pretrained, every) if s not in done]
+    pending = [s for s in pending if not (every and _evaluated(output_dir, job, s))]
     for step in pending:
       where = path if is_pretrained or step is None else os.path.join(model_dir, checkpointing.SUBDIR, str(step))
       loaded_step, params = pretrained.restore_params(where, model_config, job.mesh, job.rules, target)

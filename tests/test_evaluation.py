@@ -91,6 +91,8 @@ def test_every_step_once_then_skipped(toy, tmp_path):
   reports = _evaluate(model_dir, mesh, all_steps=True, output_dir=out)
   assert [r["step"] for r in reports] == [60, 120]
   assert _evaluate(model_dir, mesh, all_steps=True, output_dir=out) == []  # all done already
+  # Following the run also skips what is done, and stops when no new checkpoint appears in time.
+  assert _evaluate(model_dir, mesh, follow_seconds=0.5, output_dir=out) == []
 
 
 def test_several_runs_side_by_side(toy, tmp_path):
