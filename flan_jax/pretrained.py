@@ -63,10 +63,7 @@ def is_pretrained(path: Optional[str]) -> bool:
 def open_pretrained(path: str, **overrides: Any) -> Pretrained:
   """Opens a Hugging Face directory or a GGUF file; `overrides` set non-shape ModelConfig fields."""
   if path.endswith(".gguf"):
-    if not os.path.isfile(path):
-      raise UserError(f"GGUF file {path} does not exist")
-    from flan_jax import gguf_io
-    hf_config, source = gguf_io.open_gguf(path)
+    hf_config, source = _open_gguf(path)
   else:
     hf_config, source = read_config(path), safetensors_io.SafetensorsDirectory(path)
   config = ModelConfig(**config_fields(hf_config, path), **overrides)
@@ -83,15 +80,19 @@ def pretrained_model_config(path: str = gin.REQUIRED) -> ModelConfig:
 def read_config(path: str) -> dict:
   """The Hugging Face config dict of a model directory or a GGUF file."""
   if path.endswith(".gguf"):
-    if not os.path.isfile(path):
-      raise UserError(f"GGUF file {path} does not exist")
-    from flan_jax import gguf_io
-    return gguf_io.open_gguf(path)[0]
+    return _open_gguf(path)[0]
   config_file = os.path.join(path, "config.json")
   if not os.path.isfile(config_file):
     raise UserError(f"{path} is neither a Hugging Face model directory (no config.json) nor a .gguf file")
   with open(config_file) as f:
     return json.load(f)
+
+
+def _open_gguf(path: str) -> tuple[dict, TensorSource]:
+  if not os.path.isfile(path):
+    raise UserError(f"GGUF file {path} does not exist")
+  from flan_jax import gguf_io
+  return gguf_io.open_gguf(path)
 
 
 def _rope(hf: dict, path: str) -> dict:
@@ -171,6 +172,10 @@ class Mapping:
   def stacked(self) -> bool:
     return "{i}" in self.hf_name
 
+  def layers(self, config: ModelConfig) -> list[Optional[int]]:
+    """The layers this parameter spans: each has its own tensor; None for an unstacked one."""
+    return list(range(config.num_layers)) if self.stacked else [None]
+
 
 def name_table(config: ModelConfig) -> list[Mapping]:
   attn, mlp = "model.layers.{i}.self_attn", "model.layers.{i}.mlp"
@@ -192,12 +197,6 @@ def name_table(config: ModelConfig) -> list[Mapping]:
   if not config.tie_embeddings:
     table.append(Mapping(("lm_head",), "lm_head.weight", "linear"))
   return table
-
-
-def hf_names(config: ModelConfig) -> list[str]:
-  """Every Hugging Face tensor name of a model with this config, in export order."""
-  return [m.hf_name.format(i=i) for m in name_table(config)
-          for i in (range(config.num_layers) if m.stacked else [None])]
 
 
 def _span(index: slice, dims: tuple[int, ...]) -> tuple[slice, tuple[int, ...], tuple[slice, ...]]:
@@ -239,7 +238,7 @@ def check_tensors(config: ModelConfig, source: TensorSource, path: str) -> None:
   """One line naming missing, unexpected and wrongly shaped tensors."""
   want = {}
   for m, shape in _leaves(config):
-    for i in range(config.num_layers) if m.stacked else [None]:
+    for i in m.layers(config):
       want[m.hf_name.format(i=i)] = to_hf(m, np.empty(shape[1:] if m.stacked else shape, np.int8)).shape
   have = {k for k in source.keys() if not k.endswith("rotary_emb.inv_freq")}
   missing = sorted(set(want) - have)
@@ -376,7 +375,7 @@ def hf_tensors(params: Any, config: ModelConfig, dtype) -> Iterator[tuple[str, n
   """(Hugging Face name, host array) for every tensor, one at a time, gathered from the mesh."""
   for m in name_table(config):
     leaf = _get(params, m.path)
-    for i in range(config.num_layers) if m.stacked else [None]:
+    for i in m.layers(config):
       value = leaf[i] if m.stacked else leaf
       yield m.hf_name.format(i=i), to_hf(m, _to_host(value).astype(dtype))
 
@@ -410,7 +409,7 @@ def _planned_sizes(config: ModelConfig, dtype) -> list[tuple[str, int]]:
   sizes = []
   for m, shape in _leaves(config):
     per = int(np.prod(shape[1:] if m.stacked else shape)) * dtype.itemsize
-    sizes += [(m.hf_name.format(i=i), per) for i in (range(config.num_layers) if m.stacked else [None])]
+    sizes += [(m.hf_name.format(i=i), per) for i in m.layers(config)]
   return sizes
 
 

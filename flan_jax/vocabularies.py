@@ -94,7 +94,8 @@ def decode_tf_with(decode: Callable[[list[int]], str], ids) -> tf.Tensor:
 
 
 class _SpecialIds:
-  """The BOS, EOS and UNK ids a vocabulary was built with (set in its __init__)."""
+  """What the two file-backed vocabularies share: the BOS, EOS and UNK ids they were built with
+  (set in __init__), and equality by tokenizer file hash and special ids."""
   _bos_id: Optional[int]
   _eos_id: Optional[int]
   _unk_id: Optional[int]
@@ -110,6 +111,18 @@ class _SpecialIds:
   @property
   def unk_id(self) -> Optional[int]:
     return self._unk_id
+
+  def __eq__(self, other):
+    return type(other) is type(self) and _identity(other) == _identity(self)
+
+  def __hash__(self):
+    return hash(_identity(self))
+
+  def __str__(self) -> str:
+    return (f"{type(self).__name__}(file={self.tokenizer_file}, size={self.vocab_size}, "
+            f"bos_id={self._bos_id}, eos_id={self._eos_id}, sha256={self.sha256[:12]})")
+
+  __repr__ = __str__
 
 
 class HuggingFaceVocabulary(_SpecialIds, seqio.Vocabulary):
@@ -176,17 +189,6 @@ class HuggingFaceVocabulary(_SpecialIds, seqio.Vocabulary):
     state["_tokenizer"] = None
     return state
 
-  def __eq__(self, other):
-    return type(other) is type(self) and _identity(other) == _identity(self)
-
-  def __hash__(self):
-    return hash(_identity(self))
-
-  def __str__(self) -> str:
-    return (f"HuggingFaceVocabulary(file={self.tokenizer_file}, size={self._size}, "
-            f"bos_id={self._bos_id}, eos_id={self._eos_id}, sha256={self.sha256[:12]})")
-
-  __repr__ = __str__
 
 
 class SentencePieceVocabulary(_SpecialIds, seqio.SentencePieceVocabulary):
@@ -222,17 +224,6 @@ class SentencePieceVocabulary(_SpecialIds, seqio.SentencePieceVocabulary):
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     return decode_tf_with(self._decode, ids)
 
-  def __eq__(self, other):
-    return type(other) is type(self) and _identity(other) == _identity(self)
-
-  def __hash__(self):
-    return hash(_identity(self))
-
-  def __str__(self) -> str:
-    return (f"SentencePieceVocabulary(file={self.tokenizer_file}, size={self.vocab_size}, "
-            f"bos_id={self._bos_id}, eos_id={self._eos_id}, sha256={self.sha256[:12]})")
-
-  __repr__ = __str__
 
 
 CLASSES = {"huggingface": HuggingFaceVocabulary, "sentencepiece": SentencePieceVocabulary}
