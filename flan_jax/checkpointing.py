@@ -5,9 +5,11 @@ A checkpoint directory holds one sub-directory per step with two items, `params`
 records its model config (model_config.json) and vocabulary (vocabulary/), so eval, resume and
 export follow the run without being told its model or tokenizer again. Orbax writes
 each step to a temporary directory and renames it when complete, so a crash mid-save never
-touches the last complete checkpoint; a complete one that fails to restore is skipped.
+touches the last complete checkpoint. A step that fails to restore (damaged on disk) stops the
+run with a message, or is set aside on request; it is never silently skipped.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,8 +19,9 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from flan_jax import cli
 from flan_jax import vocabularies
-from flan_jax.errors import UserError
+from flan_jax.errors import UserError, first_line
 from flan_jax.model import ModelConfig
 
 PARAMS, OPT_STATE = "params", "opt_state"
@@ -62,8 +65,22 @@ def manager(directory: str, *, save_every: int = 1, keep: Optional[int] = None,
             create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
-      enable_async_checkpointing=async_save, create=create)
+      enable_async_checkpointing=async_save, create=create,
+      cleanup_tmp_directories=create)  # a save cut short (kill, full disk) leaves nothing in the way
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+@contextlib.contextmanager
+def closing(mngr: ocp.CheckpointManager):
+  """Closes the manager after the block (waiting for its saves). After a failure it closes with
+  stderr muted: orbax's background threads print tracebacks of the error being raised anyway."""
+  try:
+    yield mngr
+  except BaseException:
+    with cli.stderr_muted(), contextlib.suppress(Exception):
+      mngr.close()
+    raise
+  mngr.close()
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any, force: bool = False) -> bool:
@@ -72,29 +89,73 @@ def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any, fo
       PARAMS: ocp.args.StandardSave(params), OPT_STATE: ocp.args.StandardSave(opt_state)}), force=force)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_params: Any,
-                   abstract_opt_state: Any) -> Optional[tuple[int, Any, Any]]:
-  """(step, params, opt_state) of the newest checkpoint that restores, or None if there is none."""
+DAMAGED_POLICIES = ("refuse", "set_aside")
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_params: Any, abstract_opt_state: Any,
+                   on_damaged: str = "refuse") -> Optional[tuple[int, Any, Any]]:
+  """(step, params, opt_state) of the newest checkpoint, or None if the run has none yet.
+
+  A checkpoint that fails to restore is damaged. With `on_damaged="refuse"` any damaged step newer
+  than the one to resume from is a UserError naming the steps (a run never quietly goes back, or
+  starts again from scratch, over checkpoints it cannot read). With "set_aside" the damaged steps
+  are renamed to `<step>.damaged` (orbax no longer sees them) and the newest good one is used, or
+  none: then the run starts from step 0.
+  """
+  if on_damaged not in DAMAGED_POLICIES:
+    raise UserError(f"on_damaged_checkpoint={on_damaged!r} is not one of {DAMAGED_POLICIES}")
+  damaged = []
   for step in sorted(mngr.all_steps(), reverse=True):
     check_shapes(mngr, step, abstract_params)
     try:
       out = mngr.restore(step, args=ocp.args.Composite(**{
           PARAMS: ocp.args.StandardRestore(abstract_params),
           OPT_STATE: ocp.args.StandardRestore(abstract_opt_state)}))
-    except Exception as e:  # a damaged checkpoint: fall back to the one before it
-      logging.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
-                      step, mngr.directory, type(e).__name__, str(e).splitlines()[0][:200])
+    except Exception as e:  # truncated or missing files: orbax cannot read the step
+      damaged.append((step, f"{type(e).__name__}: {first_line(e)[:120]}"))
       continue
+    _handle_damaged(mngr, damaged, on_damaged, resume_step=step)
     return step, out[PARAMS], out[OPT_STATE]
+  _handle_damaged(mngr, damaged, on_damaged, resume_step=None)
   return None
+
+
+def _handle_damaged(mngr: ocp.CheckpointManager, damaged: list, on_damaged: str,
+                    resume_step: Optional[int]) -> None:
+  if not damaged:
+    return
+  steps = [step for step, _ in damaged]
+  then = f"resume from step {resume_step}" if resume_step is not None else "start again from step 0"
+  if on_damaged == "refuse":
+    raise UserError(
+        f"checkpoint step(s) {steps} in {mngr.directory} cannot be restored ({damaged[0][1]}); move them "
+        f"aside, or rerun with --gin.train.on_damaged_checkpoint=set_aside to rename them to "
+        f"<step>.damaged and {then}")
+  if jax.process_index() == 0:
+    for step in steps:
+      os.rename(os.path.join(mngr.directory, str(step)), os.path.join(mngr.directory, f"{step}.damaged"))
+  _sync("flan_jax_set_aside_damaged")
+  mngr.reload()
+  if jax.process_index() == 0:
+    print(f"set aside damaged checkpoint step(s) {steps} in {mngr.directory} as <step>.damaged; {then}",
+          flush=True)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -> None:
   """Raises UserError listing missing, unexpected and wrongly shaped parameters."""
-  try:
-    saved = mngr.item_metadata(step)[PARAMS]
-  except Exception:  # unreadable metadata: leave the verdict to restore()
+  checkpointer = ocp.StandardCheckpointer()
+  try:  # read with the params item's own handler (the manager's metadata is None before a restore)
+    saved = checkpointer.metadata(os.path.join(mngr.directory, str(step), PARAMS)).item_metadata
+  except Exception:  # unreadable metadata: a damaged step, for restore() to report
     return
+  finally:
+    checkpointer.close()
   if saved is None:
     return
   want = {_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}

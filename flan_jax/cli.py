@@ -5,9 +5,14 @@ Flags: `--gin_file=PATH` (repeatable; looked up in the working directory, then u
 `--gin_search_paths=DIR,DIR`, and for multi-host runs `--multihost` (auto-detect the cluster) or
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; `--heartbeat_timeout_seconds=S`
 bounds how long the other hosts wait before they exit when one host dies (default 100).
+
+Exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad input or a run that cannot go on as
+asked (one line on stderr says what to change), 3 the loss diverged, 4 another host of the job died,
+5 the disk filled up; anything else is a bug, with its traceback.
 """
 
 import ast
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import gin
 
-from flan_jax.errors import UserError
+from flan_jax.errors import DiskFullError, UserError, first_line
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -42,15 +47,41 @@ def import_tensorflow_quietly() -> None:
   if "tensorflow" in sys.modules:
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  with stderr_muted():
+    import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def stderr_muted():
+  """Sends file descriptor 2 (Python's and native libraries' stderr) to /dev/null for the block."""
   sys.stderr.flush()
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   try:
-    import tensorflow  # noqa: F401
+    yield
   finally:
+    sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
     os.close(devnull)
+
+
+class _HeldLogs(logging.Handler):
+  """Holds the libraries' (absl) log records of a run: dropped when the run ends in a one-line error
+  (orbax logs the failure it is about to raise from every thread), written out otherwise."""
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.records = []
+    self.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+
+  def emit(self, record):
+    self.records.append(record)
+
+  def replay(self):
+    for record in self.records:
+      print(self.format(record), file=sys.stderr)
+    self.records.clear()
 
 
 def parse_flags(argv: Sequence[str]) -> Flags:
@@ -116,7 +147,7 @@ def configure_gin(flags: Flags) -> None:
   try:
     gin.parse_config_files_and_bindings(flags.gin_files, flags.gin_bindings, finalize_config=True)
   except (ValueError, SyntaxError, ImportError, IOError) as e:
-    raise UserError(f"gin: {_first_line(e)}") from e
+    raise UserError(f"gin: {first_line(e)}") from e
   finally:
     logging.disable(logging.NOTSET)
 
@@ -132,39 +163,48 @@ def initialize_distributed(flags: Flags) -> None:
                                num_processes=flags.num_processes, process_id=flags.process_id,
                                heartbeat_timeout_seconds=flags.heartbeat_timeout_seconds)
   except (RuntimeError, ValueError) as e:
-    raise UserError(f"cannot join the multi-host job: {_first_line(e)} (check --coordinator_address, "
+    raise UserError(f"cannot join the multi-host job: {first_line(e)} (check --coordinator_address, "
                     "--num_processes and --process_id, or run on a TPU slice / SLURM job for --multihost)") from e
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
-
-
 def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> None:
-  """Runs a binary's main; a mistake the user can fix becomes one line on stderr and exit code 2."""
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  """Runs a binary's main; a mistake the user can fix becomes one line on stderr and exit code 2.
+
+  The other documented failures (see the module docstring) are one line too, with their own codes.
+  """
+  absl_logger, held = logging.getLogger("absl"), _HeldLogs()
+  absl_logger.setLevel(logging.ERROR)
+  absl_logger.addHandler(held)
+  absl_logger.propagate = False
+  code, message = None, None
   try:
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
     configure_gin(flags)
     initialize_distributed(flags)
     main(flags)
   except UserError as e:
-    print(f"error: {_first_line(e)}", file=sys.stderr)
-    sys.exit(2)
+    code, message = 2, first_line(e)
   except FloatingPointError as e:  # a diverged run: the message names the step
-    print(f"error: {_first_line(e)}", file=sys.stderr)
-    sys.exit(3)
+    code, message = 3, first_line(e)
+  except DiskFullError as e:  # names the step and the last complete checkpoint
+    code, message = 5, first_line(e)
   except Exception as e:
     if _peer_failure(e):
-      print(f"error: a collective failed, most likely because another host of this job died; see its log "
-            f"({_first_line(e)[:200]})", file=sys.stderr, flush=True)
-      sys.exit(4)
-    cause = _user_error_in(e)
-    if cause is None:
+      code, message = 4, (f"a collective failed, most likely because another host of this job died; see its "
+                          f"log ({first_line(e)[:200]})")
+    elif _user_error_in(e) is not None:
+      code, message = 2, _user_error_in(e)
+    else:
+      held.replay()
       raise
-    print(f"error: {cause}", file=sys.stderr)
-    sys.exit(2)
+  finally:
+    absl_logger.removeHandler(held)
+    absl_logger.propagate = True
+  if message is None:
+    held.replay()
+    return
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def _peer_failure(e: BaseException) -> bool:
@@ -176,7 +216,9 @@ def _user_error_in(e: BaseException) -> Optional[str]:
   """Gin re-raises errors from inside configurables as proxies; find a UserError or missing binding."""
   seen = e
   while seen is not None:
+    if isinstance(seen, UserError):
+      return first_line(seen)
     if "Required bindings" in str(seen) or "No configurable matching" in str(seen):
-      return f"gin: {_first_line(seen)}"
+      return f"gin: {first_line(seen)}"
     seen = seen.__cause__ or seen.__context__
   return None

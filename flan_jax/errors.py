@@ -3,3 +3,13 @@
 
 class UserError(ValueError):
   """Bad input (unknown task, missing MODEL_DIR, no checkpoint, ...); the message says how to fix it."""
+
+
+class DiskFullError(OSError):
+  """A write failed for lack of space; says where, at which step, and which checkpoint is complete."""
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's message (its type name if the message is empty)."""
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__

@@ -5,10 +5,13 @@ pattern): parameters and optimizer state are placed by the logical-axis rules, b
 over the data axes, and XLA inserts the collectives.
 """
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import math
 import os
+import re
 import signal
 import time
 from typing import Any, Callable, Mapping, Optional
@@ -26,8 +29,9 @@ from flan_jax import metrics as metrics_lib
 from flan_jax import optimizers
 from flan_jax import partitioning
 from flan_jax import pretrained
+from flan_jax import run_lock
 from flan_jax import vocabularies
-from flan_jax.errors import UserError
+from flan_jax.errors import DiskFullError, UserError
 from flan_jax.model import ModelConfig, Transformer
 
 
@@ -211,6 +215,7 @@ def train(model_dir: Optional[str] = None, *,
           checkpoints_to_keep: Optional[int] = 3,
           keep_period: Optional[int] = None,
           initial_checkpoint_path: Optional[str] = None,
+          on_damaged_checkpoint: str = "refuse",
           num_microbatches: int = 1,
           z_loss: float = 0.0,
           seed: int = 0,
@@ -224,6 +229,9 @@ def train(model_dir: Optional[str] = None, *,
   rules = partitioning.axis_rules() if rules is None else rules
   schedule = learning_rate_schedule or optimizers.make_schedule(train_steps)
   tx = optimizer or optimizers.make_optimizer(schedule)
+  if not (isinstance(task_feature_lengths, Mapping) and set(task_feature_lengths) == {"inputs", "targets"}):
+    raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} is not a dict of 'inputs' and 'targets' "
+                    "lengths; pass --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 128, 'targets': 32}\"")
   seq_len = sum(task_feature_lengths.values())
   s = setup(model_config, mesh, rules, tx, seq_len)
   if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
@@ -236,40 +244,45 @@ def train(model_dir: Optional[str] = None, *,
 
   is_main = jax.process_index() == 0
   os.makedirs(model_dir, exist_ok=True)
-  if is_main:
-    checkpointing.write_run_record(model_dir, model_config, vocab)
-  mngr = checkpointing.manager(os.path.join(model_dir, checkpointing.SUBDIR), save_every=checkpoint_period,
-                               keep=checkpoints_to_keep, keep_period=keep_period, async_save=async_checkpointing)
-  restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
-  if restored:
-    step, params, opt_state = restored
-    state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), s.state_shardings.step),
-                       params=params, opt_state=opt_state)
-    _log(is_main, f"resumed from step {step} in {model_dir}")
-  else:
-    state = s.init(jax.random.key(seed))
-    if initial_checkpoint_path:
-      began = time.time()
-      loaded_step, params = pretrained.restore_params(initial_checkpoint_path, model_config, mesh, rules,
-                                                      s.abstract_params)
-      state = state.replace(params=params)
-      _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
-           f"{time.time() - began:.1f}s; peak host memory {pretrained.peak_host_memory_gib():.2f} GiB")
-  start = int(state.step)
+  progress = {"step": 0, "saving": None}  # where the run is, for the message if the disk fills up
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(run_lock.hold(model_dir))  # one trainer per MODEL_DIR; kill -9 releases it
+    stack.enter_context(_naming_a_full_disk(model_dir, progress))
+    mngr = stack.enter_context(checkpointing.closing(checkpointing.manager(
+        os.path.join(model_dir, checkpointing.SUBDIR), save_every=checkpoint_period, keep=checkpoints_to_keep,
+        keep_period=keep_period, async_save=async_checkpointing)))
+    if is_main:
+      checkpointing.write_run_record(model_dir, model_config, vocab)
+    restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state, on_damaged_checkpoint)
+    if restored:
+      step, params, opt_state = restored
+      state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), s.state_shardings.step),
+                         params=params, opt_state=opt_state)
+      _log(is_main, f"resumed from step {step} in {model_dir}")
+    else:
+      state = s.init(jax.random.key(seed))
+      if initial_checkpoint_path:
+        began = time.time()
+        loaded_step, params = pretrained.restore_params(initial_checkpoint_path, model_config, mesh, rules,
+                                                        s.abstract_params)
+        state = state.replace(params=params)
+        _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
+             f"{time.time() - began:.1f}s; peak host memory {pretrained.peak_host_memory_gib():.2f} GiB")
+    start = progress["step"] = int(state.step)
 
-  step_fn = compile_train_step(s, tx, schedule, num_microbatches=num_microbatches, z_loss=z_loss,
-                               dropout_seed=seed + 1 if model_config.dropout_rate > 0 else None)
-  ds = data_lib.get_dataset(mixture_or_task_name, task_feature_lengths, "train", batch_size,
-                            seed=seed, skip_batches=start)
-  batches = data_lib.global_batches(ds, s.batch_sharding)
-  throughput = metrics_lib.Throughput(train_steps, tokens_per_step=batch_size * seq_len)
-  _log(is_main, f"training {mixture_or_task_name}: steps {start} -> {train_steps}, batch {batch_size} x {seq_len} "
-       f"tokens, {model_config.num_params():,} parameters, mesh {dict(mesh.shape)}")
+    step_fn = compile_train_step(s, tx, schedule, num_microbatches=num_microbatches, z_loss=z_loss,
+                                 dropout_seed=seed + 1 if model_config.dropout_rate > 0 else None)
+    ds = data_lib.get_dataset(mixture_or_task_name, task_feature_lengths, "train", batch_size,
+                              seed=seed, skip_batches=start)
+    batches = data_lib.global_batches(ds, s.batch_sharding)
+    throughput = metrics_lib.Throughput(train_steps, tokens_per_step=batch_size * seq_len)
+    _log(is_main, f"training {mixture_or_task_name}: steps {start} -> {train_steps}, batch {batch_size} x {seq_len} "
+         f"tokens, {model_config.num_params():,} parameters, mesh {dict(mesh.shape)}")
 
-  previous = None  # (step, metrics) of the step before: read one step behind, while this one runs
-  with _StopSignal() as stop, metrics_lib.MetricsWriter(model_dir, enabled=is_main) as writer:
-    try:
+    previous = None  # (step, metrics) of the step before: read one step behind, while this one runs
+    with _StopSignal() as stop, metrics_lib.MetricsWriter(model_dir, enabled=is_main) as writer:
       for step in range(start + 1, train_steps + 1):  # `step` is the step this iteration completes
+        progress["step"] = step
         state, metrics = step_fn(state, next(batches))
         if previous is not None:
           _report(writer, throughput, *previous, every=log_every)
@@ -283,15 +296,47 @@ def train(model_dir: Optional[str] = None, *,
         if step % checkpoint_period == 0 or step == train_steps or preempted:
           _check_finite(step, jax.device_get(metrics))
           checkpointing.save(mngr, step, state.params, state.opt_state, force=True)
+          progress["saving"] = step  # an async save that fails surfaces at a later call
         if preempted:
           writer.log(f"stop requested: saved step {step}; rerun the same command to resume")
           break
       if previous is not None:
         _report(writer, throughput, *previous, every=1)
-    finally:
       mngr.wait_until_finished()
-      mngr.close()
-  return state
+    return state
+
+
+@contextlib.contextmanager
+def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
+  """Turns a write that failed for lack of space (a checkpoint, the metrics) into one DiskFullError."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap the OSError in their own types)
+    if not _is_disk_full(e):
+      raise
+    directory = os.path.join(model_dir, checkpointing.SUBDIR)
+    complete = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    written = re.search(r"/(\d+)\.orbax-checkpoint-tmp", _chain_text(e))  # the step orbax was writing
+    saving = written.group(1) if written else progress["saving"]
+    saving = f" while writing checkpoint {saving}" if saving else ""
+    last = f"the last complete checkpoint is step {complete[-1]}" if complete else "no checkpoint is complete yet"
+    raise DiskFullError(f"no space left on device in {model_dir} at step {progress['step']}{saving}; {last}. "
+                        "Free some space and rerun the same command to resume") from e
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  return "No space left on device" in _chain_text(e) or any(
+      getattr(x, "errno", None) == errno.ENOSPC for x in _chain(e))
+
+
+def _chain(e: Optional[BaseException]):
+  while e is not None:
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def _chain_text(e: BaseException) -> str:
+  return "\n".join(str(x) for x in _chain(e))
 
 
 def _report(writer: metrics_lib.MetricsWriter, throughput: metrics_lib.Throughput, step: int,

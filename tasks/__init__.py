@@ -1,11 +1,16 @@
 """flan_jax's instruction tasks and mixtures; importing this package registers them with seqio.
 
 It registers the offline embedded collection (`embedded_*`) and the FLAN collection (`flan_*`,
-TFDS-backed; nothing is read or downloaded until a task's data is requested).
+TFDS-backed; nothing is read or downloaded until a task's data is requested). TensorFlow's C++
+start-up lines are muted while it is first imported, so `python -m tasks` prints only the catalogue.
 """
 
-from tasks import embedded
-from tasks import flan
+from flan_jax import cli
+
+cli.import_tensorflow_quietly()
+
+from tasks import embedded  # noqa: E402
+from tasks import flan  # noqa: E402
 
 embedded.register_all()
 flan.register_all()

@@ -3,6 +3,7 @@ template counts and mixtures, i.e. the names to put in MIXTURE_OR_TASK_NAME."""
 
 import argparse
 import json
+import signal
 import sys
 
 import seqio
@@ -93,4 +94,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m tasks | head` ends quietly
   sys.exit(main())

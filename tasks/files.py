@@ -17,6 +17,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from flan_jax.errors import UserError
 from tasks import instruction
 from tasks import metrics as metrics_lib
 from tasks import templates as templates_lib
@@ -30,7 +31,7 @@ Paths = Union[str, Mapping[str, str]]
 TemplateLike = Union[str, Sequence[str], Template]
 
 
-class FileTaskError(ValueError):
+class FileTaskError(UserError):
   """A task file is missing, empty, or has a row that cannot be used; says which file and row."""
 
 

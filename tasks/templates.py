@@ -11,12 +11,14 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from flan_jax.errors import UserError
+
 OPTIONS_PLACEHOLDER = "options_"
 OPTIONS_FIELD = "options"
 ANSWER_FIELD = "answer"
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
   """A template names a field that its dataset does not provide, or is malformed."""
 
 

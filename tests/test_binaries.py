@@ -104,6 +104,8 @@ def run_main(module, argv, capsys):
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.make_schedule.schedule=cosinus"],
      "make_schedule.schedule='cosinus' is not a schedule"),
     (["--no_such_flag"], "unknown flag --no_such_flag"),
+    (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.TASK_FEATURE_LENGTHS={inputs: 96}"],
+     "TASK_FEATURE_LENGTHS='{inputs: 96}' is not a dict of 'inputs' and 'targets' lengths"),
 ])
 def test_train_bad_input_is_one_clear_line(args, message, capsys):
   from flan_jax import train

@@ -47,21 +47,49 @@ def test_keeps_last_k_and_writes_operative_config(runs):
   assert os.path.exists(os.path.join(straight_dir, "config.gin"))
 
 
-def test_damaged_newest_checkpoint_falls_back_to_previous(runs, tmp_path):
-  _, _, _, resumed_dir = runs
+def _damaged_copy(run_dir, dest, steps):
+  """A copy of a run whose checkpoints at `steps` have every params file truncated to a third."""
   import shutil
-  copy = str(tmp_path / "run")
-  shutil.copytree(resumed_dir, copy)
-  newest = os.path.join(copy, "checkpoints", "6", checkpointing.PARAMS)
-  for root, _, files in os.walk(newest):
-    for name in files:
-      with open(os.path.join(root, name), "r+b") as f:
-        f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+  shutil.copytree(run_dir, dest)
+  for step in steps:
+    for root, _, files in os.walk(os.path.join(dest, "checkpoints", str(step), checkpointing.PARAMS)):
+      for name in files:
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+  return os.path.join(dest, "checkpoints")
+
+
+def _restore(directory, on_damaged):
   s = trainer.setup(TINY, partitioning.make_mesh(devices=jax.devices()[:1]), partitioning.axis_rules(),
                     trainer.optimizers.make_optimizer(trainer.optimizers.make_schedule(6)))
-  mngr = checkpointing.manager(os.path.join(copy, "checkpoints"), async_save=False)
-  step, _, _ = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
-  assert step == 4
+  mngr = checkpointing.manager(directory, async_save=False)
+  try:
+    return checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state, on_damaged)
+  finally:
+    mngr.close()
+
+
+def test_a_damaged_newest_checkpoint_stops_the_run_by_default(runs, tmp_path):
+  directory = _damaged_copy(runs[2], str(tmp_path / "run"), [6])
+  with pytest.raises(UserError, match=r"checkpoint step\(s\) \[6\] .* cannot be restored.*resume from step 4"):
+    _restore(directory, "refuse")
+  assert sorted(os.listdir(directory)) == ["2", "4", "6"]  # nothing touched
+
+
+def test_set_aside_renames_damaged_steps_and_resumes_from_the_newest_good_one(runs, tmp_path):
+  directory = _damaged_copy(runs[2], str(tmp_path / "run"), [6])
+  step, _, _ = _restore(directory, "set_aside")
+  assert step == 4 and sorted(os.listdir(directory)) == ["2", "4", "6.damaged"]
+
+
+def test_every_checkpoint_damaged_never_starts_from_scratch_unasked(runs, tmp_path):
+  directory = _damaged_copy(runs[2], str(tmp_path / "run"), [2, 4, 6])
+  with pytest.raises(UserError, match=r"\[6, 4, 2\] .*start again from step 0"):
+    _restore(directory, "refuse")
+  assert _restore(directory, "set_aside") is None
+  assert sorted(os.listdir(directory)) == ["2.damaged", "4.damaged", "6.damaged"]
+  with pytest.raises(UserError, match="on_damaged_checkpoint='skip' is not one of"):
+    _restore(directory, "skip")
 
 
 def test_restore_params_for_a_different_model_names_the_mismatch(runs):

@@ -1,0 +1,179 @@
+"""The promises of docs/reliability.md that need the binaries: damaged runs, a full disk, one trainer
+per MODEL_DIR, bad task files from gin, and one line on stderr for each of them."""
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from flan_jax import checkpointing, run_lock
+from flan_jax.errors import UserError
+from tests.test_binaries import LENGTHS, ROOT, TINY, binary, run_main
+
+TRAIN = [*TINY, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.BATCH_SIZE=8", LENGTHS]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A finished tiny run with checkpoints at steps 1 and 2."""
+  model_dir = str(tmp_path_factory.mktemp("run"))
+  out = binary("train", *TRAIN, f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  return model_dir
+
+
+def _truncate_params(model_dir, step):
+  for root, _, files in os.walk(os.path.join(model_dir, "checkpoints", str(step), checkpointing.PARAMS)):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+
+
+def _one_line(err):
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err[-3000:]
+  return lines[0]
+
+
+def test_every_checkpoint_damaged_refuses_then_set_aside_starts_fresh(run_dir, tmp_path, capsys):
+  from flan_jax import train
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(run_dir, model_dir)
+  for step in (1, 2):
+    _truncate_params(model_dir, step)
+  args = [*TRAIN, f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1"]
+  code, err = run_main(train, args, capsys)
+  line = _one_line(err)
+  assert code == 2 and "checkpoint step(s) [2, 1]" in line and "on_damaged_checkpoint=set_aside" in line
+  assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["1", "2"]  # nothing touched
+
+  import gin
+  from flan_jax import cli
+  gin.clear_config()
+  try:
+    cli.run(train.main, [*args, "--gin.train.on_damaged_checkpoint='set_aside'"])
+  finally:
+    gin.clear_config()
+  assert "set aside damaged checkpoint step(s) [2, 1]" in capsys.readouterr().out
+  assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["1", "1.damaged", "2", "2.damaged", "3"]
+
+
+def test_a_second_trainer_on_the_same_model_dir_is_refused(run_dir, capsys):
+  from flan_jax import train
+  with run_lock.hold(run_dir):  # this process plays the running trainer
+    code, err = run_main(train, [*TRAIN, f"--gin.MODEL_DIR={run_dir}", "--gin.TRAIN_STEPS=3"], capsys)
+  line = _one_line(err)
+  assert code == 2 and f"in use by pid {os.getpid()} on host {socket.gethostname()}" in line, line
+  with run_lock.hold(run_dir):  # released when the block ended
+    pass
+
+
+def test_a_killed_trainer_leaves_no_lock_behind(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent(f"""
+          import time
+          from flan_jax import run_lock
+          with run_lock.hold({str(tmp_path)!r}):
+            print("locked", flush=True)
+            time.sleep(600)
+          """)], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(UserError, match=f"in use by pid {holder.pid}"):
+      with run_lock.hold(str(tmp_path)):
+        pass
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with run_lock.hold(str(tmp_path)):  # the kernel dropped the dead process's lock
+    assert json.load(open(tmp_path / run_lock.LOCK_FILE))["pid"] == os.getpid()
+
+
+def test_a_broken_task_file_bound_in_gin_is_one_line(tmp_path, capsys):
+  from flan_jax import train
+  data = tmp_path / "qa.jsonl"
+  data.write_text('{"question": "a?", "reply": "b"}\n{"question": "c?", "reply": \n')
+  gin_file = tmp_path / "user_task.gin"
+  gin_file.write_text(textwrap.dedent(f"""
+      import tasks.files
+      MIXTURE_OR_TASK_NAME = @tasks.files.jsonl_task()
+      tasks.files.jsonl_task.name = 'broken_gin_qa'
+      tasks.files.jsonl_task.paths = '{data}'
+      tasks.files.jsonl_task.templates = ['Q: {{question}}']
+      tasks.files.jsonl_task.answer_field = 'reply'
+      """))
+  code, err = run_main(train, [*TINY, f"--gin_file={gin_file}", f"--gin.MODEL_DIR={tmp_path / 'run'}",
+                               "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8", LENGTHS], capsys)
+  line = _one_line(err)
+  assert code == 2 and f"{data}" in line and "row 2: not valid JSON" in line, line
+
+
+def test_an_eval_of_a_checkpoint_that_does_not_fit_is_only_the_message(run_dir, tmp_path):
+  old_run = str(tmp_path / "old")  # a run from before runs recorded their model config
+  shutil.copytree(run_dir, old_run)
+  os.remove(os.path.join(old_run, checkpointing.MODEL_CONFIG))
+  out = binary("eval", "--gin_file=runs/eval.gin", "--gin_file=models/small.gin", f"--gin.CHECKPOINT_PATH={old_run}",
+               "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli", timeout=300)
+  line = _one_line(out.stderr)  # no "Event loop is closed" tracebacks before it
+  assert out.returncode == 2 and "does not match the model config" in line
+
+
+def test_the_catalogue_prints_only_the_catalogue():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+  out = subprocess.run([sys.executable, "-m", "tasks"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0 and out.stderr == "" and out.stdout.startswith("== flan datasets ==")
+
+
+def _can_mount_tmpfs(directory) -> bool:
+  probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {directory}"],
+                         capture_output=True)
+  return probe.returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
+  """Trains on a 5 MiB tmpfs (a private mount namespace) that a filler file has half filled."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if shutil.which("unshare") is None or not _can_mount_tmpfs(disk):
+    pytest.skip("needs unshare and a tmpfs mount in a user namespace")
+  model_dir, out_dir = disk / "run", tmp_path / "out"
+  args = " ".join(shlex.quote(a) for a in [*TRAIN, f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=6",
+                                     "--gin.CHECKPOINT_PERIOD=1", "--gin.CHECKPOINTS_TO_KEEP=None"])
+  train = f"{sys.executable} -m flan_jax.train {args}"
+  # One tiny checkpoint is about 1.8 MB (params and Adam moments): beside the filler only one fits.
+  script = textwrap.dedent(f"""
+      mount -t tmpfs -o size=5m tmpfs {disk}
+      head -c 2600000 /dev/zero > {disk}/filler
+      {train} > {tmp_path}/first.out 2> {tmp_path}/first.err; echo $? > {tmp_path}/first.rc
+      cp -r {model_dir} {out_dir}
+      rm {disk}/filler
+      {train} --gin.CHECKPOINTS_TO_KEEP=1 > {tmp_path}/second.out 2> {tmp_path}/second.err
+      echo $? > {tmp_path}/second.rc
+      ls {model_dir}/checkpoints > {tmp_path}/left.txt
+      """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=env, check=True, timeout=600)
+  read = lambda name: (tmp_path / name).read_text()
+  # Known noise, not ours: tensorstore's callbacks print "Event loop is closed" tracebacks from native
+  # threads after the failed async write. Everything else on stderr is the one line.
+  lines = [x for x in read("first.err").splitlines()
+           if not (x.startswith(("Traceback", "  ")) or x == "RuntimeError: Event loop is closed")]
+  assert len(lines) == 1 and lines[0] == read("first.err").splitlines()[-1], read("first.err")[-3000:]
+  line = lines[0]
+  assert read("first.rc").strip() == "5", read("first.err")[-3000:]
+  complete = sorted(int(d) for d in os.listdir(out_dir / "checkpoints") if d.isdigit())
+  assert complete and f"no space left on device in {model_dir}" in line
+  assert f"while writing checkpoint {complete[-1] + 1}; the last complete checkpoint is step {complete[-1]}" in line, line
+  assert read("second.rc").strip() == "0", read("second.err")[-3000:]
+  assert f"resumed from step {complete[-1]}" in read("second.out")
+  assert read("left.txt").split() == ["6"]  # the half-written step was cleaned up, nothing else left
