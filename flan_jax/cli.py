@@ -176,6 +176,7 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
   absl_logger.setLevel(logging.ERROR)
   absl_logger.addHandler(held)
   absl_logger.propagate = False
+  sys.unraisablehook = _without_closed_loop_noise  # kept to the end: the noise can come at exit
   code, message = None, None
   try:
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
@@ -205,6 +206,15 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     return
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
+
+
+def _without_closed_loop_noise(unraisable) -> None:
+  """After an async checkpoint write fails, tensorstore's native callbacks still call into orbax's
+  closed event loop; Python reports each RuntimeError as unraisable. Drop those, keep the rest."""
+  value = unraisable.exc_value
+  if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def _peer_failure(e: BaseException) -> bool:

@@ -104,6 +104,8 @@ def run_main(module, argv, capsys):
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.make_schedule.schedule=cosinus"],
      "make_schedule.schedule='cosinus' is not a schedule"),
     (["--no_such_flag"], "unknown flag --no_such_flag"),
+    (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.BATCH_SIZE=4"],
+     "BATCH_SIZE=4 must divide by the data-parallel size 8"),
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.TASK_FEATURE_LENGTHS={inputs: 96}"],
      "TASK_FEATURE_LENGTHS='{inputs: 96}' is not a dict of 'inputs' and 'targets' lengths"),
 ])
