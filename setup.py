@@ -1,4 +1,8 @@
-"""Install flan_jax (the trainer and eval binaries) and tasks (the instruction collection)."""
+"""Install flan_jax (the trainer and eval binaries) and flan_tasks (the instruction collection).
+
+The collection's sources live in the top-level `tasks/` folder; they are installed and imported as
+`flan_tasks`, so a user's own `tasks.py` can never shadow them.
+"""
 
 import setuptools
 
@@ -6,7 +10,9 @@ setuptools.setup(
     name="flan_jax",
     version="0.1.0",
     description="FLAN-style instruction tuning in JAX: seqio tasks, a sharded Flax trainer, zero-shot eval.",
-    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*", "tasks", "tasks.*"]),
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"])
+    + ["flan_tasks"] + [f"flan_tasks.{p}" for p in setuptools.find_packages("tasks")],
+    package_dir={"flan_tasks": "tasks"},
     python_requires=">=3.11",
     # Bounds are the versions tested together; t5 is installed separately without its
     # dependencies (see the Makefile), because its pins pull nightly seqio and tfds.

@@ -22,12 +22,12 @@ def check_task_name(name: str) -> None:
   """Raises UserError for a name that is neither a registered Task nor a Mixture."""
   if not name:
     raise UserError("MIXTURE_OR_TASK_NAME is not set: pass --gin.MIXTURE_OR_TASK_NAME=NAME "
-                    "(`python -m tasks` lists the names)")
+                    "(`python -m flan_tasks` lists the names)")
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if name not in known:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise UserError(f"unknown task or mixture '{name}'{hint}; `python -m tasks` lists the "
+    raise UserError(f"unknown task or mixture '{name}'{hint}; `python -m flan_tasks` lists the "
                     "registered names, and a task module of your own must be imported by a gin file")
 
 

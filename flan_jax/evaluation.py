@@ -151,7 +151,7 @@ class _Job:
           use_cached=False, async_compute_metrics=False)
       if not self.evaluators[split].eval_tasks:
         raise UserError(f"no task of '{self.name}' has a '{split}' split; set evaluate.split to one "
-                        "the tasks have (see `python -m tasks`)")
+                        "the tasks have (see `python -m flan_tasks`)")
     return self.evaluators[split]
 
 

@@ -2,9 +2,9 @@
 
 from flan_jax import cli
 
-cli.import_tensorflow_quietly()  # before `tasks` pulls it in, so errors stay one line
+# Before a task collection (imported by the run's gin files) pulls it in, so errors stay one line.
+cli.import_tensorflow_quietly()
 
-import tasks  # noqa: E402,F401  (registers the built-in tasks and mixtures)
 from flan_jax import trainer  # noqa: E402
 
 

@@ -2,15 +2,15 @@
 
 It registers the offline embedded collection (`embedded_*`) and the FLAN collection (`flan_*`,
 TFDS-backed; nothing is read or downloaded until a task's data is requested). TensorFlow's C++
-start-up lines are muted while it is first imported, so `python -m tasks` prints only the catalogue.
+start-up lines are muted while it is first imported, so `python -m flan_tasks` prints only the catalogue.
 """
 
 from flan_jax import cli
 
 cli.import_tensorflow_quietly()
 
-from tasks import embedded  # noqa: E402
-from tasks import flan  # noqa: E402
+from flan_tasks import embedded  # noqa: E402
+from flan_tasks import flan  # noqa: E402
 
 embedded.register_all()
 flan.register_all()

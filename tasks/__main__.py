@@ -1,4 +1,4 @@
-"""The task catalogue: `python -m tasks [--all] [--json] [FILTER]` lists clusters, datasets,
+"""The task catalogue: `python -m flan_tasks [--all] [--json] [FILTER]` lists clusters, datasets,
 template counts and mixtures, i.e. the names to put in MIXTURE_OR_TASK_NAME."""
 
 import argparse
@@ -8,10 +8,10 @@ import sys
 
 import seqio
 
-import tasks
-from tasks import embedded, flan
-from tasks.flan import clusters
-from tasks.flan import dataset as dataset_lib
+import flan_tasks
+from flan_tasks import embedded, flan
+from flan_tasks.flan import clusters
+from flan_tasks.flan import dataset as dataset_lib
 
 
 def _flan_rows():
@@ -74,7 +74,7 @@ def _print_text(cat: dict, show_all: bool, out) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__)
+  parser = argparse.ArgumentParser(prog="python -m flan_tasks", description=__doc__)
   parser.add_argument("filter", nargs="?", default="",
                       help="only rows/mixtures whose name contains this text")
   parser.add_argument("--all", action="store_true", help="also list every task of each dataset")
@@ -94,5 +94,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m tasks | head` ends quietly
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m flan_tasks | head` ends quietly
   sys.exit(main())

@@ -17,8 +17,8 @@ import tensorflow as tf
 from t5.evaluation import metrics as t5_metrics
 
 from flan_jax import task_info
-from tasks import instruction
-from tasks.templates import Template
+from flan_tasks import instruction
+from flan_tasks.templates import Template
 
 SEED = 0
 NUM_EXAMPLES = {"train": 2000, "validation": 200, "test": 200}

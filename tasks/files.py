@@ -1,11 +1,11 @@
 """User instruction tasks from local JSONL, CSV or TSV files, checked row by row on registration.
 
-    from tasks import files
+    from flan_tasks import files
     files.jsonl_task("my_qa", "data/qa.jsonl", templates=["Q: {question}\\nA:"],
                      answer_field="reply", metrics=["squad"])
 
 registers `my_qa`, `my_qa_eval` (and `my_qa_scoring` with options). The same functions are gin
-configurables (`MIXTURE_OR_TASK_NAME = @tasks.files.jsonl_task()`); see docs/tasks.md.
+configurables (`MIXTURE_OR_TASK_NAME = @flan_tasks.files.jsonl_task()`); see docs/tasks.md.
 """
 
 import csv
@@ -18,10 +18,10 @@ import seqio
 import tensorflow as tf
 
 from flan_jax.errors import UserError
-from tasks import instruction
-from tasks import metrics as metrics_lib
-from tasks import templates as templates_lib
-from tasks.templates import ANSWER_FIELD, OPTIONS_FIELD, Template
+from flan_tasks import instruction
+from flan_tasks import metrics as metrics_lib
+from flan_tasks import templates as templates_lib
+from flan_tasks.templates import ANSWER_FIELD, OPTIONS_FIELD, Template
 
 METRICS = {"accuracy": metrics_lib.accuracy, "squad": metrics_lib.squad,
            "bleu": metrics_lib.bleu, "rouge": metrics_lib.rouge}
@@ -170,19 +170,19 @@ def file_task(name: str, paths: Paths, templates: Sequence[TemplateLike], kind: 
   return name
 
 
-@gin.configurable(module="tasks.files")
+@gin.configurable(module="flan_tasks.files")
 def jsonl_task(name: str, paths: Paths, templates: Sequence[TemplateLike], **kwargs) -> str:
   """A task from JSON Lines files (one JSON object a line). See `file_task`."""
   return file_task(name, paths, templates, "jsonl", **kwargs)
 
 
-@gin.configurable(module="tasks.files")
+@gin.configurable(module="flan_tasks.files")
 def csv_task(name: str, paths: Paths, templates: Sequence[TemplateLike], **kwargs) -> str:
   """A task from comma-separated files with a header row. See `file_task`."""
   return file_task(name, paths, templates, "csv", **kwargs)
 
 
-@gin.configurable(module="tasks.files")
+@gin.configurable(module="flan_tasks.files")
 def tsv_task(name: str, paths: Paths, templates: Sequence[TemplateLike], **kwargs) -> str:
   """A task from tab-separated files with a header row. See `file_task`."""
   return file_task(name, paths, templates, "tsv", **kwargs)

@@ -16,8 +16,8 @@ from t5.data import preprocessors as t5_pre
 from t5.evaluation import metrics as t5_metrics
 
 from flan_jax import task_info
-from tasks import templates as templates_lib
-from tasks.vocab import output_features
+from flan_tasks import templates as templates_lib
+from flan_tasks.vocab import output_features
 
 TEMPLATE_SEED = 0  # the seed of the per-example template choice
 

@@ -1,6 +1,6 @@
 """Registering your own TFDS-backed instruction task or mixture, from Python or from gin.
 
-    from tasks import user
+    from flan_tasks import user
     user.tfds_task("my_rte", "super_glue/rte:1.0.2",
                    templates=["{premise}\\nDoes this imply \\"{hypothesis}\\"?\\n{options_}"],
                    fields={"premise": "premise", "hypothesis": "hypothesis"},
@@ -15,9 +15,9 @@ import gin
 import seqio
 import tensorflow as tf
 
-from tasks import files, instruction
-from tasks.flan import features
-from tasks.templates import ANSWER_FIELD, OPTIONS_FIELD
+from flan_tasks import files, instruction
+from flan_tasks.flan import features
+from flan_tasks.templates import ANSWER_FIELD, OPTIONS_FIELD
 
 RATE_BY_EXAMPLES = functools.partial(seqio.mixing_rate_num_examples, maximum=3_000)
 
@@ -40,7 +40,7 @@ def _to_fields(ex, fields, answer, options):
   return out
 
 
-@gin.configurable(module="tasks.user")
+@gin.configurable(module="flan_tasks.user")
 def tfds_task(name: str, tfds_name: str, templates: Sequence[files.TemplateLike],
               fields: Mapping[str, str], answer: str, options: Optional[Sequence[str]] = None,
               splits: Optional[Mapping[str, str]] = None, metrics: Sequence[str] = ("accuracy",),
@@ -65,7 +65,7 @@ def tfds_task(name: str, tfds_name: str, templates: Sequence[files.TemplateLike]
   return name
 
 
-@gin.configurable(module="tasks.user")
+@gin.configurable(module="flan_tasks.user")
 def mixture(name: str, tasks: Sequence[str], rate: Union[str, float] = "examples") -> str:
   """Registers a mixture of existing tasks/mixtures; `rate` "examples" weights by example count
   (at most 3,000, as the FLAN mixtures do), a number gives every task the same weight."""

@@ -1,4 +1,4 @@
-"""`python -m tasks` lists clusters, datasets, template counts and mixtures; importing `tasks`
+"""`python -m flan_tasks` lists clusters, datasets, template counts and mixtures; importing `tasks`
 stays cheap."""
 
 import json
@@ -6,7 +6,7 @@ import subprocess
 import sys
 import os
 
-import tasks.__main__ as catalogue_cli
+import flan_tasks.__main__ as catalogue_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ def test_json_catalogue_and_filter(capsys):
 
 
 def test_importing_tasks_adds_under_two_seconds():
-  code = ("import time, seqio; t = time.time(); import tasks; "
+  code = ("import time, seqio; t = time.time(); import flan_tasks; "
           "print(time.time() - t)")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401
+import flan_tasks  # noqa: F401
 from flan_jax import checkpointing, partitioning, trainer
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig

@@ -4,9 +4,9 @@ import seqio
 import t5.data  # noqa: F401  (t5 must import cleanly beside seqio and tfds)
 import t5.evaluation.metrics as t5_metrics
 
-import tasks  # noqa: F401
+import flan_tasks  # noqa: F401
 from flan_jax import task_info
-from tasks import embedded
+from flan_tasks import embedded
 
 LENGTHS = {"inputs": 128, "targets": 32}
 

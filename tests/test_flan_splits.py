@@ -6,8 +6,8 @@ import types
 import pytest
 import tensorflow_datasets as tfds
 
-from tasks import flan
-from tasks.flan import dataset as dataset_lib
+from flan_tasks import flan
+from flan_tasks.flan import dataset as dataset_lib
 
 
 def _ranges(d, train_size):

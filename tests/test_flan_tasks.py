@@ -6,10 +6,10 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import tasks  # noqa: F401  (registers everything)
-from tasks import flan, instruction, templates
-from tasks.flan import clusters, mixtures
-from tasks.flan import dataset as dataset_lib
+import flan_tasks  # noqa: F401  (registers everything)
+from flan_tasks import flan, instruction, templates
+from flan_tasks.flan import clusters, mixtures
+from flan_tasks.flan import dataset as dataset_lib
 
 DATASETS = flan.DATASETS
 IDS = [d.name for d in DATASETS]

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401
+import flan_tasks  # noqa: F401
 from flan_jax import checkpointing, data as data_lib, evaluation, optimizers, partitioning, trainer
 from flan_jax.model import Transformer
 from tests.conftest import TINY

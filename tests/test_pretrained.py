@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401  (registers the embedded tasks)
+import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from flan_jax import decoding, partitioning, pretrained, safetensors_io, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import Transformer

@@ -103,12 +103,12 @@ def test_a_broken_task_file_bound_in_gin_is_one_line(tmp_path, capsys):
   data.write_text('{"question": "a?", "reply": "b"}\n{"question": "c?", "reply": \n')
   gin_file = tmp_path / "user_task.gin"
   gin_file.write_text(textwrap.dedent(f"""
-      import tasks.files
-      MIXTURE_OR_TASK_NAME = @tasks.files.jsonl_task()
-      tasks.files.jsonl_task.name = 'broken_gin_qa'
-      tasks.files.jsonl_task.paths = '{data}'
-      tasks.files.jsonl_task.templates = ['Q: {{question}}']
-      tasks.files.jsonl_task.answer_field = 'reply'
+      import flan_tasks.files
+      MIXTURE_OR_TASK_NAME = @flan_tasks.files.jsonl_task()
+      flan_tasks.files.jsonl_task.name = 'broken_gin_qa'
+      flan_tasks.files.jsonl_task.paths = '{data}'
+      flan_tasks.files.jsonl_task.templates = ['Q: {{question}}']
+      flan_tasks.files.jsonl_task.answer_field = 'reply'
       """))
   code, err = run_main(train, [*TINY, f"--gin_file={gin_file}", f"--gin.MODEL_DIR={tmp_path / 'run'}",
                                "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8", LENGTHS], capsys)

@@ -9,10 +9,10 @@ import sys
 import pytest
 import seqio
 
-import tasks  # noqa: F401  (registers everything)
+import flan_tasks  # noqa: F401  (registers everything)
 from flan_jax import task_info
 from flan_jax.task_info import TaskInfo
-from tasks import embedded, files, flan
+from flan_tasks import embedded, files, flan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"inputs": 128, "targets": 32}

@@ -3,8 +3,8 @@
 import pytest
 import tensorflow as tf
 
-from tasks import templates
-from tasks.templates import Template
+from flan_tasks import templates
+from flan_tasks.templates import Template
 
 
 def test_fields_and_turned_around():

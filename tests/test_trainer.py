@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import seqio
 
-import tasks  # noqa: F401
+import flan_tasks  # noqa: F401
 from flan_jax import data as data_lib
 from flan_jax import optimizers, partitioning, trainer
 from tests.conftest import TINY

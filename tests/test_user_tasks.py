@@ -9,9 +9,9 @@ import sys
 import pytest
 import seqio
 
-import tasks  # noqa: F401
-from tasks import files, user
-from tasks.templates import TemplateError
+import flan_tasks  # noqa: F401
+from flan_tasks import files, user
+from flan_tasks.templates import TemplateError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = [{"question": f"What is {i} plus {i}?", "reply": str(2 * i),
@@ -118,12 +118,12 @@ def test_jsonl_task_trains_tiny_model_from_gin(tmp_path):
   data = _write_jsonl(tmp_path / "qa.jsonl", ROWS)
   gin_file = tmp_path / "user_task.gin"
   gin_file.write_text(f"""
-import tasks.files
-MIXTURE_OR_TASK_NAME = @tasks.files.jsonl_task()
-tasks.files.jsonl_task.name = 'user_gin_qa'
-tasks.files.jsonl_task.paths = '{data}'
-tasks.files.jsonl_task.templates = ['Q: {{question}}', 'Answer: {{question}}']
-tasks.files.jsonl_task.answer_field = 'reply'
+import flan_tasks.files
+MIXTURE_OR_TASK_NAME = @flan_tasks.files.jsonl_task()
+flan_tasks.files.jsonl_task.name = 'user_gin_qa'
+flan_tasks.files.jsonl_task.paths = '{data}'
+flan_tasks.files.jsonl_task.templates = ['Q: {{question}}', 'Answer: {{question}}']
+flan_tasks.files.jsonl_task.answer_field = 'reply'
 """)
   model_dir = tmp_path / "model"
   cmd = [sys.executable, "-m", "flan_jax.train", "--gin_file=gin/runs/finetune.gin",

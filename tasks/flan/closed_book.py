@@ -2,10 +2,10 @@
 
 import tensorflow as tf
 
-from tasks import metrics
-from tasks.flan import clusters, features
-from tasks.flan.dataset import FlanDataset
-from tasks.templates import Template as T
+from flan_tasks import metrics
+from flan_tasks.flan import clusters, features
+from flan_tasks.flan.dataset import FlanDataset
+from flan_tasks.templates import Template as T
 
 # question, options -> answer
 SCIENCE_CHOICE = [

@@ -12,10 +12,10 @@ from typing import Callable, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from tasks import instruction
-from tasks import metrics
-from tasks.flan import clusters
-from tasks.templates import Template, TemplateError
+from flan_tasks import instruction
+from flan_tasks import metrics
+from flan_tasks.flan import clusters
+from flan_tasks.templates import Template, TemplateError
 
 PREFIX = "flan_"
 TRAIN_CAP = 30_000

@@ -10,8 +10,8 @@ from typing import Iterable, Sequence
 
 import seqio
 
-from tasks.flan import clusters
-from tasks.flan.dataset import PREFIX, TEMPLATE_COUNTS, FlanDataset, task_names
+from flan_tasks.flan import clusters
+from flan_tasks.flan.dataset import PREFIX, TEMPLATE_COUNTS, FlanDataset, task_names
 
 MAX_RATE = 3_000
 RATE = functools.partial(seqio.mixing_rate_num_examples, maximum=MAX_RATE)

@@ -1,8 +1,8 @@
 """Natural language inference: ANLI (R1-R3), CB, MNLI, QNLI, RTE, SNLI, WNLI."""
 
-from tasks.flan import clusters, features
-from tasks.flan.dataset import FlanDataset
-from tasks.templates import Template as T
+from flan_tasks.flan import clusters, features
+from flan_tasks.flan.dataset import FlanDataset
+from flan_tasks.templates import Template as T
 
 THREE_WAY = ("yes", "it is not possible to tell", "no")
 TWO_WAY = ("yes", "no")

@@ -2,9 +2,9 @@
 
 import tensorflow as tf
 
-from tasks.flan import clusters, features
-from tasks.flan.dataset import FlanDataset
-from tasks.templates import Template as T
+from flan_tasks.flan import clusters, features
+from flan_tasks.flan.dataset import FlanDataset
+from flan_tasks.templates import Template as T
 
 YES_NO = ("no", "yes")
 SCORES = ("0", "1", "2", "3", "4", "5")

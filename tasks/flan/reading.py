@@ -3,10 +3,10 @@ with commonsense (CosmosQA, ReCoRD)."""
 
 import tensorflow as tf
 
-from tasks import metrics
-from tasks.flan import clusters, features
-from tasks.flan.dataset import FlanDataset
-from tasks.templates import Template as T
+from flan_tasks import metrics
+from flan_tasks.flan import clusters, features
+from flan_tasks.flan.dataset import FlanDataset
+from flan_tasks.templates import Template as T
 
 # context, question -> answer (a span or a short free answer)
 EXTRACTIVE = [

@@ -1,9 +1,9 @@
 """Struct to text: CommonGen, DART, E2E NLG, WebNLG (data or concepts -> a fluent sentence)."""
 
-from tasks import metrics
-from tasks.flan import clusters, features
-from tasks.flan.dataset import FlanDataset
-from tasks.templates import Template as T
+from flan_tasks import metrics
+from flan_tasks.flan import clusters, features
+from flan_tasks.flan.dataset import FlanDataset
+from flan_tasks.templates import Template as T
 
 # data (linearised "key: value | ..." records) -> text
 DATA_TO_TEXT = [

@@ -1,10 +1,10 @@
 """Translation: ParaCrawl (EN/DE, EN/ES, EN/FR), WMT-14 EN/FR and WMT-16 EN/CS, EN/DE, EN/FI,
 EN/RO, EN/RU, EN/TR. The answer is the English side; three templates turn the direction round."""
 
-from tasks import metrics
-from tasks.flan import clusters
-from tasks.flan.dataset import FlanDataset
-from tasks.templates import Template as T
+from flan_tasks import metrics
+from flan_tasks.flan import clusters
+from flan_tasks.flan.dataset import FlanDataset
+from flan_tasks.templates import Template as T
 
 LANGUAGES = {"cs": "Czech", "de": "German", "es": "Spanish", "fi": "Finnish", "fr": "French",
              "ro": "Romanian", "ru": "Russian", "tr": "Turkish"}
