@@ -92,7 +92,7 @@ def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any, fo
 DAMAGED_POLICIES = ("refuse", "set_aside")
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_params: Any, abstract_opt_state: Any,
+def restore_latest(mngr: ocp.CheckpointManager, param_structs: Any, opt_state_structs: Any,
                    on_damaged: str = "refuse") -> Optional[tuple[int, Any, Any]]:
   """(step, params, opt_state) of the newest checkpoint, or None if the run has none yet.
 
@@ -106,11 +106,11 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_params: Any, abstract_o
     raise UserError(f"on_damaged_checkpoint={on_damaged!r} is not one of {DAMAGED_POLICIES}")
   damaged = []
   for step in sorted(mngr.all_steps(), reverse=True):
-    check_shapes(mngr, step, abstract_params)
+    check_shapes(mngr, step, param_structs)
     try:
       out = mngr.restore(step, args=ocp.args.Composite(**{
-          PARAMS: ocp.args.StandardRestore(abstract_params),
-          OPT_STATE: ocp.args.StandardRestore(abstract_opt_state)}))
+          PARAMS: ocp.args.StandardRestore(param_structs),
+          OPT_STATE: ocp.args.StandardRestore(opt_state_structs)}))
     except Exception as e:  # truncated or missing files: orbax cannot read the step
       damaged.append((step, f"{type(e).__name__}: {first_line(e)[:120]}"))
       continue
@@ -147,7 +147,7 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -> None:
+def check_shapes(mngr: ocp.CheckpointManager, step: int, param_structs: Any) -> None:
   """Raises UserError listing missing, unexpected and wrongly shaped parameters."""
   checkpointer = ocp.StandardCheckpointer()
   try:  # read with the params item's own handler (the manager's metadata is None before a restore)
@@ -158,7 +158,7 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -
     checkpointer.close()
   if saved is None:
     return
-  want = {_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  want = {_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(param_structs)}
   have = {_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)}
   missing = sorted(set(want) - set(have))
   extra = sorted(set(have) - set(want))
@@ -174,7 +174,7 @@ def _name(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def restore_params(path: str, abstract_params: Any) -> tuple[int, Any]:
+def restore_params(path: str, param_structs: Any) -> tuple[int, Any]:
   """Parameters alone (no optimizer state) from a model dir (its newest step) or a step dir.
 
   `path` may be MODEL_DIR, MODEL_DIR/checkpoints, or MODEL_DIR/checkpoints/<step>.
@@ -195,9 +195,9 @@ def restore_params(path: str, abstract_params: Any) -> tuple[int, Any]:
                     f"<model dir>/{SUBDIR}/<step> of a training run")
   errors = []
   for candidate in steps:
-    check_shapes(mngr, candidate, abstract_params)
+    check_shapes(mngr, candidate, param_structs)
     try:
-      out = mngr.restore(candidate, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)}))
+      out = mngr.restore(candidate, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(param_structs)}))
       return candidate, out[PARAMS]
     except Exception as e:
       logging.warning("checkpoint %s/%d cannot be restored: %s", directory, candidate, e)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from flan_jax.errors import UserError
-from flan_jax.model import Cache, Transformer, init_cache
+from flan_jax.model import Cache, Transformer, apply_to_features, init_cache
 
 NEG = -1e9  # the log-probability of a dead beam; finite, so sums and ratios of it stay finite
 
@@ -275,8 +275,7 @@ def greedy_decode_reference(model: Transformer, params, batch, *, max_decode_len
 
 def score_targets(model: Transformer, params, batch) -> jax.Array:
   """[batch] log-likelihood of each example's target tokens given its prompt."""
-  logits = model.apply({"params": params}, batch["decoder_input_tokens"],
-                       prefix_mask=batch["decoder_causal_attention"])
+  logits = apply_to_features(model, params, batch)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   targets = batch["decoder_target_tokens"]
   token_ll = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]

@@ -14,7 +14,6 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 
@@ -29,12 +28,6 @@ from flan_jax import task_info
 from flan_jax import vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
-
-
-def abstract_params(model: Transformer, mesh, rules, seq_len: int = 8):
-  """Parameter shapes with their shardings, without allocating them."""
-  init = lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-  return partitioning.with_shardings(*partitioning.abstract_params(init, mesh, rules))
 
 
 class _BatchRunner:
@@ -174,7 +167,7 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
                     else checkpointing.recorded_model_config(model_dir) or ModelConfig())
   _follow_vocabulary(job, path)
   model = Transformer(model_config)
-  target = abstract_params(model, job.mesh, job.rules)
+  target = partitioning.sharded_param_structs(model, job.mesh, job.rules)
   vocab = data_lib.vocabulary(job.name)
   runners = (_BatchRunner(functools.partial(
       decoding.decoder(), model, max_decode_length=job.lengths["targets"], eos_id=vocab.eos_id,

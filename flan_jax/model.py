@@ -9,7 +9,7 @@ onto the device mesh. The block follows the Llama reference so its weights can b
 """
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import gin
@@ -343,6 +343,18 @@ class Transformer(nn.Module):
     key, value = (constrain(write_slots(buf, new, cache.index, axis=3), None, *KV_AXES)
                   for buf, new in zip((cache.key, cache.value), new_kv))
     return logits, cache._replace(key=key, value=value, index=cache.index + tokens.shape[1])
+
+
+def apply_to_features(model: Transformer, params, batch: Mapping[str, Array], **kwargs) -> Array:
+  """The model's logits [batch, length, vocab] for a batch of seqio decoder features.
+
+  decoder_input_tokens are the tokens; decoder_segment_ids, decoder_positions and
+  decoder_causal_attention (the prefix mask) are passed when the batch has them (packed batches
+  have the first two). `kwargs` go to the model's call (deterministic, rngs).
+  """
+  return model.apply({"params": params}, batch["decoder_input_tokens"],
+                     segment_ids=batch.get("decoder_segment_ids"), positions=batch.get("decoder_positions"),
+                     prefix_mask=batch.get("decoder_causal_attention"), **kwargs)
 
 
 def _write_cache_inputs(cfg: ModelConfig, tokens: Array, segment_ids: Optional[Array],

@@ -6,11 +6,12 @@ activations map onto them through a table of rules set in gin, so a new layout i
 """
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -84,10 +85,17 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: tuple) -> Any:
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
-def abstract_params(init_fn, mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
+def param_init_fn(model: nn.Module, seq_len: int = 8) -> Callable[[jax.Array], Any]:
+  """init_fn(rng) -> the model's parameters, boxed with their logical axis names (from dummy tokens)."""
+  return lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+
+
+def param_shapes_and_shardings(init_fn: Callable[[jax.Array], Any], mesh: Mesh,
+                               rules: tuple) -> tuple[Any, Any]:
   """(shapes, shardings) of the parameters a Flax init function makes, without allocating them.
 
-  `init_fn(rng)` returns parameters boxed with their logical axis names.
+  `init_fn(rng)` returns parameters boxed with their logical axis names (see param_init_fn).
+  The shapes are plain ShapeDtypeStructs; the shardings a matching tree of NamedShardings.
   """
   with activate(mesh, rules):
     boxed = jax.eval_shape(init_fn, jax.random.key(0))
@@ -97,6 +105,11 @@ def abstract_params(init_fn, mesh: Mesh, rules: tuple) -> tuple[Any, Any]:
 def with_shardings(shapes: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs that carry their shardings: a restore target for orbax."""
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def sharded_param_structs(model: nn.Module, mesh: Mesh, rules: tuple) -> Any:
+  """The model's parameters as ShapeDtypeStructs carrying their shardings, without allocating them."""
+  return with_shardings(*param_shapes_and_shardings(param_init_fn(model), mesh, rules))
 
 
 def batch_sharding(mesh: Mesh, rules: tuple) -> NamedSharding:

@@ -258,8 +258,7 @@ def _few(names: list[str], n: int = 4) -> str:
 
 def _leaves(config: ModelConfig) -> list[tuple[Mapping, tuple[int, ...]]]:
   """(mapping, our full shape) for every parameter of the model."""
-  shapes = jax.eval_shape(lambda: Transformer(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-  params = nn.unbox(shapes["params"])
+  params = nn.unbox(jax.eval_shape(partitioning.param_init_fn(Transformer(config)), jax.random.key(0)))
   return [(m, tuple(_get(params, m.path).shape)) for m in name_table(config)]
 
 
@@ -288,8 +287,8 @@ def load_params(pretrained: Pretrained, mesh: Optional[jax.sharding.Mesh] = None
   check_config(config, pretrained.config, pretrained.path)
   mesh = mesh or partitioning.make_mesh(devices=jax.devices()[:1])
   rules = rules or partitioning.axis_rules()
-  init = lambda rng: Transformer(config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
-  shapes, shardings = partitioning.abstract_params(init, mesh, rules)
+  shapes, shardings = partitioning.param_shapes_and_shardings(
+      partitioning.param_init_fn(Transformer(config)), mesh, rules)
   params: dict = {}
   for m in name_table(config):
     struct, sharding = _get(shapes, m.path), _get(shardings, m.path)
@@ -318,11 +317,11 @@ def _block_reader(m: Mapping, source: TensorSource, shape: tuple[int, ...], dtyp
 
 
 def restore_params(path: str, config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple,
-                   abstract_params: Any) -> tuple[int, Any]:
+                   param_structs: Any) -> tuple[int, Any]:
   """(step, parameters) from a flan_jax checkpoint, or from a pretrained model (step 0)."""
   if is_pretrained(path):
     return 0, load_params(open_pretrained(path), mesh, rules, config)
-  return checkpointing.restore_params(path, abstract_params)
+  return checkpointing.restore_params(path, param_structs)
 
 
 def starting_vocabulary(path: str):
@@ -440,8 +439,7 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
                     "and bind export_checkpoint.model_config = @ModelConfig()")
   mesh = mesh or partitioning.make_mesh()
   rules = rules or partitioning.axis_rules()
-  init = lambda rng: Transformer(model_config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
-  target = partitioning.with_shardings(*partitioning.abstract_params(init, mesh, rules))
+  target = partitioning.sharded_param_structs(Transformer(model_config), mesh, rules)
   step, params = restore_params(checkpoint_path, model_config, mesh, rules, target)
   vocab = starting_vocabulary(checkpoint_path)
   bos = vocabularies.bos_id_or_zero(vocab) if vocab is not None else None

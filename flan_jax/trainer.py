@@ -32,7 +32,7 @@ from flan_jax import pretrained
 from flan_jax import run_lock
 from flan_jax import vocabularies
 from flan_jax.errors import DiskFullError, UserError
-from flan_jax.model import ModelConfig, Transformer
+from flan_jax.model import ModelConfig, Transformer, apply_to_features
 
 
 @flax.struct.dataclass
@@ -53,17 +53,10 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
   return jnp.sum(loss * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
-def model_kwargs(batch: Mapping[str, jax.Array]) -> dict[str, Any]:
-  """seqio decoder features -> the model's keyword arguments."""
-  return dict(segment_ids=batch.get("decoder_segment_ids"), positions=batch.get("decoder_positions"),
-              prefix_mask=batch.get("decoder_causal_attention"))
-
-
 def loss_fn(params, batch, *, model: Transformer, z_loss: float, dropout_rng: Optional[jax.Array]):
   """Summed loss over target tokens, and (weight, correct) for normalising and metrics."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-  logits = model.apply({"params": params}, batch["decoder_input_tokens"], **model_kwargs(batch),
-                       deterministic=dropout_rng is None, rngs=rngs)
+  logits = apply_to_features(model, params, batch, deterministic=dropout_rng is None, rngs=rngs)
   loss, weight, correct = cross_entropy(logits, batch["decoder_target_tokens"],
                                         batch["decoder_loss_weights"], z_loss)
   return loss, (weight, correct)
@@ -117,35 +110,32 @@ class Setup:
   model: Transformer
   mesh: jax.sharding.Mesh
   rules: tuple
-  abstract_state: TrainState
+  state_shapes: TrainState  # ShapeDtypeStructs without shardings
   state_shardings: TrainState
   batch_sharding: jax.sharding.NamedSharding
   init: Callable[[jax.Array], TrainState]
 
   @property
-  def abstract_params(self) -> Any:
-    """Parameter shapes carrying their shardings: a restore target for orbax."""
-    return partitioning.with_shardings(self.abstract_state.params, self.state_shardings.params)
+  def sharded_param_structs(self) -> Any:
+    """Parameter ShapeDtypeStructs carrying their shardings: a restore target for orbax."""
+    return partitioning.with_shardings(self.state_shapes.params, self.state_shardings.params)
 
   @property
-  def abstract_opt_state(self) -> Any:
-    return partitioning.with_shardings(self.abstract_state.opt_state, self.state_shardings.opt_state)
+  def sharded_opt_state_structs(self) -> Any:
+    """Optimizer-state ShapeDtypeStructs carrying their shardings: a restore target for orbax."""
+    return partitioning.with_shardings(self.state_shapes.opt_state, self.state_shardings.opt_state)
 
 
 def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.GradientTransformation,
           seq_len: int = 8) -> Setup:
   """Works out every shape and sharding of the train state without allocating it."""
   model = Transformer(config)
-  dummy = jnp.zeros((1, seq_len), jnp.int32)
-
-  def init_boxed(rng):
-    return model.init(rng, dummy)["params"]
-
-  abstract_params, param_shardings = partitioning.abstract_params(init_boxed, mesh, rules)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_shardings = partitioning.state_shardings_like(abstract_opt, abstract_params, param_shardings, mesh)
+  init_boxed = partitioning.param_init_fn(model, seq_len)
+  param_shapes, param_shardings = partitioning.param_shapes_and_shardings(init_boxed, mesh, rules)
+  opt_shapes = jax.eval_shape(tx.init, param_shapes)
+  opt_shardings = partitioning.state_shardings_like(opt_shapes, param_shapes, param_shardings, mesh)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  abstract_state = TrainState(step=scalar, params=abstract_params, opt_state=abstract_opt)
+  state_shapes = TrainState(step=scalar, params=param_shapes, opt_state=opt_shapes)
   state_shardings = TrainState(step=partitioning.replicated(mesh), params=param_shardings,
                                opt_state=opt_shardings)
 
@@ -158,7 +148,7 @@ def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.
     with partitioning.activate(mesh, rules):
       return init(rng)
 
-  return Setup(model, mesh, rules, abstract_state, state_shardings,
+  return Setup(model, mesh, rules, state_shapes, state_shardings,
                partitioning.batch_sharding(mesh, rules), init_fn)
 
 
@@ -221,7 +211,13 @@ def train(model_dir: Optional[str] = None, *,
           seed: int = 0,
           log_every: int = 10,
           async_checkpointing: bool = True) -> TrainState:
-  """Trains to `train_steps`, resuming from the newest checkpoint in `model_dir` if there is one."""
+  """Trains to `train_steps`, resuming from the newest checkpoint in `model_dir` if there is one.
+
+  The run's gin files bind `mesh`, `rules`, `learning_rate_schedule` and `optimizer` (to
+  `@make_mesh()`, `@axis_rules()`, `@make_schedule()` and `@make_optimizer()`), so the operative
+  config written to `model_dir` shows them; a Python caller may pass the objects or leave them None
+  for those configurables' gin or default settings.
+  """
   if not model_dir:
     raise UserError("MODEL_DIR is not set: pass --gin.MODEL_DIR=/path/to/run (checkpoints and logs go there)")
   data_lib.check_task_name(mixture_or_task_name)
@@ -253,7 +249,8 @@ def train(model_dir: Optional[str] = None, *,
         keep_period=keep_period, async_save=async_checkpointing)))
     if is_main:
       checkpointing.write_run_record(model_dir, model_config, vocab)
-    restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state, on_damaged_checkpoint)
+    restored = checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs,
+                                            on_damaged_checkpoint)
     if restored:
       step, params, opt_state = restored
       state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), s.state_shardings.step),
@@ -264,7 +261,7 @@ def train(model_dir: Optional[str] = None, *,
       if initial_checkpoint_path:
         began = time.time()
         loaded_step, params = pretrained.restore_params(initial_checkpoint_path, model_config, mesh, rules,
-                                                        s.abstract_params)
+                                                        s.sharded_param_structs)
         state = state.replace(params=params)
         _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
              f"{time.time() - began:.1f}s; peak host memory {pretrained.peak_host_memory_gib():.2f} GiB")

@@ -17,7 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flax.linen as nn  # noqa: E402
 import gin  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flan_jax import cli, decoding, partitioning  # noqa: E402
@@ -50,8 +49,8 @@ def make_batch(batch: int, prompt_len: int, extra: int, vocab: int) -> dict:
 
 def random_params(model: Transformer, mesh, rules):
   """The model's initial parameters (seed 0), placed on the mesh by their logical axis names."""
-  init = lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
-  _, shardings = partitioning.abstract_params(init, mesh, rules)
+  init = partitioning.param_init_fn(model)
+  _, shardings = partitioning.param_shapes_and_shardings(init, mesh, rules)
   with partitioning.activate(mesh, rules):
     return jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(jax.random.key(0))
 

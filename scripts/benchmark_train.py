@@ -2,6 +2,10 @@
 
     python scripts/benchmark_train.py --gin_file=models/llama_1b.gin --batch_size=8 --seq_len=2048
     python scripts/benchmark_train.py --gin_file=models/tiny.gin --gin_file=mesh/cpu8.gin  # CPU
+    python scripts/benchmark_train.py --gin_file=models/llama_1b.gin --gin.ModelConfig.remat_policy=full
+
+Gin flags are the binaries' (flan_jax/cli.py): `--gin_file=PATH` (repeatable; default
+models/tiny.gin), `--gin.NAME=VALUE` and `--gin_search_paths=DIR,DIR`.
 
 MFU = (6 * N * tokens + attention FLOPs) / step time / (devices * peak), where N counts the
 parameters used in matmuls (all but the embedding lookup table, unless it is tied to the output
@@ -26,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flan_jax import cli, data, optimizers, partitioning, trainer  # noqa: E402
+from flan_jax.errors import UserError, first_line  # noqa: E402
 from flan_jax.model import ModelConfig  # noqa: E402
 
 
@@ -69,10 +74,31 @@ def peak_memory_bytes() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host max RSS"
 
 
+GIN_FLAGS = ("--gin_file", "--gin_search_paths")
+
+
+def split_gin_flags(argv) -> tuple[list[str], list[str]]:
+  """(the gin flags, parsed as the binaries parse them; the benchmark's own flags)."""
+  gin_args, rest = [], []
+  args = list(argv)
+  while args:
+    arg = args.pop(0)
+    name, eq, _ = arg.partition("=")
+    if name.startswith("--gin.") or name in GIN_FLAGS:
+      gin_args.append(arg)
+      if not eq and name in GIN_FLAGS and args:
+        gin_args.append(args.pop(0))
+    else:
+      rest.append(arg)
+  if not any(a.partition("=")[0] == "--gin_file" for a in gin_args):
+    gin_args.insert(0, "--gin_file=models/tiny.gin")
+  return gin_args, rest
+
+
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--gin_file", action="append", default=[], help="model and mesh gin files")
-  parser.add_argument("--gin", action="append", default=[], help="extra bindings, e.g. ModelConfig.dtype='bfloat16'")
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      epilog="gin: --gin_file=PATH (repeatable; default models/tiny.gin), --gin.NAME=VALUE, --gin_search_paths=DIR,DIR")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=512)
   parser.add_argument("--steps", type=int, default=10)
@@ -80,10 +106,10 @@ def main(argv=None) -> dict:
   parser.add_argument("--num_microbatches", type=int, default=1)
   parser.add_argument("--matmul_size", type=int, default=None, help="default: 8192 on accelerators, 2048 on CPU")
   parser.add_argument("--output", default="benchmark_train.json")
-  args = parser.parse_args(argv)
+  gin_args, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
+  args = parser.parse_args(rest)
 
-  flags = cli.Flags(gin_files=args.gin_file or ["models/tiny.gin"], gin_bindings=args.gin)
-  cli.configure_gin(flags)
+  cli.configure_gin(cli.parse_flags(gin_args))
   cfg = ModelConfig()
   mesh = partitioning.make_mesh()
   rules = partitioning.axis_rules()
@@ -145,4 +171,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except UserError as e:
+    print(f"error: {first_line(e)}", file=sys.stderr)
+    sys.exit(2)

@@ -12,8 +12,24 @@ import sys
 from typing import Optional, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The Makefile is where the t5 version is pinned (`T5_VERSION := x`); the launchers read it there.
+MAKEFILE = os.path.join(REPO_ROOT, "Makefile")
+_T5_VERSION = re.compile(r"^T5_VERSION\s*:?=\s*(\S+)\s*$", re.MULTILINE)
 MODULES = ("flan_jax.train", "flan_jax.eval")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def t5_version(makefile: str = MAKEFILE) -> str:
+  """The t5 version the Makefile pins with its `T5_VERSION := x` line."""
+  try:
+    with open(makefile) as f:
+      text = f.read()
+  except OSError as e:
+    raise ValueError(f"cannot read the t5 version from {makefile}: {e}") from e
+  match = _T5_VERSION.search(text)
+  if not match:
+    raise ValueError(f"{makefile} has no `T5_VERSION := x` line (the t5 version to install)")
+  return match.group(1)
 
 
 def add_job_flags(parser: argparse.ArgumentParser, python: str) -> None:

@@ -32,7 +32,8 @@ T5_RUNTIME_DEPS = ("babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", 
 
 
 def default_install_cmd() -> str:
-  """Builds REMOTE_DIR/.venv (once) and installs the repo with jax[tpu], then t5 without its deps.
+  """Builds REMOTE_DIR/.venv (once) and installs the repo with jax[tpu], then t5 without its deps
+  (the version the Makefile pins; ValueError if it pins none).
 
   The venv gets its Python from uv, because the TPU images ship Python 3.10 and jax >= 0.7
   needs 3.11 or newer.
@@ -43,7 +44,7 @@ def default_install_cmd() -> str:
   return make_venv + " && " + common.shell_join(
       pip + ["-U", "pip"],
       pip + ["-e", ".[tpu]", "-f", LIBTPU_INDEX],
-      pip + ["--no-deps", "t5==0.9.4"],
+      pip + ["--no-deps", f"t5=={common.t5_version()}"],
       pip + list(T5_RUNTIME_DEPS))
 
 
@@ -81,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
   code.add_argument("--remote_dir", default="flan_jax",
                     help="where the repo lives on each worker, relative to home "
                          "(default %(default)s)")
-  code.add_argument("--install_cmd", default=default_install_cmd(),
+  code.add_argument("--install_cmd",
                     help="shell command run in REMOTE_DIR on every worker "
-                         "(default: a Python 3.11 .venv with the repo, jax[tpu] and t5)")
+                         "(default: a Python 3.11 .venv with the repo, jax[tpu] and t5 at "
+                         "the Makefile's T5_VERSION)")
   code.add_argument("--log_file",
                     help="log on each worker, relative to REMOTE_DIR (default logs/NAME-JOB.log)")
   common.add_job_flags(parser, python=".venv/bin/python")
@@ -115,6 +117,11 @@ def parse(argv) -> argparse.Namespace:
   if args.accelerator or "create" in args.steps:
     runtime = _runtime(parser, args.accelerator, needed=not args.version)
     args.version = args.version or runtime
+  if args.install_cmd is None and "install" in args.steps:
+    try:
+      args.install_cmd = default_install_cmd()
+    except ValueError as e:
+      parser.error(f"{e}; pass --install_cmd")
   if args.log_file is None:
     args.log_file = f"logs/{args.name}-{args.module.rsplit('.', 1)[-1]}.log"
   return args

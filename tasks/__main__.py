@@ -9,6 +9,7 @@ import sys
 import seqio
 
 import flan_tasks
+from flan_jax import task_info
 from flan_tasks import embedded, flan
 from flan_tasks.flan import clusters
 from flan_tasks.flan import dataset as dataset_lib
@@ -30,8 +31,8 @@ def _embedded_rows():
            "tfds": None, "templates": len(templates),
            "turned_around": sum(not t.asks_for_answer for t in templates),
            "options": "options" in fields, "in_mixtures": True, "manual": "",
-           "tasks": {"train": [task], "eval": [f"{task}_eval"]
-                     + ([f"{task}_scoring"] if "options" in fields else [])}}
+           "tasks": {"train": [task], "eval": [task_info.eval_task(task)]
+                     + ([task_info.scoring_task(task)] if "options" in fields else [])}}
 
 
 def catalogue() -> dict:
@@ -68,8 +69,9 @@ def _print_text(cat: dict, show_all: bool, out) -> None:
   print("== mixtures (tasks) ==", file=out)
   for name, count in cat["mixtures"].items():
     print(f"  {name:<48} {count:>3}", file=out)
-  print("\nPer dataset NAME: NAME (train), NAME_eval, NAME_scoring (options), NAME_eval_tI / "
-        "NAME_scoring_tI (template I), NAME_templatesK, NAME_notemplate, NAME_datasetname, "
+  eval_, scoring = task_info.eval_task("NAME"), task_info.scoring_task("NAME")
+  print(f"\nPer dataset NAME: NAME (train), {eval_}, {scoring} (options), {eval_}_tI / "
+        f"{scoring}_tI (template I), NAME_templatesK, NAME_notemplate, NAME_datasetname, "
         f"NAME_{dataset_lib.FEWSHOT_SHOTS}shot. Use --all to list them.", file=out)
 
 

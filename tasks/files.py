@@ -17,6 +17,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from flan_jax import task_info
 from flan_jax.errors import UserError
 from flan_tasks import instruction
 from flan_tasks import metrics as metrics_lib
@@ -162,7 +163,7 @@ def file_task(name: str, paths: Paths, templates: Sequence[TemplateLike], kind: 
       lambda split, shuffle_files, seed=None: _dataset_fn(split, shuffle_files, seed,
                                                           columns=columns),
       splits=list(split_paths), num_input_examples=sizes)
-  for task in (name, f"{name}_eval", f"{name}_scoring"):
+  for task in (name, task_info.eval_task(name), task_info.scoring_task(name)):
     seqio.TaskRegistry.remove(task)  # registering again (e.g. gin re-evaluating) replaces it
   instruction.register(instruction.InstructionDataset(
       name=name, cluster=cluster, source=source, fields=base.fields, templates=templates,

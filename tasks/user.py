@@ -15,11 +15,14 @@ import gin
 import seqio
 import tensorflow as tf
 
+from flan_jax import task_info
 from flan_tasks import files, instruction
 from flan_tasks.flan import features
+from flan_tasks.flan import mixtures as flan_mixtures
 from flan_tasks.templates import ANSWER_FIELD, OPTIONS_FIELD
 
-RATE_BY_EXAMPLES = functools.partial(seqio.mixing_rate_num_examples, maximum=3_000)
+# Weights by example count, capped as the FLAN mixtures are (mixtures.MAX_RATE).
+RATE_BY_EXAMPLES = flan_mixtures.RATE
 
 
 def _feature(example, path: str):
@@ -54,7 +57,7 @@ def tfds_task(name: str, tfds_name: str, templates: Sequence[files.TemplateLike]
   source = seqio.TfdsDataSource(
       tfds_name, splits=dict(splits or {"train": "train", "validation": "validation"}))
   template_fields = tuple(fields) + (ANSWER_FIELD,) + ((OPTIONS_FIELD,) if options else ())
-  for task in (name, f"{name}_eval", f"{name}_scoring"):
+  for task in (name, task_info.eval_task(name), task_info.scoring_task(name)):
     seqio.TaskRegistry.remove(task)
   instruction.register(instruction.InstructionDataset(
       name=name, cluster=cluster, source=source, fields=template_fields,

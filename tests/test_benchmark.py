@@ -15,12 +15,14 @@ def test_benchmark_writes_consistent_figures(tmp_path):
   spec.loader.exec_module(bench)
   out = tmp_path / "bench.json"
   try:
-    result = bench.main(["--gin_file=models/tiny.gin", "--gin_file=mesh/cpu8.gin", "--batch_size=8",
-                         "--seq_len=64", "--steps=2", "--warmup=1", "--matmul_size=256", f"--output={out}"])
+    result = bench.main(["--gin_file=models/tiny.gin", "--gin_file", "mesh/cpu8.gin", "--batch_size=8",
+                         "--seq_len=64", "--steps=2", "--warmup=1", "--matmul_size=256", f"--output={out}",
+                         "--gin.ModelConfig.remat_policy=full"])  # the binaries' gin flags
   finally:
     gin.clear_config()
   saved = json.load(open(out))
   assert saved["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and saved["num_devices"] == 8
+  assert saved["remat_policy"] == "full"
   assert saved["tokens_per_second"] == 8 * 64 / saved["step_seconds_median"]
   expected_mfu = saved["model_flops_per_step"] / saved["step_seconds_median"] / (8 * saved["peak_flops_per_device_measured"])
   assert abs(saved["mfu"] - expected_mfu) < 1e-12 and saved["mfu"] > 0

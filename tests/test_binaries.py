@@ -38,6 +38,17 @@ def test_train_binary_saves_checkpoints_and_config(trained):
   assert metrics[-1]["step"] == 4 and metrics[-1]["loss"] > 0
 
 
+def test_operative_config_shows_mesh_rules_schedule_and_optimizer(trained):
+  model_dir, _ = trained
+  config = open(os.path.join(model_dir, "config.gin")).read()
+  for binding in ("train.mesh = @make_mesh()", "train.rules = @axis_rules()",
+                  "train.learning_rate_schedule = @make_schedule()", "train.optimizer = @make_optimizer()",
+                  "make_optimizer.schedule = @make_schedule()", "make_schedule.total_steps = %TRAIN_STEPS",
+                  "make_schedule.learning_rate = %LEARNING_RATE", "make_optimizer.name = 'adamw'",
+                  "make_mesh.data = -1", "axis_rules.rules = "):
+    assert binding in config, (binding, config)
+
+
 def test_eval_binary_writes_real_metrics(trained):
   model_dir, _ = trained
   out = binary("eval", "--gin_file=runs/eval.gin", "--gin_file=models/tiny.gin",
@@ -127,11 +138,11 @@ def test_eval_without_checkpoint_is_one_clear_line(tmp_path, capsys):
 
 def _final_params(model_dir):
   import jax
-  from flan_jax import checkpointing, evaluation, partitioning
+  from flan_jax import checkpointing, partitioning
   from flan_jax.model import Transformer
   from tests.conftest import TINY
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-  target = evaluation.abstract_params(Transformer(TINY), mesh, partitioning.axis_rules())
+  target = partitioning.sharded_param_structs(Transformer(TINY), mesh, partitioning.axis_rules())
   return checkpointing.restore_params(model_dir, target)
 
 

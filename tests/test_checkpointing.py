@@ -64,7 +64,7 @@ def _restore(directory, on_damaged):
                     trainer.optimizers.make_optimizer(trainer.optimizers.make_schedule(6)))
   mngr = checkpointing.manager(directory, async_save=False)
   try:
-    return checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state, on_damaged)
+    return checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs, on_damaged)
   finally:
     mngr.close()
 
@@ -94,16 +94,15 @@ def test_every_checkpoint_damaged_never_starts_from_scratch_unasked(runs, tmp_pa
 
 def test_restore_params_for_a_different_model_names_the_mismatch(runs):
   _, _, straight_dir, _ = runs
-  from flan_jax import evaluation
   from flan_jax.model import Transformer
   bigger = ModelConfig(**{**TINY.__dict__, "d_ff": 256})
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-  target = evaluation.abstract_params(Transformer(bigger), mesh, partitioning.axis_rules())
+  target = partitioning.sharded_param_structs(Transformer(bigger), mesh, partitioning.axis_rules())
   with pytest.raises(UserError, match=r"does not match the model config: wrong shape.*w_down"):
     checkpointing.restore_params(straight_dir, target)
   step, params = checkpointing.restore_params(os.path.join(straight_dir, "checkpoints", "4"),
-                                              evaluation.abstract_params(Transformer(TINY), mesh,
-                                                                         partitioning.axis_rules()))
+                                              partitioning.sharded_param_structs(Transformer(TINY), mesh,
+                                                                                 partitioning.axis_rules()))
   assert step == 4 and params["lm_head"].shape == (TINY.d_model, TINY.vocab_size)
 
 
@@ -120,7 +119,7 @@ def test_diverging_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path)
     run(model_dir, 8, optimizer=tx, learning_rate_schedule=lambda step: 1e30, checkpoint_period=1)
   s = trainer.setup(TINY, partitioning.make_mesh(devices=jax.devices()[:1]), partitioning.axis_rules(), tx)
   mngr = checkpointing.manager(os.path.join(model_dir, "checkpoints"), async_save=False)
-  restored = checkpointing.restore_latest(mngr, s.abstract_params, s.abstract_opt_state)
+  restored = checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs)
   if restored is not None:  # whatever was saved is finite
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored[1]))
 

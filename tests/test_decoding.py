@@ -107,8 +107,7 @@ def test_sharded_cached_greedy_equals_one_device(mixed):
   params, batch, ref = mixed
   model = Transformer(TINY)
   mesh, rules = partitioning.make_mesh(data=2, fsdp=2, tensor=2), partitioning.axis_rules()
-  boxed = lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
-  _, param_shardings = partitioning.abstract_params(boxed, mesh, rules)
+  _, param_shardings = partitioning.param_shapes_and_shardings(partitioning.param_init_fn(model), mesh, rules)
   params = jax.device_put(params, param_shardings)
   batch = jax.device_put(batch, partitioning.batch_sharding(mesh, rules))
   greedy = jax.jit(functools.partial(decoding.greedy_decode, model, **KW),

@@ -170,6 +170,19 @@ def test_quote_prefers_double_quotes_for_gin_strings():
   assert launch_common.quote("a b") == "'a b'"
 
 
+def test_t5_version_comes_from_the_makefile(tmp_path):
+  assert launch_common.MAKEFILE == str(REPO / "Makefile")
+  assert launch_common.t5_version()[0].isdigit()
+  makefile = tmp_path / "Makefile"
+  makefile.write_text("PYTHON ?= python3\nT5_VERSION := 1.2.3\ninstall:\n\ttrue\n")
+  assert launch_common.t5_version(str(makefile)) == "1.2.3"
+  makefile.write_text("PYTHON ?= python3\n")
+  with pytest.raises(ValueError, match="no `T5_VERSION := x` line"):
+    launch_common.t5_version(str(makefile))
+  with pytest.raises(ValueError, match="cannot read the t5 version"):
+    launch_common.t5_version(str(tmp_path / "missing"))
+
+
 # ------------------------------------------------------------------ TPU VM: dry run
 
 def test_tpu_dry_run_prints_every_step(src_dir):
@@ -188,7 +201,7 @@ def test_tpu_dry_run_prints_every_step(src_dir):
   assert install.startswith("cd flan_jax && (test -x .venv/bin/python || (python3 -m pip ")
   for part in ("uv venv -q --seed --python 3.11 .venv",
                ".venv/bin/python -m pip install -q -e '.[tpu]' -f ",
-               ".venv/bin/python -m pip install -q --no-deps t5==0.9.4",
+               f".venv/bin/python -m pip install -q --no-deps t5=={launch_common.t5_version()}",
                "pip install -q babel nltk rouge-score sacrebleu scikit-learn pandas editdistance "
                "immutabledict"):
     assert part in install

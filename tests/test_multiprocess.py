@@ -73,7 +73,7 @@ def test_two_processes_match_one_process(two_process_run):
     losses.append(float(metrics["loss"]))
   np.testing.assert_allclose([m["loss"] for m in logged], losses, rtol=1e-5)
 
-  target = evaluation.abstract_params(Transformer(TINY), mesh, partitioning.axis_rules())
+  target = partitioning.sharded_param_structs(Transformer(TINY), mesh, partitioning.axis_rules())
   saved_step, params = checkpointing.restore_params(model_dir, target)
   assert saved_step == 4
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):

@@ -129,7 +129,7 @@ def test_an_eval_of_a_checkpoint_that_does_not_fit_is_only_the_message(run_dir, 
 def test_the_catalogue_prints_only_the_catalogue():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-  out = subprocess.run([sys.executable, "-m", "tasks"], cwd=ROOT, env=env, capture_output=True, text=True,
+  out = subprocess.run([sys.executable, "-m", "flan_tasks"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0 and out.stderr == "" and out.stdout.startswith("== flan datasets ==")
 
@@ -187,3 +187,19 @@ def test_sigterm_saves_at_the_next_step_and_exits_0(tmp_path):
   assert proc.wait(timeout=120) == 0
   saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert len(saved) == 1 and 3 <= saved[0] < 200 and f"saved step {saved[0]}" in rest, rest
+
+
+def test_a_users_tasks_module_does_not_shadow_the_collection(tmp_path):
+  (tmp_path / "tasks.py").write_text('raise SystemExit("the user\'s tasks.py was imported")\n')
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  out = subprocess.run([sys.executable, "-m", "flan_jax.train", *TRAIN, f"--gin.MODEL_DIR={tmp_path / 'run'}",
+                        "--gin.TRAIN_STEPS=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and "step 1/1" in out.stdout, out.stderr[-3000:]
+
+
+def test_the_binaries_import_no_collection_the_gin_files_do():
+  for binary_module in ("train", "eval"):
+    source = open(os.path.join(ROOT, "flan_jax", f"{binary_module}.py")).read()
+    assert "flan_tasks" not in source
+  for run_file in ("finetune.gin", "eval.gin"):
+    assert "import flan_tasks" in open(os.path.join(ROOT, "gin", "runs", run_file)).read()

@@ -6,12 +6,14 @@ what is trained on; the official validation split (or test, when there is none) 
 """
 
 import dataclasses
+import functools
 import string
 from typing import Callable, Mapping, Optional, Sequence
 
 import seqio
 import tensorflow as tf
 
+from flan_jax import task_info
 from flan_tasks import instruction
 from flan_tasks import metrics
 from flan_tasks.flan import clusters
@@ -169,25 +171,56 @@ def _fewshot_task(dataset: FlanDataset) -> str:
   return f"{dataset.task}_{FEWSHOT_SHOTS}shot"
 
 
+# The groups of `task_names`, in order.
+TASK_GROUPS = ("train", "eval", "eval_per_template", "ablation", "fewshot")
+# How a task is added: a function of the dataset's InstructionDataset that registers the task
+# and returns its name, or None for the tasks `instruction.register` adds all together.
+_Adder = Optional[Callable[[instruction.InstructionDataset], str]]
+
+
+def _group(info: task_info.TaskInfo) -> str:
+  if info.kind == "train":
+    return "train"
+  return "eval" if info.template is None else "eval_per_template"
+
+
+def _add_ablation(name: str, templates: Sequence[Template],
+                  base: instruction.InstructionDataset) -> str:
+  return instruction.add_generative_task(name, base, templates, kind="train")
+
+
+def _add_fewshot(name: str, base: instruction.InstructionDataset) -> str:
+  return instruction.add_fewshot_task(name, base, base.answer_templates[0], FEWSHOT_SHOTS)
+
+
+def _plan(dataset: FlanDataset,
+          base: instruction.InstructionDataset) -> list[tuple[str, str, _Adder]]:
+  """(group, task name, how it is added) for every task of the dataset, in registration order.
+
+  The single list both `task_names` and `register` read, so the two cannot drift apart.
+  """
+  out = [(_group(info), name, None) for name, info in instruction.plan(base).items()]
+  for name, templates in _ablations(dataset).items():
+    out.append(("ablation", name, functools.partial(_add_ablation, name, templates)))
+  fewshot = _fewshot_task(dataset)
+  out.append(("fewshot", fewshot, functools.partial(_add_fewshot, fewshot)))
+  return out
+
+
 def task_names(dataset: FlanDataset) -> dict[str, list[str]]:
-  """Every task name `register` gives the dataset, by kind."""
-  planned = instruction.plan(instruction_dataset(dataset))
-  return {
-      "train": [n for n, info in planned.items() if info.kind == "train"],
-      "eval": [n for n, info in planned.items() if info.kind != "train" and info.template is None],
-      "eval_per_template": [n for n, info in planned.items() if info.template is not None],
-      "ablation": list(_ablations(dataset)),
-      "fewshot": [_fewshot_task(dataset)],
-  }
+  """Every task name `register` gives the dataset, by group (see TASK_GROUPS)."""
+  names = {group: [] for group in TASK_GROUPS}
+  for group, name, _ in _plan(dataset, instruction_dataset(dataset)):
+    names[group].append(name)
+  return names
 
 
 def register(dataset: FlanDataset) -> list[str]:
-  """Registers all of a dataset's tasks (see `task_names`); returns their names."""
+  """Registers all of a dataset's tasks (those of `task_names`); returns their names."""
   check(dataset)
   base = instruction_dataset(dataset)
-  names = instruction.register(base)
-  for name, templates in _ablations(dataset).items():
-    names.append(instruction.add_generative_task(name, base, templates, kind="train"))
-  names.append(instruction.add_fewshot_task(
-      _fewshot_task(dataset), base, base.answer_templates[0], FEWSHOT_SHOTS))
+  names = instruction.register(base)  # the tasks planned without an adder of their own
+  for _, name, add in _plan(dataset, base):
+    if add is not None:
+      names.append(add(base))
   return names
