@@ -9,7 +9,7 @@ T5_VERSION := 0.9.4
 TORCH_VERSION := 2.13.0
 TEST_ENV := TF_CPP_MIN_LOG_LEVEL=3 JAX_PLATFORMS=cpu
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,11 @@ demo: install
 	  --gin.EVAL_SPLITS="['validation', 'test']"
 	$(BIN)/python -m flan_jax.report --predictions tuned=$(DEMO_DIR) --output_dir $(DEMO_DIR)/report
 
-test: install
+# Lint (ruff.toml: pyflakes, pycodestyle, import order) takes seconds, so every test run starts with it.
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests
 
 clean:

@@ -40,6 +40,6 @@ setuptools.setup(
         "immutabledict",
     ],
     # The tests build tiny Hugging Face models with transformers (PyTorch on the CPU) to compare with.
-    extras_require={"test": ["pytest>=8", "torch>=2.4", "transformers>=4.46"], "tpu": ["jax[tpu]"],
+    extras_require={"test": ["pytest>=8", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18"], "tpu": ["jax[tpu]"],
                     "gpu": ["jax[cuda12]"]},
 )

@@ -19,8 +19,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from flan_jax import cli
-from flan_jax import vocabularies
+from flan_jax import cli, vocabularies
 from flan_jax.errors import UserError, first_line
 from flan_jax.model import ModelConfig
 

@@ -17,15 +17,10 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import checkpointing
+from flan_jax import checkpointing, decoding, partitioning, pretrained, task_info, vocabularies
 from flan_jax import data as data_lib
-from flan_jax import decoding
 from flan_jax import metrics as metrics_lib
-from flan_jax import partitioning
 from flan_jax import predictions as predictions_lib
-from flan_jax import pretrained
-from flan_jax import task_info
-from flan_jax import vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
@@ -69,7 +64,9 @@ class _BatchRunner:
 
 
 def _pad(rows: np.ndarray, size: int) -> np.ndarray:
-  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)]) if len(rows) < size else rows
+  if len(rows) >= size:
+    return rows
+  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)])
 
 
 @gin.configurable

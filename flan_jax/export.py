@@ -1,4 +1,5 @@
-"""Export binary: `python -m flan_jax.export --gin_file=runs/export.gin --gin.CHECKPOINT_PATH=... --gin.OUTPUT_DIR=...`."""
+"""Export binary: `python -m flan_jax.export --gin_file=runs/export.gin --gin.CHECKPOINT_PATH=...
+--gin.OUTPUT_DIR=...`."""
 
 from flan_jax import cli
 

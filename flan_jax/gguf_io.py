@@ -352,8 +352,7 @@ def _unpermute_order(rows: int, heads: int) -> np.ndarray:
 
 def _bpe_tokenizer(meta: _Metadata, tokens: list[str], path: str):
   """A `tokenizers.Tokenizer` equal to the original byte-level BPE tokenizer."""
-  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-  from tokenizers import pre_tokenizers
+  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
   pre = meta.get("tokenizer.ggml.pre", None)
   split = _PRE_TOKENIZERS.get(pre)
   if split is None:

@@ -11,10 +11,10 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import mesh_utils
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
 
 from flan_jax.errors import UserError
 

@@ -17,10 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax import checkpointing
-from flan_jax import partitioning
-from flan_jax import safetensors_io
-from flan_jax import vocabularies
+from flan_jax import checkpointing, partitioning, safetensors_io, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
@@ -29,7 +26,8 @@ ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "
 # dropout, max_position_embeddings) are the run's choice.
 SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
                 "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_low_freq_factor",
-                "rope_high_freq_factor", "rope_original_max_position", "qkv_bias", "sliding_window", "prefix_lm", "norm_eps", "tie_embeddings")
+                "rope_high_freq_factor", "rope_original_max_position", "qkv_bias", "sliding_window", "prefix_lm",
+                "norm_eps", "tie_embeddings")
 
 
 class TensorSource(Protocol):
@@ -204,7 +202,7 @@ def _span(index: slice, dims: tuple[int, ...]) -> tuple[slice, tuple[int, ...], 
   to read, the shape to reshape it to, and the slices to apply after reshaping."""
   if len(dims) == 1:
     return index[0], (index[0].stop - index[0].start,), (slice(None),)
-  (a, b), (sa, sb) = dims, index
+  (_, b), (sa, sb) = dims, index
   return slice(sa.start * b, sa.stop * b), (sa.stop - sa.start, b), (slice(None), sb)
 
 

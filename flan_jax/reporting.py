@@ -8,8 +8,8 @@ import glob
 import json
 import math
 import os
-import zlib
 from typing import Any, Mapping, Optional, Sequence
+import zlib
 
 import numpy as np
 

@@ -23,14 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flan_jax import checkpointing
+from flan_jax import checkpointing, optimizers, partitioning, pretrained, run_lock, vocabularies
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
-from flan_jax import optimizers
-from flan_jax import partitioning
-from flan_jax import pretrained
-from flan_jax import run_lock
-from flan_jax import vocabularies
 from flan_jax.errors import DiskFullError, UserError
 from flan_jax.model import ModelConfig, Transformer, apply_to_features
 

@@ -9,8 +9,10 @@ from flan_jax import cli
 
 cli.import_tensorflow_quietly()
 
-from flan_tasks import embedded  # noqa: E402
-from flan_tasks import flan  # noqa: E402
+from flan_tasks import (
+    embedded,  # noqa: E402
+    flan,  # noqa: E402
+)
 
 embedded.register_all()
 flan.register_all()

@@ -8,7 +8,6 @@ import sys
 
 import seqio
 
-import flan_tasks
 from flan_jax import task_info
 from flan_tasks import embedded, flan
 from flan_tasks.flan import clusters

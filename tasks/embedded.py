@@ -13,8 +13,8 @@ import random
 from typing import Callable
 
 import seqio
-import tensorflow as tf
 from t5.evaluation import metrics as t5_metrics
+import tensorflow as tf
 
 from flan_jax import task_info
 from flan_tasks import instruction

@@ -10,10 +10,10 @@ import operator
 from typing import Callable, Mapping, Optional, Sequence
 
 import seqio
-import tensorflow as tf
 from t5.data import postprocessors as t5_post
 from t5.data import preprocessors as t5_pre
 from t5.evaluation import metrics as t5_metrics
+import tensorflow as tf
 
 from flan_jax import task_info
 from flan_tasks import templates as templates_lib

@@ -90,6 +90,7 @@ def test_unknown_task_is_one_clear_line_from_the_binary():
 def run_main(module, argv, capsys):
   """Runs a binary's main in this process (cheaper than a subprocess); returns (exit code, stderr)."""
   import gin
+
   from flan_jax import cli
   gin.clear_config()
   try:
@@ -138,6 +139,7 @@ def test_eval_without_checkpoint_is_one_clear_line(tmp_path, capsys):
 
 def _final_params(model_dir):
   import jax
+
   from flan_jax import checkpointing, partitioning
   from flan_jax.model import Transformer
   from tests.conftest import TINY
@@ -148,8 +150,9 @@ def _final_params(model_dir):
 
 def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
   import random
-  import numpy as np
+
   import jax
+  import numpy as np
 
   def args(model_dir):
     return [*TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",

@@ -2,9 +2,9 @@
 stays cheap."""
 
 import json
+import os
 import subprocess
 import sys
-import os
 
 import flan_tasks.__main__ as catalogue_cli
 

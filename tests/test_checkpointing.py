@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-import flan_tasks  # noqa: F401
 from flan_jax import checkpointing, partitioning, trainer
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig
+import flan_tasks  # noqa: F401
 from tests.conftest import TINY
 
 ARGS = dict(mixture_or_task_name="embedded_no_topic", task_feature_lengths={"inputs": 64, "targets": 16},

@@ -13,7 +13,6 @@ from flan_jax import decoding, partitioning
 from flan_jax.model import Transformer
 from tests.conftest import TINY
 
-
 init = jax.jit(Transformer(TINY).init)  # compiled once for the whole module
 
 

@@ -4,8 +4,8 @@ import seqio
 import t5.data  # noqa: F401  (t5 must import cleanly beside seqio and tfds)
 import t5.evaluation.metrics as t5_metrics
 
-import flan_tasks  # noqa: F401
 from flan_jax import task_info
+import flan_tasks  # noqa: F401
 from flan_tasks import embedded
 
 LENGTHS = {"inputs": 128, "targets": 32}

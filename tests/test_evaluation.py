@@ -10,10 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from flan_jax import decoding, evaluation, partitioning, predictions, trainer
 from flan_jax.errors import UserError
 from flan_jax.model import Transformer
+import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from flan_tasks import files
 from tests.conftest import TINY
 

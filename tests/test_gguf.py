@@ -341,7 +341,8 @@ def test_bpe_directory_reads_like_a_hugging_face_one(ggufs, tmp_path):
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm"])
 def test_bpe_pre_tokenizers(pre, models, tmp_path):
   """Each supported `tokenizer.ggml.pre` splits text as the original model family's tokenizer."""
-  from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers, models as tm
+  from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
+  from tokenizers import models as tm
   original = Tokenizer(tm.BPE(ignore_merges=pre == "llama-bpe"))
   byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre == "smollm")
   if pre == "smollm":

@@ -349,7 +349,7 @@ def test_slurm_dry_run_prints_script_and_sbatch():
   assert lines[-2:] == ["FLAN_JAX_SBATCH", "sbatch --parsable flan_jax.sbatch"]
   script = lines[1:-2]
   assert script[0] == "#!/bin/bash"
-  assert [l for l in script if l.startswith("#SBATCH")] == [
+  assert [line for line in script if line.startswith("#SBATCH")] == [
       "#SBATCH --job-name=flan_jax",
       "#SBATCH --nodes=2",
       "#SBATCH --ntasks-per-node=8",

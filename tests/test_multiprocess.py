@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-import flan_tasks  # noqa: F401
-from flan_jax import checkpointing, data as data_lib, evaluation, optimizers, partitioning, trainer
+from flan_jax import checkpointing, evaluation, optimizers, partitioning, trainer
+from flan_jax import data as data_lib
 from flan_jax.model import Transformer
+import flan_tasks  # noqa: F401
 from tests.conftest import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

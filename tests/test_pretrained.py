@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from flan_jax import decoding, partitioning, pretrained, safetensors_io, vocabularies
 from flan_jax.errors import UserError
 from flan_jax.model import Transformer
+import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests import tiny_pretrained
 from tests.test_binaries import ROOT, run_main
 
@@ -176,6 +176,7 @@ def test_first_loss_equals_the_transformers_loss_on_the_same_batch(models, tuned
 def _run_ok(module, argv):
   """Runs a binary's main in this process, expecting success."""
   import gin
+
   from flan_jax import cli
   gin.clear_config()
   try:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -56,6 +55,7 @@ def test_every_checkpoint_damaged_refuses_then_set_aside_starts_fresh(run_dir, t
   assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["1", "2"]  # nothing touched
 
   import gin
+
   from flan_jax import cli
   gin.clear_config()
   try:
@@ -168,7 +168,8 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
   assert read("first.rc").strip() == "5", read("first.err")[-3000:]
   complete = sorted(int(d) for d in os.listdir(out_dir / "checkpoints") if d.isdigit())
   assert complete and f"no space left on device in {model_dir}" in line
-  assert f"while writing checkpoint {complete[-1] + 1}; the last complete checkpoint is step {complete[-1]}" in line, line
+  last = complete[-1]
+  assert f"while writing checkpoint {last + 1}; the last complete checkpoint is step {last}" in line, line
   assert read("second.rc").strip() == "0", read("second.err")[-3000:]
   assert f"resumed from step {complete[-1]}" in read("second.out")
   assert read("left.txt").split() == ["6"]  # the half-written step was cleaned up, nothing else left

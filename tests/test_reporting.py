@@ -264,7 +264,8 @@ def _bad_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing path", "not JSON", "not predictions", "different tasks", "normalization",
-                                  "normalization not scored", "empty file", "empty directory", "no run name", "unknown baseline",
+                                  "normalization not scored", "empty file", "empty directory", "no run name",
+                                  "unknown baseline",
                                   "unknown cluster", "bad number"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
   predictions, message = _bad_inputs(tmp_path)[case]

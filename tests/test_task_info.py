@@ -9,9 +9,9 @@ import sys
 import pytest
 import seqio
 
-import flan_tasks  # noqa: F401  (registers everything)
 from flan_jax import task_info
 from flan_jax.task_info import TaskInfo
+import flan_tasks  # noqa: F401  (registers everything)
 from flan_tasks import embedded, files, flan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import seqio
 
-import flan_tasks  # noqa: F401
 from flan_jax import data as data_lib
 from flan_jax import optimizers, partitioning, trainer
+import flan_tasks  # noqa: F401
 from tests.conftest import TINY
 
 TASK = "embedded_no_sentiment"
@@ -48,8 +48,8 @@ def test_packed_loss_equals_examples_one_by_one():
     seg = packed["decoder_segment_ids"][row]
     for s_id in range(1, seg.max() + 1):
       ex = singles[tuple(packed["decoder_input_tokens"][row][seg == s_id])]
-      l, (w, _) = loss(state.params, {k: v[None] for k, v in ex.items()})
-      total, weight, matched = total + float(l), weight + float(w), matched + 1
+      example_loss, (w, _) = loss(state.params, {k: v[None] for k, v in ex.items()})
+      total, weight, matched = total + float(example_loss), weight + float(w), matched + 1
   packed_loss, (packed_weight, _) = loss(state.params, packed)
   assert matched >= 4  # the rows really hold several examples each
   assert float(packed_weight) == weight

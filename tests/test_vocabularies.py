@@ -7,8 +7,8 @@ import shutil
 
 import gin
 import pytest
-import seqio
 import sentencepiece
+import seqio
 import tensorflow as tf
 
 from flan_jax import vocabularies

@@ -6,8 +6,19 @@ no TFDS builder is read until a task's data is, so it is cheap enough to run on 
 
 import itertools
 
-from flan_tasks.flan import (closed_book, commonsense, misc, mixtures, nli, paraphrase, reading,
-                        sentiment, struct_to_text, summarization, translation)
+from flan_tasks.flan import (
+  closed_book,
+  commonsense,
+  misc,
+  mixtures,
+  nli,
+  paraphrase,
+  reading,
+  sentiment,
+  struct_to_text,
+  summarization,
+  translation,
+)
 from flan_tasks.flan import dataset as dataset_lib
 
 DATASETS: tuple[dataset_lib.FlanDataset, ...] = tuple(itertools.chain(

@@ -14,8 +14,7 @@ import seqio
 import tensorflow as tf
 
 from flan_jax import task_info
-from flan_tasks import instruction
-from flan_tasks import metrics
+from flan_tasks import instruction, metrics
 from flan_tasks.flan import clusters
 from flan_tasks.templates import Template, TemplateError
 

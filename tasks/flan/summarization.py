@@ -1,7 +1,6 @@
 """Summarization: AESLC, AG News, CNN-DM, Gigaword, Multi-News, Newsroom, Opinion Abstracts
 (iDebate, Rotten Tomatoes), SAMSum, Wiki Lingua EN, XSum."""
 
-import tensorflow as tf
 
 from flan_tasks import metrics
 from flan_tasks.flan import clusters, features
