@@ -25,6 +25,7 @@ from flan_jax.model import ModelConfig
 
 PARAMS, OPT_STATE = "params", "opt_state"
 SUBDIR = "checkpoints"  # where a run keeps them inside MODEL_DIR
+INPUT_POSITIONS = "input_positions"  # MODEL_DIR/input_positions/process_<i>/<step>: see data.InputIterator
 MODEL_CONFIG = "model_config.json"
 VOCABULARY = "vocabulary"
 

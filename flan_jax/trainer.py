@@ -264,9 +264,9 @@ def train(model_dir: Optional[str] = None, *,
 
     step_fn = compile_train_step(s, tx, schedule, num_microbatches=num_microbatches, z_loss=z_loss,
                                  dropout_seed=seed + 1 if model_config.dropout_rate > 0 else None)
-    ds = data_lib.get_dataset(mixture_or_task_name, task_feature_lengths, "train", batch_size,
-                              seed=seed, skip_batches=start)
-    batches = data_lib.global_batches(ds, s.batch_sharding)
+    inputs = _input_iterator(model_dir, start, mixture_or_task_name, task_feature_lengths, batch_size, seed,
+                             is_main)
+    batches = (data_lib.to_global(local, s.batch_sharding) for local in inputs)
     throughput = metrics_lib.Throughput(train_steps, tokens_per_step=batch_size * seq_len)
     _log(is_main, f"training {mixture_or_task_name}: steps {start} -> {train_steps}, batch {batch_size} x {seq_len} "
          f"tokens, {model_config.num_params():,} parameters, mesh {dict(mesh.shape)}")
@@ -288,6 +288,7 @@ def train(model_dir: Optional[str] = None, *,
         if step % checkpoint_period == 0 or step == train_steps or preempted:
           _check_finite(step, jax.device_get(metrics))
           checkpointing.save(mngr, step, state.params, state.opt_state, force=True)
+          inputs.save(step, keep=set(mngr.all_steps()))
           progress["saving"] = step  # an async save that fails surfaces at a later call
         if preempted:
           writer.log(f"stop requested: saved step {step}; rerun the same command to resume")
@@ -296,6 +297,19 @@ def train(model_dir: Optional[str] = None, *,
         _report(writer, throughput, *previous, every=1)
       mngr.wait_until_finished()
     return state
+
+
+def _input_iterator(model_dir: str, start: int, name: str, lengths: Mapping[str, int], batch_size: int,
+                    seed: int, is_main: bool) -> data_lib.InputIterator:
+  """The training batches from step `start` on: from the input position saved with that step, or,
+  for a run saved without one, by reading and discarding `start` batches (exact, but O(start))."""
+  directory = os.path.join(model_dir, checkpointing.INPUT_POSITIONS)
+  inputs = data_lib.InputIterator(data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed), directory)
+  if start == 0 or inputs.restore(start):
+    return inputs
+  _log(is_main, f"no saved input position for step {start}: skipping {start} batches to reach it")
+  return data_lib.InputIterator(
+      data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed, skip_batches=start), directory)
 
 
 @contextlib.contextmanager

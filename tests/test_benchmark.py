@@ -28,3 +28,15 @@ def test_benchmark_writes_consistent_figures(tmp_path):
   expected_mfu = saved["model_flops_per_step"] / saved["step_seconds_median"] / peak
   assert abs(saved["mfu"] - expected_mfu) < 1e-12 and saved["mfu"] > 0
   assert saved["peak_memory_bytes"] > 0 and result["final_loss"] > 0
+
+
+def test_resume_benchmark_restores_the_same_batch_as_skipping(tmp_path):
+  path = os.path.join(ROOT, "scripts", "benchmark_resume.py")
+  spec = importlib.util.spec_from_file_location("benchmark_resume", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "resume.json"
+  rows = bench.main(["--task=embedded_no_topic", "--steps=2,5", "--batch_size=4", "--inputs=64", "--targets=16",
+                     f"--output={out}"])
+  assert [r["step"] for r in rows] == [2, 5] and all(r["same_batch"] for r in rows)
+  assert json.load(open(out))["results"] == rows

@@ -44,6 +44,9 @@ def test_keeps_last_k_and_writes_operative_config(runs):
   _, _, straight_dir, _ = runs
   steps = sorted(int(d) for d in os.listdir(os.path.join(straight_dir, "checkpoints")) if d.isdigit())
   assert steps == [2, 4, 6]
+  # The input position is saved with every checkpoint (and dropped with it).
+  positions = os.listdir(os.path.join(straight_dir, checkpointing.INPUT_POSITIONS, "process_0"))
+  assert sorted(int(p) for p in positions) == [2, 4, 6]
   assert os.path.exists(os.path.join(straight_dir, "config.gin"))
 
 
