@@ -48,7 +48,22 @@ def import_tensorflow_quietly() -> None:
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   with stderr_muted():
-    import tensorflow  # noqa: F401
+    import tensorflow as tf
+  # TensorFlow only runs the input pipeline: it must not take GPU memory from JAX (as in t5x).
+  tf.config.set_visible_devices([], "GPU")
+
+
+def enable_compilation_cache() -> None:
+  """Turns on JAX's persistent compilation cache, so a rerun of the same job skips compiling.
+
+  JAX_COMPILATION_CACHE_DIR (or jax.config) wins; otherwise $XDG_CACHE_HOME/flan_jax/jax, by
+  default ~/.cache/flan_jax/jax.
+  """
+  import jax
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+    return
+  cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "flan_jax", "jax"))
 
 
 @contextlib.contextmanager
@@ -182,6 +197,7 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
     configure_gin(flags)
     initialize_distributed(flags)
+    enable_compilation_cache()
     main(flags)
   except UserError as e:
     code, message = 2, first_line(e)

@@ -193,3 +193,14 @@ def test_gin_values_that_are_not_literals_are_strings(value, binding):
   from flan_jax import cli
   flags = cli.parse_flags(["--gin_file=runs/finetune.gin", f"--gin.X={value}"])
   assert flags.gin_bindings == [f"X = {binding}"]
+
+
+def test_the_binaries_keep_a_persistent_compilation_cache(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="", XDG_CACHE_HOME=str(tmp_path),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache would win
+  out = subprocess.run([sys.executable, "-m", "flan_jax.train", *TINY, f"--gin.MODEL_DIR={tmp_path / 'run'}",
+                        "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4",
+                        LENGTHS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert os.listdir(tmp_path / "flan_jax" / "jax"), "nothing was cached"
