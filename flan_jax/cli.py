@@ -209,11 +209,11 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     if _peer_failure(e):
       code, message = 4, (f"a collective failed, most likely because another host of this job died; see its "
                           f"log ({first_line(e)[:200]})")
-    elif _user_error_in(e) is not None:
-      code, message = 2, _user_error_in(e)
     else:
-      held.replay()
-      raise
+      code, message = 2, _user_error_in(e)
+      if message is None:  # a bug: its traceback, with the library logs that led to it
+        held.replay()
+        raise
   finally:
     absl_logger.removeHandler(held)
     absl_logger.propagate = True
