@@ -11,9 +11,14 @@ MFU = (6 * N * tokens + attention FLOPs) / step time / (devices * peak), where N
 parameters used in matmuls (all but the embedding lookup table, unless it is tied to the output
 layer) and the peak is a large matmul in the model's compute dtype measured in the same run.
 Prints a table and writes the figures as JSON (--output).
+
+--compare_torch also times the same model in PyTorch (transformers' LlamaForCausalLM from the
+config flan_jax exports, float32, torch.optim.AdamW with flan_jax's optimizer settings and
+gradient clipping) on the same batch shape, and reports flan_jax tokens/s over PyTorch's.
 """
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -24,11 +29,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flan_jax import cli, data, optimizers, partitioning, trainer  # noqa: E402
+from flan_jax import cli, data, optimizers, partitioning, pretrained, trainer  # noqa: E402
 from flan_jax.errors import UserError, first_line  # noqa: E402
 from flan_jax.model import ModelConfig  # noqa: E402
 
@@ -73,6 +79,75 @@ def peak_memory_bytes() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host max RSS"
 
 
+def gin_resolved(fn) -> dict:
+  """The arguments `fn` gets once gin's bindings are applied: its defaults, overridden by the bindings."""
+  defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+  return {**defaults, **gin.get_bindings(fn)}
+
+
+def import_torch():
+  """(torch, transformers), or a UserError saying to install them."""
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    raise UserError(f"--compare_torch needs torch and transformers ({e}); install them: "
+                    "pip install torch transformers") from None
+  return torch, transformers
+
+
+def benchmark_torch(cfg: ModelConfig, tokens: np.ndarray, *, steps: int, warmup: int, threads: int) -> dict:
+  """Median full train step (forward, backward, clip, AdamW step, zero_grad) of the same model in PyTorch."""
+  torch, transformers = import_torch()
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  hf = pretrained.hf_config(cfg, bos_id=None, eos_id=None, dtype="float32")
+  hf.pop("architectures")
+  hf.pop("torch_dtype")
+  classes = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+             "mistral": transformers.MistralConfig}
+  config = classes[hf.pop("model_type")](**hf)
+  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+  model.train()
+  sched, opt = gin_resolved(optimizers.make_schedule), gin_resolved(optimizers.make_optimizer)
+  if opt["name"] != "adamw":
+    raise UserError(f"--compare_torch maps flan_jax's AdamW onto torch.optim.AdamW; make_optimizer.name is "
+                    f"{opt['name']!r}")
+  # optax.adamw and torch's AdamW both decay decoupled (p -= lr * weight_decay * p) on every parameter. The
+  # learning rate is the peak; the schedule's warmup, if any, changes the values, not the cost of a step.
+  optimizer = torch.optim.AdamW(model.parameters(), lr=sched["learning_rate"], betas=(opt["b1"], opt["b2"]),
+                                eps=opt["eps"], weight_decay=opt["weight_decay"])
+  input_ids = torch.from_numpy(tokens.astype(np.int64))
+  attention_mask = torch.ones_like(input_ids)
+
+  def train_step():
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
+    loss.backward()
+    if opt["clip_norm"]:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), opt["clip_norm"])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach().item()
+
+  for _ in range(warmup):
+    train_step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    loss = train_step()
+    times.append(time.perf_counter() - start)
+  step_time = statistics.median(times)
+  # parameters() yields a tied embedding/output matrix once, as ModelConfig.num_params counts it.
+  return {"step_seconds_median": step_time, "step_seconds_min": min(times),
+          "tokens_per_second": tokens.size / step_time, "threads": threads,
+          "params": sum(p.numel() for p in model.parameters()), "dtype": "float32",
+          "architecture": type(model).__name__, "attn_implementation": model.config._attn_implementation,
+          "learning_rate": sched["learning_rate"], "betas": [opt["b1"], opt["b2"]], "eps": opt["eps"],
+          "weight_decay": opt["weight_decay"], "clip_norm": opt["clip_norm"], "final_loss": loss,
+          "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+
+
 GIN_FLAGS = ("--gin_file", "--gin_search_paths")
 
 
@@ -105,8 +180,13 @@ def main(argv=None) -> dict:
   parser.add_argument("--num_microbatches", type=int, default=1)
   parser.add_argument("--matmul_size", type=int, default=None, help="default: 8192 on accelerators, 2048 on CPU")
   parser.add_argument("--output", default="benchmark_train.json")
+  parser.add_argument("--compare_torch", action="store_true",
+                      help="also time the same model in PyTorch (transformers) and report the ratio")
+  parser.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads; default: os.cpu_count()")
   gin_args, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
   args = parser.parse_args(rest)
+  if args.compare_torch:
+    import_torch()  # fail before the flan_jax measurement
 
   cli.configure_gin(cli.parse_flags(gin_args))
   cfg = ModelConfig()
@@ -117,8 +197,8 @@ def main(argv=None) -> dict:
   s = trainer.setup(cfg, mesh, rules, tx, seq_len=args.seq_len)
   step = trainer.compile_train_step(s, tx, schedule, num_microbatches=args.num_microbatches)
   state = s.init(jax.random.key(0))
-  batch = data.to_global(synthetic_batch(args.batch_size, args.seq_len, min(cfg.vocab_size, 32000), True),
-                                     s.batch_sharding)
+  host_batch = synthetic_batch(args.batch_size, args.seq_len, min(cfg.vocab_size, 32000), True)
+  batch = data.to_global(host_batch, s.batch_sharding)
 
   compile_start = time.perf_counter()
   state, metrics = step(state, batch)
@@ -161,6 +241,24 @@ def main(argv=None) -> dict:
           ("model TFLOP/step", f"{flops / 1e12:.3f}"),
           ("measured peak / device", f"{peak / 1e12:.2f} TFLOP/s ({size}^2 {cfg.dtype} matmul)"),
           ("MFU", f"{100 * result['mfu']:.1f}%"), ("peak memory", f"{memory / 2**30:.2f} GiB ({memory_kind})")]
+  if args.compare_torch:
+    flan_jax_params = sum(x.size for x in jax.tree.leaves(state.params))
+    del state, step, batch
+    threads = args.torch_threads or os.cpu_count()
+    torch_result = benchmark_torch(cfg, host_batch["decoder_input_tokens"], steps=args.steps, warmup=args.warmup,
+                                   threads=threads)
+    # Both count a tied embedding once (ModelConfig.num_params and torch's parameters() alike).
+    assert flan_jax_params == cfg.num_params() == torch_result["params"], (
+        f"parameter counts differ: flan_jax {flan_jax_params:,} (config {cfg.num_params():,}), "
+        f"PyTorch {torch_result['params']:,}")
+    result["params_flan_jax"] = flan_jax_params
+    result["torch"] = torch_result
+    result["ratio_vs_torch"] = result["tokens_per_second"] / torch_result["tokens_per_second"]
+    rows += [("PyTorch step (median)", f"{torch_result['step_seconds_median'] * 1e3:.1f} ms "
+              f"({torch_result['architecture']}, float32, {threads} threads)"),
+             ("PyTorch tokens/s", f"{torch_result['tokens_per_second']:,.0f}"),
+             ("PyTorch parameters", f"{torch_result['params']:,}"),
+             ("flan_jax / PyTorch", f"{result['ratio_vs_torch']:.2f}x tokens/s")]
   width = max(len(k) for k, _ in rows)
   print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
   with open(args.output, "w") as f:

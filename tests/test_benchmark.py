@@ -5,6 +5,7 @@ import json
 import os
 
 import gin
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +29,27 @@ def test_benchmark_writes_consistent_figures(tmp_path):
   expected_mfu = saved["model_flops_per_step"] / saved["step_seconds_median"] / peak
   assert abs(saved["mfu"] - expected_mfu) < 1e-12 and saved["mfu"] > 0
   assert saved["peak_memory_bytes"] > 0 and result["final_loss"] > 0
+
+
+def test_benchmark_compares_with_torch(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  spec = importlib.util.spec_from_file_location("benchmark_train", os.path.join(ROOT, "scripts", "benchmark_train.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "bench.json"
+  try:  # the default mesh spans all 8 simulated devices, so the batch is 8
+    bench.main(["--gin_file=models/tiny.gin", "--batch_size=8", "--seq_len=32", "--steps=2", "--warmup=1",
+                "--matmul_size=128", "--compare_torch", "--torch_threads=1", f"--output={out}"])
+  finally:
+    gin.clear_config()
+  saved = json.load(open(out))
+  torch_result = saved["torch"]
+  assert torch_result["tokens_per_second"] > 0 and torch_result["threads"] == 1
+  assert torch_result["tokens_per_second"] == 8 * 32 / torch_result["step_seconds_median"]
+  assert saved["ratio_vs_torch"] == saved["tokens_per_second"] / torch_result["tokens_per_second"]
+  assert saved["params"] == saved["params_flan_jax"] == torch_result["params"]
+  assert torch_result["architecture"] == "LlamaForCausalLM" and torch_result["final_loss"] > 0
 
 
 def test_resume_benchmark_restores_the_same_batch_as_skipping(tmp_path):
