@@ -41,6 +41,8 @@ class _BatchRunner:
 
   def __call__(self, ds) -> list[tuple[int, Any]]:
     results = []
+    if self.progress:
+      self.progress.start_task()
     for indices, features in ds.batch(self.batch_size).as_numpy_iterator():
       results.extend(zip(indices.tolist(), self.run_rows(features)))
       if self.progress:
@@ -215,9 +217,11 @@ def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, sp
   """Scores and decodes every task of the mixture on one split; writes metrics and predictions."""
   evaluator = job.evaluator(split)
   vocab = data_lib.vocabulary(job.name)
-  total = sum(_count(evaluator.cached_model_datasets[t.name]) * len(t.metric_objs) for t in evaluator.eval_tasks)
+  runs = {t.name: len({m.model_output_type for m in t.metric_objs}) for t in evaluator.eval_tasks}
+  total = sum(_count(evaluator.cached_model_datasets[name]) * n for name, n in runs.items())
   predict, score = runners
-  predict.progress = score.progress = _Progress(total, f"{job.name} ({split}) @ step {step}")
+  predict.progress = score.progress = _Progress(total, sum(runs.values()),
+                                                f"{job.name} ({split}) @ step {step}")
   future, outputs = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict, score_fn=score)
   metrics = {task: {name: float(_value(v)) for name, v in values.items()}
              for task, values in future.result().items()}
@@ -297,21 +301,31 @@ def _content_free(score: "_BatchRunner", examples, vocab, lengths: Mapping[str, 
 
 
 class _Progress:
-  """Prints examples done, examples/s and an ETA for one split of one checkpoint."""
+  """Prints the task being run (k/n), examples done, examples/s and an ETA for one split of one checkpoint.
 
-  def __init__(self, total: int, title: str):
-    self.total, self.title, self.done, self.started = max(total, 1), title, 0, time.time()
-    self.last_print = 0.0
+  A task counts once per kind of model output its metrics need (scores, predictions), as
+  seqio.Evaluator runs the model once for each.
+  """
+
+  def __init__(self, total: int, tasks: int, title: str):
+    self.total, self.tasks, self.title = max(total, 1), tasks, title
+    self.done, self.task, self.started, self.last_print = 0, 0, time.time(), 0.0
 
   def add(self, n: int) -> None:
     self.done += n
+    self._print(force=self.done >= self.total)
+
+  def start_task(self) -> None:
+    self.task += 1
+
+  def _print(self, force: bool) -> None:
     now = time.time()
-    if jax.process_index() == 0 and (now - self.last_print > 10 or self.done >= self.total):
+    if jax.process_index() == 0 and (now - self.last_print > 10 or force):
       self.last_print = now
       rate = self.done / max(now - self.started, 1e-9)
       eta = (self.total - self.done) / rate if rate else 0.0
-      print(f"eval {self.title}: {self.done}/{self.total} examples, {rate:.1f} examples/s, "
-            f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s", flush=True)
+      print(f"eval {self.title}: task {self.task}/{self.tasks}, {self.done}/{self.total} examples, "
+            f"{rate:.1f} examples/s, ETA {int(eta) // 60}m{int(eta) % 60:02d}s", flush=True)
 
 
 def _follow_vocabulary(job: _Job, checkpoint_path: str) -> None:

@@ -171,3 +171,16 @@ def test_beam_search_of_width_one_decodes_like_greedy(toy, tmp_path):
   greedy, beam = _records(tmp_path / "greedy" / name), _records(tmp_path / "beam" / name)
   assert [r["prediction"] for r in greedy] == [r["prediction"] for r in beam]
   assert sum(r["correct"] for r in greedy) >= 12  # the toy task is learnt well enough to decode too
+
+
+def test_progress_counts_tasks_and_examples(capsys, monkeypatch):
+  clock = iter([0.0, 20.0, 25.0])  # started, then the two add() calls
+  monkeypatch.setattr(evaluation.time, "time", lambda: next(clock))
+  progress = evaluation._Progress(total=8, tasks=2, title="mix (validation) @ step 3")
+  progress.start_task()
+  progress.add(4)  # printed: more than 10 s since the last line
+  progress.start_task()
+  progress.add(4)  # printed: the last examples
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == ["eval mix (validation) @ step 3: task 1/2, 4/8 examples, 0.2 examples/s, ETA 0m20s",
+                   "eval mix (validation) @ step 3: task 2/2, 8/8 examples, 0.3 examples/s, ETA 0m00s"]
