@@ -113,17 +113,17 @@ class InputIterator:
     return {k: v.numpy() for k, v in next(self._iterator).items()}
 
   def save(self, step: int, keep: Optional[set] = None) -> None:
-    """Writes the position after `step` batches; removes the positions of steps not in `keep`."""
+    """Writes the position after `step` batches; removes the positions of steps not in `keep`
+    and any earlier write that was cut short."""
     final = os.path.join(self.directory, str(step))
     tmp = f"{final}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     self._checkpoint.write(os.path.join(tmp, "position"))
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
-    if keep is not None:
-      for name in os.listdir(self.directory):
-        if name.split(".")[0].isdigit() and int(name.split(".")[0]) not in keep | {step}:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    for name in os.listdir(self.directory):  # positions of dropped steps, and writes cut short
+      if ".tmp-" in name or (keep is not None and name.isdigit() and int(name) not in keep | {step}):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def restore(self, step: int) -> bool:
     """Moves to the saved position of `step`; False if there is none (then nothing changes)."""

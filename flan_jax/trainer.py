@@ -314,7 +314,8 @@ def _input_iterator(model_dir: str, start: int, name: str, lengths: Mapping[str,
 
 @contextlib.contextmanager
 def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
-  """Turns a write that failed for lack of space (a checkpoint, the metrics) into one DiskFullError."""
+  """Turns a write that failed for lack of space (a checkpoint, an input position, the metrics) into
+  one DiskFullError."""
   try:
     yield
   except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap the OSError in their own types)
@@ -322,9 +323,14 @@ def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
       raise
     directory = os.path.join(model_dir, checkpointing.SUBDIR)
     complete = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-    written = re.search(r"/(\d+)\.orbax-checkpoint-tmp", _chain_text(e))  # the step orbax was writing
-    saving = written.group(1) if written else progress["saving"]
-    saving = f" while writing checkpoint {saving}" if saving else ""
+    # What was being written: the error names orbax's or the input position's temporary directory.
+    text = _chain_text(e)
+    checkpoint = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
+    position = re.search(re.escape(checkpointing.INPUT_POSITIONS) + r"/process_\d+/(\d+)\.tmp", text)
+    if checkpoint or (progress["saving"] and not position):
+      saving = f" while writing checkpoint {checkpoint.group(1) if checkpoint else progress['saving']}"
+    else:
+      saving = f" while writing the input position of step {position.group(1)}" if position else ""
     last = f"the last complete checkpoint is step {complete[-1]}" if complete else "no checkpoint is complete yet"
     raise DiskFullError(f"no space left on device in {model_dir} at step {progress['step']}{saving}; {last}. "
                         "Free some space and rerun the same command to resume") from e
