@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import gin
 
-from flan_jax.errors import DiskFullError, UserError, first_line
+from flan_jax.errors import DiskFullError, UserError, chain, first_line
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -240,11 +240,9 @@ def _peer_failure(e: BaseException) -> bool:
 
 def _user_error_in(e: BaseException) -> Optional[str]:
   """Gin re-raises errors from inside configurables as proxies; find a UserError or missing binding."""
-  seen = e
-  while seen is not None:
+  for seen in chain(e):
     if isinstance(seen, UserError):
       return first_line(seen)
     if "Required bindings" in str(seen) or "No configurable matching" in str(seen):
       return f"gin: {first_line(seen)}"
-    seen = seen.__cause__ or seen.__context__
   return None

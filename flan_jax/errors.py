@@ -1,4 +1,6 @@
-"""The error type for mistakes a user can fix: the binaries print it as one line and exit non-zero."""
+"""Errors a user can fix (the binaries print each as one line and exit non-zero), and their causes."""
+
+from typing import Iterator, Optional
 
 
 class UserError(ValueError):
@@ -7,6 +9,13 @@ class UserError(ValueError):
 
 class DiskFullError(OSError):
   """A write failed for lack of space; says where, at which step, and which checkpoint is complete."""
+
+
+def chain(e: Optional[BaseException]) -> Iterator[BaseException]:
+  """The exception, then what it was raised from or during (gin and orbax wrap the real cause)."""
+  while e is not None:
+    yield e
+    e = e.__cause__ or e.__context__
 
 
 def first_line(e: BaseException) -> str:

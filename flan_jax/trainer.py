@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flan_jax import checkpointing, optimizers, partitioning, pretrained, run_lock, vocabularies
+from flan_jax import checkpointing, errors, optimizers, partitioning, pretrained, run_lock, vocabularies
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
 from flan_jax.errors import DiskFullError, UserError
@@ -338,17 +338,11 @@ def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
 
 def _is_disk_full(e: BaseException) -> bool:
   return "No space left on device" in _chain_text(e) or any(
-      getattr(x, "errno", None) == errno.ENOSPC for x in _chain(e))
-
-
-def _chain(e: Optional[BaseException]):
-  while e is not None:
-    yield e
-    e = e.__cause__ or e.__context__
+      getattr(x, "errno", None) == errno.ENOSPC for x in errors.chain(e))
 
 
 def _chain_text(e: BaseException) -> str:
-  return "\n".join(str(x) for x in _chain(e))
+  return "\n".join(str(x) for x in errors.chain(e))
 
 
 def _report(writer: metrics_lib.MetricsWriter, throughput: metrics_lib.Throughput, step: int,
