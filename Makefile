@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /tmp/flan_jax_demo
-DEMO_EVAL_EXAMPLES ?= 32
 T5_VERSION := 0.9.4
 # The tests' PyTorch, installed first so that the test extra's `torch` is already met by a CPU build.
 TORCH_VERSION := 2.13.0
@@ -24,12 +23,7 @@ $(VENV)/.installed: setup.py
 
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(TEST_ENV) $(BIN)/python -m flan_jax.train --gin_file=runs/demo.gin --gin.MODEL_DIR=$(DEMO_DIR)
-	$(TEST_ENV) $(BIN)/python -m flan_jax.eval --gin_file=runs/eval.gin \
-	  --gin.CHECKPOINT_PATH=$(DEMO_DIR) --gin.MIXTURE_OR_TASK_NAME=embedded_eval_sentiment \
-	  --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 32}" --gin.evaluate.num_examples=$(DEMO_EVAL_EXAMPLES) \
-	  --gin.EVAL_SPLITS="['validation', 'test']"
-	$(BIN)/python -m flan_jax.report --predictions tuned=$(DEMO_DIR) --output_dir $(DEMO_DIR)/report
+	$(TEST_ENV) $(BIN)/python -m flan_jax.study --gin_file=studies/demo.gin --gin.STUDY_DIR=$(DEMO_DIR)
 
 # Lint (ruff.toml: pyflakes, pycodestyle, import order) takes seconds, so every test run starts with it.
 lint: install

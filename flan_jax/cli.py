@@ -111,7 +111,7 @@ def parse_flags(argv: Sequence[str]) -> Flags:
     if name.startswith("--gin."):
       if not eq:
         raise UserError(f"{arg}: write gin bindings as --gin.NAME=VALUE")
-      flags.gin_bindings.append(f"{name[len('--gin.'):]} = {_as_gin_value(value)}")
+      flags.gin_bindings.append(f"{name[len('--gin.'):]} = {as_gin_value(value)}")
     elif name == "--gin_file":
       flags.gin_files.append(value)
     elif name == "--gin_search_paths":
@@ -131,7 +131,7 @@ def parse_flags(argv: Sequence[str]) -> Flags:
   return flags
 
 
-def _as_gin_value(value: str) -> str:
+def as_gin_value(value: str) -> str:
   """Gin literals pass through; anything else (a path, a task name) becomes a quoted string.
 
   Literals are numbers, True/False/None, quoted strings, lists, tuples and dicts of them, `@name`

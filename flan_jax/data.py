@@ -4,8 +4,10 @@ Each process reads its own shard of the data (seqio.ShardInfo) and contributes i
 global batch; `jax.make_array_from_process_local_data` stitches them into one array on the mesh.
 `InputIterator` saves and restores the pipeline's exact position (tf.data iterator checkpoints), so
 a resumed run continues without re-reading the batches it has already trained on.
+On request every batch also carries `task_index`, the task of each token (see `get_dataset`).
 """
 
+import copy
 import difflib
 import os
 import shutil
@@ -20,6 +22,7 @@ from flan_jax import vocabularies
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
+TASK_INDEX = "task_index"  # the index in `task_names` of each token's task; -1 on padding
 
 
 def check_task_name(name: str) -> None:
@@ -41,42 +44,88 @@ def vocabulary(name: str) -> seqio.Vocabulary:
   return vocab.resolve() if isinstance(vocab, vocabularies.RunVocabulary) else vocab
 
 
-def feature_converter(pack: bool, vocab: seqio.Vocabulary) -> seqio.FeatureConverter:
+def feature_converter(pack: bool, vocab: seqio.Vocabulary, with_task_index: bool = False) -> seqio.FeatureConverter:
   """Loss on the targets only; PrefixLM features when the task has `inputs`.
 
   Every example's decoder input starts with the vocabulary's BOS id (0 for the byte vocabulary),
-  as a pretrained Llama-family model expects.
+  as a pretrained Llama-family model expects. `with_task_index` keeps TASK_INDEX (PrefixLM only).
   """
-  return seqio.DecoderFeatureConverter(pack=pack, loss_on_targets_only=True,
-                                       bos_id=vocabularies.bos_id_or_zero(vocab))
+  kwargs = dict(pack=pack, loss_on_targets_only=True, bos_id=vocabularies.bos_id_or_zero(vocab))
+  return _TaskIndexConverter(**kwargs) if with_task_index else seqio.DecoderFeatureConverter(**kwargs)
+
+
+class _TaskIndexConverter(seqio.PrefixLMFeatureConverter):
+  """The PrefixLM features of `feature_converter`, plus TASK_INDEX packed along with the tokens.
+
+  seqio refuses pass-through features when packing, as one of its own length could pack differently.
+  This one is built from the concatenated tokens (the task's index + 1 wherever a token is nonzero,
+  which is what packing measures), so the examples pack exactly as without it and every other
+  feature is unchanged; after packing it is the index, and -1 on padding.
+  """
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self._passthrough_features = {TASK_INDEX: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
+
+  def _concat_and_add_masks(self, features):
+    d = dict(super()._concat_and_add_masks(features))
+    d[TASK_INDEX] = tf.where(d["targets"] != 0, features[TASK_INDEX][0] + 1, 0)
+    return d
+
+  def _convert_example(self, features):
+    return {**super()._convert_example(features), TASK_INDEX: features[TASK_INDEX] - 1}
+
+
+def task_names(mixture_or_task_name: str) -> list[str]:
+  """The tasks whose positions in this list TASK_INDEX gives: a mixture's tasks (sub-mixtures
+  flattened, sorted by name, as seqio lists them), or the task itself."""
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  return [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [provider.name]
+
+
+def _examples_with_task_index(name: str, lengths: Mapping[str, int], **kwargs) -> tf.data.Dataset:
+  """The examples of a Task or Mixture as seqio mixes them, each tagged with its task's index."""
+  tag = lambda ds, i: ds.map(lambda ex: {**ex, TASK_INDEX: tf.constant([i], tf.int32)})
+  provider = seqio.get_mixture_or_task(name)
+  if not isinstance(provider, seqio.Mixture):
+    return tag(provider.get_dataset(lengths, **kwargs), 0)
+  index = {task: i for i, task in enumerate(task_names(name))}
+  tagged = copy.copy(provider)  # the same tasks, rates and sampling; each task's examples tagged before mixing
+  tagged.get_task_dataset = lambda task, *args, **kw: tag(provider.get_task_dataset(task, *args, **kw),
+                                                          index[task.name])
+  return tagged.get_dataset(lengths, **kwargs)
 
 
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                 global_batch_size: int, *, shuffle: bool = True, seed: int = 0, pack: bool = True,
                 num_epochs: int | None = None, skip_batches: int = 0,
-                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+                shard: tuple[int, int] | None = None, with_task_index: bool = False) -> tf.data.Dataset:
   """This process's share of every global batch, as a tf.data pipeline of numpy-able dicts.
 
   Process i of n reads shard i of n and gives rows [i * B/n, (i + 1) * B/n) of each global batch
   of B rows. `shard=(i, n)` overrides the process index and count (to replay a multi-host run's
   data on one host). The pipeline is deterministic given the seed, so skipping `skip_batches`
   batches resumes a run exactly where a previous one stopped.
+
+  `with_task_index` adds TASK_INDEX (shaped like the tokens: the position in `task_names` of each
+  token's task, -1 on padding) and leaves every other feature exactly as without it; the model
+  must not be given it.
   """
   check_task_name(mixture_or_task_name)
   index, num_processes = shard or (jax.process_index(), jax.process_count())
   if global_batch_size % num_processes:
     raise UserError(f"BATCH_SIZE={global_batch_size} is not divisible by the {num_processes} processes")
-  ds = seqio.get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths=dict(task_feature_lengths),
-      dataset_split=split,
-      shuffle=shuffle,
-      num_epochs=num_epochs,
-      feature_converter=feature_converter(pack, vocabulary(mixture_or_task_name)),
-      shard_info=seqio.ShardInfo(index, num_processes),
-      seed=seed,
-      use_cached=False,
-  )
+  converter = feature_converter(pack, vocabulary(mixture_or_task_name), with_task_index)
+  options = dict(shuffle=shuffle, num_epochs=num_epochs, shard_info=seqio.ShardInfo(index, num_processes),
+                 seed=seed, use_cached=False)
+  if not with_task_index:
+    ds = seqio.get_dataset(mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+                           dataset_split=split, feature_converter=converter, **options)
+  else:  # what seqio.get_dataset does, with the tagged examples and the converter that keeps the tag
+    if set(task_feature_lengths) != {"inputs", "targets"}:
+      raise UserError(f"the task index needs 'inputs' and 'targets' lengths, not {dict(task_feature_lengths)}")
+    ds = _examples_with_task_index(mixture_or_task_name, task_feature_lengths, split=split, **options)
+    ds = converter(ds, {**task_feature_lengths, TASK_INDEX: sum(task_feature_lengths.values())})
   ds = ds.batch(global_batch_size // num_processes, drop_remainder=True)
   if skip_batches:
     ds = ds.skip(skip_batches)
@@ -112,18 +161,29 @@ class InputIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in next(self._iterator).items()}
 
-  def save(self, step: int, keep: Optional[set] = None) -> None:
-    """Writes the position after `step` batches; removes the positions of steps not in `keep`
-    and any earlier write that was cut short."""
+  def save(self, step: int, keep: Optional[set] = None, files: Optional[Mapping[str, str]] = None) -> None:
+    """Writes the position after `step` batches, with `files` (name -> text: small records that
+    belong to this step, read back by `path`); removes the positions of steps not in `keep` and
+    any earlier write that was cut short."""
     final = os.path.join(self.directory, str(step))
     tmp = f"{final}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     self._checkpoint.write(os.path.join(tmp, "position"))
+    for name, text in (files or {}).items():
+      try:
+        with open(os.path.join(tmp, name), "w") as f:
+          f.write(text)
+      except OSError as e:  # name the file: a full disk is reported as this step's input position
+        raise OSError(e.errno, e.strerror, os.path.join(tmp, name)) from e
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     for name in os.listdir(self.directory):  # positions of dropped steps, and writes cut short
       if ".tmp-" in name or (keep is not None and name.isdigit() and int(name) not in keep | {step}):
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def path(self, step: int, name: str) -> str:
+    """Where `save(step, files={name: ...})` keeps that file."""
+    return os.path.join(self.directory, str(step), name)
 
   def restore(self, step: int) -> bool:
     """Moves to the saved position of `step`; False if there is none (then nothing changes)."""

@@ -79,7 +79,7 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
              split: Union[str, Sequence[str]] = "validation",
              batch_size: int = 32,
              num_examples: Optional[int] = None,
-             output_dir: Optional[str] = None,
+             output_dir: Union[str, Sequence[str], None] = None,
              normalization: str = "none",
              all_steps: bool = False,
              follow_seconds: float = 0.0,
@@ -93,7 +93,8 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   step of a run, a Hugging Face model directory or a GGUF file. With `follow_seconds`, a run is
   watched for new checkpoints until none has appeared for that long. Each (step, split) writes
   `eval_<name>_<split>_step<step>.json` (metrics) and `predictions_<name>_<split>_step<step>.jsonl`
-  (every example, for `python -m flan_jax.report`). The model config and the vocabulary follow the
+  (every example, for `python -m flan_jax.report`) into `output_dir` (default: the run's MODEL_DIR;
+  a list gives one directory per checkpoint path). The model config and the vocabulary follow the
   checkpoint unless the gin config sets them (then they must match it).
   """
   paths = [checkpoint_path] if isinstance(checkpoint_path, str) else list(checkpoint_path or [])
@@ -107,6 +108,10 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   names = list(run_names) if run_names else [_run_name(p) for p in paths]
   if len(names) != len(paths) or len(set(names)) != len(names):
     raise UserError(f"run names {names} must be distinct, one per checkpoint path")
+  output_dirs = [output_dir] * len(paths) if output_dir is None or isinstance(output_dir, str) else list(output_dir)
+  if len(output_dirs) != len(paths):
+    raise UserError(f"EVAL_OUTPUT_DIR lists {len(output_dirs)} directories for {len(paths)} checkpoint paths; "
+                    "give one directory, or one per path")
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules() if rules is None else rules
   if batch_size % partitioning.data_parallel_size(mesh, rules):
@@ -115,8 +120,8 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   job = _Job(mixture_or_task_name, dict(task_feature_lengths), splits, batch_size, num_examples,
              normalization, mesh, rules)
   reports = []
-  for name, path in zip(names, paths):
-    reports += _evaluate_run(job, name, path, model_config, output_dir, all_steps, follow_seconds)
+  for name, path, directory in zip(names, paths, output_dirs):
+    reports += _evaluate_run(job, name, path, model_config, directory, all_steps, follow_seconds)
   return reports
 
 

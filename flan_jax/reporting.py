@@ -541,7 +541,8 @@ def in_order(clusters: Mapping[str, Any], order: Sequence[str]) -> dict:
 # Markdown.
 
 
-def _fmt(entry: Optional[Mapping], key: str = "accuracy") -> str:
+def format_estimate(entry: Optional[Mapping], key: str = "accuracy") -> str:
+  """An `as_json` entry as 'value [low, high]' (signed for key 'difference'); '—' for none."""
   if not entry:
     return "—"
   sign = "+" if key == "difference" else ""
@@ -561,7 +562,8 @@ def _count(n: int, noun: str) -> str:
   return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  """A markdown table's lines."""
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -576,10 +578,10 @@ def _cluster_table(report: Mapping, quantity: str) -> list[str]:
   rows = []
   for cluster in report["clusters"]:
     row = [_cluster_label(report, cluster)]
-    row += [_fmt(e["clusters"].get(cluster, {}).get(quantity)) for e in runs.values()]
-    row += [_fmt(c["clusters"].get(cluster, {}).get(quantity), "difference") for c in comparisons.values()]
+    row += [format_estimate(e["clusters"].get(cluster, {}).get(quantity)) for e in runs.values()]
+    row += [format_estimate(c["clusters"].get(cluster, {}).get(quantity), "difference") for c in comparisons.values()]
     rows.append(row)
-  return _table(header, rows)
+  return markdown_table(header, rows)
 
 
 def sentence(run: str, baseline: str, entry: Mapping, confidence: float) -> str:
@@ -629,12 +631,12 @@ def markdown(report: Mapping) -> str:
       split = {"test": "test", "validation": "validation*", None: "—"}[d["reported_split"]]
       diff = report["comparisons"].get(run, {}).get("datasets", {}).get(name, {}).get("best")
       template = "—" if d["best_template"] is None else str(d["best_template"])
-      row = [name, d["cluster"], run, split, template, _fmt(d["best"]), _spread(d["template_mean"])]
-      row += [_fmt(diff, "difference") if run != report["baseline"] else ""] * bool(report["comparisons"])
+      row = [name, d["cluster"], run, split, template, format_estimate(d["best"]), _spread(d["template_mean"])]
+      row += [format_estimate(diff, "difference") if run != report["baseline"] else ""] * bool(report["comparisons"])
       rows.append((order[d["cluster"]], name, row))
       notes += [f"* {run}, {name}: {note}" for note in d["notes"]]
   lines = [markdown_summary(report), "", "## Datasets", ""]
-  lines += _table(header, [row for _, _, row in sorted(rows, key=lambda r: r[:2])])
+  lines += markdown_table(header, [row for _, _, row in sorted(rows, key=lambda r: r[:2])])
   lines += ["", "\\* no test split: validation numbers."]
   return "\n".join(lines + (["", "## Notes", ""] + notes if notes else [])) + "\n"
 
@@ -642,7 +644,8 @@ def markdown(report: Mapping) -> str:
 # Charts (matplotlib is imported here only, with the Agg canvas).
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+  """A matplotlib Figure (inches) on an Agg canvas, without pyplot's global state."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   figure = Figure(figsize=(width, height), dpi=100)
@@ -650,7 +653,7 @@ def _figure(width: float, height: float):
   return figure
 
 
-def _errors(entries: Sequence[Optional[Mapping]]) -> tuple[list[float], np.ndarray]:
+def error_bars(entries: Sequence[Optional[Mapping]]) -> tuple[list[float], np.ndarray]:
   """Heights and asymmetric error bars (zero without a CI) in points."""
   heights = [e["accuracy"] if e else math.nan for e in entries]
   lows = [max(0.0, e["accuracy"] - e["ci"][0]) if e and e["ci"] else 0.0 for e in entries]
@@ -661,12 +664,12 @@ def _errors(entries: Sequence[Optional[Mapping]]) -> tuple[list[float], np.ndarr
 def plot_clusters(report: Mapping, path: str) -> None:
   """Grouped bars: per cluster, each run's best-validation-template accuracy with its CI."""
   clusters, runs = report["clusters"], list(report["runs"])
-  figure = _figure(max(5.0, 1.2 * len(clusters) * max(1, len(runs)) ** 0.5 + 2), 4.0)
+  figure = new_figure(max(5.0, 1.2 * len(clusters) * max(1, len(runs)) ** 0.5 + 2), 4.0)
   axes = figure.add_subplot()
   width = 0.8 / len(runs)
   for i, run in enumerate(runs):
     entries = [report["runs"][run]["clusters"].get(c, {}).get("best") for c in clusters]
-    heights, errors = _errors(entries)
+    heights, errors = error_bars(entries)
     xs = np.arange(len(clusters)) + (i - (len(runs) - 1) / 2) * width
     axes.bar(xs, heights, width, yerr=errors, capsize=3, label=run)
   axes.set_xticks(np.arange(len(clusters)), [_cluster_label(report, c).replace(" (", "\n(") for c in clusters])
@@ -680,7 +683,7 @@ def plot_clusters(report: Mapping, path: str) -> None:
 def plot_steps(report: Mapping, run: str, path: str) -> None:
   """A run's cluster accuracies (best validation template) against the training step, with CI bands."""
   by_step = report["runs"][run]["by_step"]
-  figure = _figure(6.0, 4.0)
+  figure = new_figure(6.0, 4.0)
   axes = figure.add_subplot()
   for cluster in report["clusters"]:
     points = [(s["step"], s["clusters"][cluster]["best"]) for s in by_step
@@ -704,7 +707,7 @@ def plot_templates(report: Mapping, path: str) -> None:
   order = {c: i for i, c in enumerate(report["clusters"])}
   datasets = sorted({(order[d["cluster"]], name) for e in report["runs"].values() for name, d in e["datasets"].items()})
   runs = list(report["runs"])
-  figure = _figure(max(5.0, 0.5 * len(datasets) * len(runs) + 2), 4.5)
+  figure = new_figure(max(5.0, 0.5 * len(datasets) * len(runs) + 2), 4.5)
   axes = figure.add_subplot()
   width = 0.8 / len(runs)
   for i, run in enumerate(runs):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flan_jax import checkpointing, errors, optimizers, partitioning, pretrained, run_lock, vocabularies
+from flan_jax import accounting, checkpointing, errors, optimizers, partitioning, pretrained, run_lock, vocabularies
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
 from flan_jax.errors import DiskFullError, UserError
@@ -264,9 +264,9 @@ def train(model_dir: Optional[str] = None, *,
 
     step_fn = compile_train_step(s, tx, schedule, num_microbatches=num_microbatches, z_loss=z_loss,
                                  dropout_seed=seed + 1 if model_config.dropout_rate > 0 else None)
-    inputs = _input_iterator(model_dir, start, mixture_or_task_name, task_feature_lengths, batch_size, seed,
-                             is_main)
-    batches = (data_lib.to_global(local, s.batch_sharding) for local in inputs)
+    inputs, tally = _input_iterator(model_dir, start, mixture_or_task_name, task_feature_lengths, batch_size, seed,
+                                    is_main)
+    batches = (data_lib.to_global(tally.count(local), s.batch_sharding) for local in inputs)  # counted, untagged
     throughput = metrics_lib.Throughput(train_steps, tokens_per_step=batch_size * seq_len)
     _log(is_main, f"training {mixture_or_task_name}: steps {start} -> {train_steps}, batch {batch_size} x {seq_len} "
          f"tokens, {model_config.num_params():,} parameters, mesh {dict(mesh.shape)}")
@@ -288,7 +288,8 @@ def train(model_dir: Optional[str] = None, *,
         if step % checkpoint_period == 0 or step == train_steps or preempted:
           _check_finite(step, jax.device_get(metrics))
           checkpointing.save(mngr, step, state.params, state.opt_state, force=True)
-          inputs.save(step, keep=set(mngr.all_steps()))
+          inputs.save(step, keep=set(mngr.all_steps()), files=tally.files(step))  # with the tally up to `step`
+          accounting.publish(model_dir, inputs, step)  # MODEL_DIR/trained_on.json
           progress["saving"] = step  # an async save that fails surfaces at a later call
         if preempted:
           writer.log(f"stop requested: saved step {step}; rerun the same command to resume")
@@ -300,16 +301,22 @@ def train(model_dir: Optional[str] = None, *,
 
 
 def _input_iterator(model_dir: str, start: int, name: str, lengths: Mapping[str, int], batch_size: int,
-                    seed: int, is_main: bool) -> data_lib.InputIterator:
-  """The training batches from step `start` on: from the input position saved with that step, or,
-  for a run saved without one, by reading and discarding `start` batches (exact, but O(start))."""
+                    seed: int, is_main: bool) -> tuple[data_lib.InputIterator, accounting.Tally]:
+  """The training batches from step `start` on, tagged with each token's task, and the tally of those
+  before: from the input position and tally saved with that step, or, for a run saved without them
+  (also older runs, whose positions are of untagged batches), by reading and counting `start`
+  batches (exact, but O(start))."""
   directory = os.path.join(model_dir, checkpointing.INPUT_POSITIONS)
-  inputs = data_lib.InputIterator(data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed), directory)
-  if start == 0 or inputs.restore(start):
-    return inputs
-  _log(is_main, f"no saved input position for step {start}: skipping {start} batches to reach it")
-  return data_lib.InputIterator(
-      data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed, skip_batches=start), directory)
+  inputs = data_lib.InputIterator(
+      data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed, with_task_index=True), directory)
+  tally = accounting.Tally(name)
+  if start == 0 or (tally.load(inputs.path(start, accounting.LOCAL_FILE)) and inputs.restore(start)):
+    return inputs, tally
+  _log(is_main, f"no saved input position for step {start}: reading {start} batches to reach it")
+  tally = accounting.Tally(name)
+  for _ in range(start):
+    tally.count(next(inputs))
+  return inputs, tally
 
 
 @contextlib.contextmanager

@@ -1,11 +1,17 @@
 """An offline instruction collection generated in code: 5 clusters of 3 small datasets each.
 
-It exists so the demo and the tests can instruction-tune and evaluate zero-shot without any
-download. Every example is drawn from a `random.Random` seeded by (seed, dataset, split), so the
-collection is the same on every machine. Tasks are `embedded_<dataset>` (+ `_eval`, `_scoring`, and
-`_eval_tI`, `_scoring_tI` per answer template I); mixtures are `embedded_all`, `embedded_no_<cluster>`
-(train on every other cluster) and `embedded_eval_<cluster>` (the cluster's one-template tasks).
-Splits: train, validation (choose a template on it) and test (report the chosen template on it).
+It exists so the demo, the tests and the miniature study can instruction-tune and evaluate zero-shot
+without any download. Every example is drawn from a `random.Random` seeded by (seed, dataset, split),
+so the collection is the same on every machine. Tasks are `embedded_<dataset>` (+ `_eval`,
+`_scoring`, and `_eval_tI`, `_scoring_tI` per answer template I; `_notemplate` and `_datasetname` for
+the paper's format ablations); mixtures are `embedded_all`, `embedded_no_<cluster>` (train on every
+other cluster; `..._notemplate`, `..._datasetname`; `..._clustersK`: the first K of the others in
+`ABLATION_ORDER`), `embedded_eval_<cluster>` (the cluster's one-template tasks) and
+`embedded_eval_<cluster>_scoring` (its rank-classification ones). Splits: train, validation (choose
+a template on it) and test (report the chosen template on it).
+
+`embedded_pretrain` is plain text about the same world (the facts behind every dataset, written as
+prose, with no instruction and no task format): what a base model is pretrained on before tuning.
 """
 
 import functools
@@ -18,7 +24,9 @@ import tensorflow as tf
 
 from flan_jax import task_info
 from flan_tasks import instruction
+from flan_tasks import templates as templates_lib
 from flan_tasks.templates import Template
+from flan_tasks.vocab import output_features
 
 SEED = 0
 NUM_EXAMPLES = {"train": 2000, "validation": 200, "test": 200}
@@ -238,6 +246,113 @@ DATASETS: list[tuple[str, str, Callable, tuple[str, ...], list[Template]]] = [
      _TEMPLATES["product_category"]),
 ]
 CLUSTERS = sorted({cluster for cluster, *_ in DATASETS})
+# The order in which the number-of-clusters ablation adds tuning clusters (the held-out one skipped).
+ABLATION_ORDER = ("nli", "topic", "arithmetic", "word_games", "sentiment")
+TITLES = {"sentiment": "Sentiment", "nli": "Inference", "arithmetic": "Arithmetic",
+          "word_games": "Word games", "topic": "Topic"}
+VARIANTS = ("notemplate", "datasetname")  # the paper's format ablations of the training tasks
+
+
+# ------------------------------------------------------------------ pretraining text
+# The facts behind each dataset, as sentences a web page might contain: statements, never a question
+# to answer, an options list or an instruction. Sentence frames are chosen at random per fact.
+_SENTIMENT_WORDS = ("positive", "negative")
+
+
+def _review_fact(rng):
+  kind = rng.choice(list(_REVIEW_PHRASES))
+  label = rng.randrange(2)
+  first, second = rng.sample(_REVIEW_PHRASES[kind][label], 2)
+  word = _SENTIMENT_WORDS[label]
+  return rng.choice([
+      f"{first.capitalize()}, {second}. All in all my feelings about the {kind} were {word}.",
+      f"My take on the {kind} is {word}: {first}, {second}.",
+      f"Reviews that say \"{first}\" are usually {word} about the {kind}.",
+      f"{first.capitalize()} and {second}, so the verdict on this {kind} is {word}.",
+  ])
+
+
+def _nli_fact(rng):
+  obj, obj2 = rng.sample(_OBJECTS, 2)
+  color, other = rng.sample(_COLORS, 2)
+  name, name2 = rng.sample(_NAMES, 2)
+  place, elsewhere = rng.sample(_PLACES, 2)
+  thing = rng.choice(_THINGS)
+  n, m = rng.randrange(1, 10), rng.randrange(1, 10)
+  relation = "more" if n > m else "not more"
+  return rng.choice([
+      f"The {obj} is {color}, which means the {obj} is not {other}.",
+      f"The {obj} is {color}. Nothing is known about the colour of the {obj2}.",
+      f"{name} is waiting in the {place}, so {name} is in the {place} and not in the {elsewhere}.",
+      f"{name} is waiting in the {place}; where {name2} is, nobody knows.",
+      f"There are {n} {thing} on the table. That is {relation} than {m} {thing}.",
+  ])
+
+
+def _arithmetic_fact(rng):
+  a, b = rng.randrange(50), rng.randrange(50)
+  x, y = rng.sample(range(100), 2)
+  number = rng.randrange(1000)
+  return rng.choice([
+      f"{a} plus {b} makes {a + b}.",
+      f"Adding {a} to {b} gives {a + b}.",
+      f"Of {x} and {y}, the larger number is {max(x, y)}.",
+      f"{number} is an {['even', 'odd'][number % 2]} number.",
+  ])
+
+
+def _word_fact(rng):
+  word = rng.choice(_WORDS)
+  phrase = " ".join(rng.sample(_WORDS, 2))
+  return rng.choice([
+      f"Spelled backwards, {word} becomes {word[::-1]}.",
+      f"In capital letters, {phrase} is written {phrase.upper()}.",
+      f"The word {word} begins with the letter {word[0]}.",
+  ])
+
+
+def _topic_fact(rng):
+  topic = rng.choice(_TOPIC_NAMES)
+  habitat = rng.choice(list(_ANIMALS))
+  department = rng.choice(list(_PRODUCTS))
+  return rng.choice([
+      f"From the {topic} pages: {rng.choice(_TOPICS[topic])}.",
+      f"The {rng.choice(_ANIMALS[habitat])} lives in the {habitat}.",
+      f"You can buy a {rng.choice(_PRODUCTS[department])} in the {department} department.",
+  ])
+
+
+PRETRAIN_FACTS = {"sentiment": _review_fact, "nli": _nli_fact, "arithmetic": _arithmetic_fact,
+                  "word_games": _word_fact, "topic": _topic_fact}
+PRETRAIN_EXAMPLES = {"train": 20000, "validation": 500}
+PRETRAIN_TASK = PREFIX + "pretrain"
+
+
+def pretrain_text(split: str, seed: int = SEED) -> list[str]:
+  """Short documents of two facts each, from every cluster's world."""
+  rng = random.Random(f"{seed}:pretrain:{split}")
+  makers = [PRETRAIN_FACTS[c] for c in sorted(PRETRAIN_FACTS)]
+  return [" ".join(rng.choice(makers)(rng) for _ in range(2)) for _ in range(PRETRAIN_EXAMPLES[split])]
+
+
+def _pretrain_dataset_fn(split, shuffle_files, seed=None):
+  del shuffle_files, seed
+  return tf.data.Dataset.from_tensor_slices({"text": pretrain_text(split)})
+
+
+def _register_pretrain() -> None:
+  """Next-token prediction on the plain text: every token is a target, nothing is an input."""
+  vocab = output_features()["targets"].vocabulary
+  seqio.TaskRegistry.add(
+      PRETRAIN_TASK,
+      source=seqio.FunctionDataSource(_pretrain_dataset_fn, splits=list(PRETRAIN_EXAMPLES),
+                                      num_input_examples=dict(PRETRAIN_EXAMPLES)),
+      preprocessors=[seqio.map_over_dataset(lambda ex: {"inputs": "", "targets": ex["text"]}),
+                     seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features={"inputs": seqio.Feature(vocab, add_eos=False, required=False),
+                       "targets": seqio.Feature(vocab, add_eos=True)},
+      metric_fns=[])
+  task_info.register(PRETRAIN_TASK, dataset=PRETRAIN_TASK, cluster="pretraining", template=None, kind="train")
 
 
 @functools.cache
@@ -261,6 +376,18 @@ def _metrics(make):
   return (t5_metrics.accuracy, t5_metrics.edit_distance)
 
 
+def _variant_templates(dataset: instruction.InstructionDataset, variant: str) -> list[Template]:
+  """The training template of a format ablation: the raw fields, or the raw fields after the
+  dataset's name ("[Cluster: dataset] ")."""
+  title = f"[{TITLES[dataset.cluster]}: {dataset.name[len(PREFIX):]}] " if variant == "datasetname" else ""
+  return [templates_lib.raw_template(dataset.templates, dataset.has_options, prefix=title)]
+
+
+def tuning_clusters(held_out: str, count: int) -> list[str]:
+  """The first `count` clusters of ABLATION_ORDER other than `held_out`."""
+  return [c for c in ABLATION_ORDER if c != held_out][:count]
+
+
 def register_all() -> None:
   per_template = {}  # cluster -> its datasets' one-template evaluation tasks
   for cluster, name, make, fields, templates in DATASETS:
@@ -272,12 +399,25 @@ def register_all() -> None:
         templates=templates, metric_fns=_metrics(make))
     per_template.setdefault(cluster, []).extend(
         task for task in instruction.register(dataset) if task_info.lookup(task).template is not None)
+    for variant in VARIANTS:
+      instruction.add_generative_task(f"{dataset.name}_{variant}", dataset, _variant_templates(dataset, variant),
+                                      kind="train")
 
-  def train_tasks(clusters):
-    return [PREFIX + name for cluster, name, *_ in DATASETS if cluster in clusters]
+  def train_tasks(clusters, variant=""):
+    return [PREFIX + name + variant for cluster, name, *_ in DATASETS if cluster in clusters]
 
   seqio.MixtureRegistry.add(PREFIX + "all", train_tasks(CLUSTERS), default_rate=1.0)
   for cluster in CLUSTERS:
     others = [c for c in CLUSTERS if c != cluster]
     seqio.MixtureRegistry.add(f"{PREFIX}no_{cluster}", train_tasks(others), default_rate=1.0)
+    for variant in VARIANTS:
+      seqio.MixtureRegistry.add(f"{PREFIX}no_{cluster}_{variant}", train_tasks(others, f"_{variant}"),
+                                default_rate=1.0)
+    for count in range(1, len(others)):
+      seqio.MixtureRegistry.add(f"{PREFIX}no_{cluster}_clusters{count}",
+                                train_tasks(tuning_clusters(cluster, count)), default_rate=1.0)
     seqio.MixtureRegistry.add(f"{PREFIX}eval_{cluster}", per_template[cluster], default_rate=1.0)
+    scoring = [t for t in per_template[cluster] if task_info.lookup(t).kind == "scoring"]
+    if scoring:
+      seqio.MixtureRegistry.add(f"{PREFIX}eval_{cluster}_scoring", scoring, default_rate=1.0)
+  _register_pretrain()

@@ -68,6 +68,23 @@ def validate(task_name: str, templates: Sequence[Template], fields: Sequence[str
           f"available fields: {', '.join(sorted(available))}")
 
 
+def input_fields(templates: Sequence[Template]) -> list[str]:
+  """The fields the first answer template shows, in the order it shows them (no options, no answer)."""
+  template = next(t for t in templates if t.asks_for_answer)
+  seen = []
+  for _, name, _, _ in _parse(template.inputs):
+    if name and name not in seen and name not in (OPTIONS_PLACEHOLDER, ANSWER_FIELD):
+      seen.append(name)
+  return seen
+
+
+def raw_template(templates: Sequence[Template], with_options: bool, prefix: str = "") -> Template:
+  """The no-instruction format of a dataset: `prefix`, then the input fields its first answer
+  template shows, one a line, then (for a dataset with options) the options list."""
+  text = prefix + "\n".join("{%s}" % name for name in input_fields(templates))
+  return Template(text + "\n{options_}" if with_options else text)
+
+
 def options_block(options: tf.Tensor) -> tf.Tensor:
   """`["yes", "no"]` -> "OPTIONS:\\n- yes\\n- no"."""
   return tf.strings.join(["OPTIONS:\n- ", tf.strings.reduce_join(options, separator="\n- ")])

@@ -67,3 +67,46 @@ def test_leave_one_cluster_out_mixtures():
     assert train and not train & held_out
     assert {task_info.lookup(t).dataset for t in evals} == held_out  # one task per template
     assert {task_info.eval_task(n, 0) for n in held_out} <= evals
+
+
+def test_pretraining_text_states_the_facts_without_any_task_format():
+  documents = embedded.pretrain_text("train")
+  assert len(documents) == embedded.PRETRAIN_EXAMPLES["train"] and len(set(documents)) > 0.9 * len(documents)
+  # Every template's fixed wording, at least four words of it, must be absent from the plain text.
+  phrases = set()
+  for *_, templates in embedded.DATASETS:
+    for template in templates:
+      for piece in template.inputs.split("{"):
+        words = piece.split("}")[-1].strip(" \n.?:\"").split()
+        if len(words) >= 4:
+          phrases.add(" ".join(words))
+  text = "\n".join(documents)
+  assert "?" not in text and "OPTIONS" not in text
+  assert not [p for p in phrases if p in text]
+  # The knowledge the held-out sentiment cluster needs is there: review phrases next to their label.
+  assert any("positive" in d and "delicious food" in d.lower() for d in documents)
+  ds = take(embedded.PRETRAIN_TASK, n=3)
+  assert all(ex["inputs_pretokenized"] == b"" and ex["targets_pretokenized"] for ex in ds)
+
+
+def test_format_ablations_show_the_raw_fields():
+  (notemplate,) = take("embedded_color_nli_notemplate", n=1)
+  (named,) = take("embedded_color_nli_datasetname", n=1)
+  raw = notemplate["inputs_pretokenized"].decode()
+  assert raw.startswith("The ") and "\nOPTIONS:\n- yes" in raw and "entail" not in raw
+  assert named["inputs_pretokenized"].decode() == "[Inference: color_nli] " + raw
+  assert notemplate["targets_pretokenized"] == named["targets_pretokenized"]
+
+
+def test_ablation_and_cluster_count_mixtures():
+  tasks = lambda name: {t.name for t in seqio.get_mixture_or_task(name).tasks}
+  base = tasks("embedded_no_sentiment")
+  for variant in embedded.VARIANTS:
+    assert tasks(f"embedded_no_sentiment_{variant}") == {f"{t}_{variant}" for t in base}
+  first = {embedded.PREFIX + n for c, n, *_ in embedded.DATASETS if c == embedded.tuning_clusters("sentiment", 1)[0]}
+  assert tasks("embedded_no_sentiment_clusters1") == first
+  assert len(tasks("embedded_no_sentiment_clusters2")) == 6
+  assert embedded.tuning_clusters("nli", 2) == ["topic", "arithmetic"]
+  scoring = tasks("embedded_eval_sentiment_scoring")
+  assert scoring and all(task_info.lookup(t).kind == "scoring" and task_info.lookup(t).template is not None
+                         for t in scoring)

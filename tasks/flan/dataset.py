@@ -7,7 +7,6 @@ what is trained on; the official validation split (or test, when there is none) 
 
 import dataclasses
 import functools
-import string
 from typing import Callable, Mapping, Optional, Sequence
 
 import seqio
@@ -15,6 +14,7 @@ import tensorflow as tf
 
 from flan_jax import task_info
 from flan_tasks import instruction, metrics
+from flan_tasks import templates as templates_lib
 from flan_tasks.flan import clusters
 from flan_tasks.templates import Template, TemplateError
 
@@ -134,22 +134,9 @@ def check(dataset: FlanDataset) -> None:
                             "not end with {options_}")
 
 
-def input_fields(dataset: FlanDataset) -> list[str]:
-  """The fields the first answer template shows, in order (no options, no answer)."""
-  template = next(t for t in dataset.templates if t.asks_for_answer)
-  seen = []
-  for _, name, _, _ in string.Formatter().parse(template.inputs):
-    if name and name not in seen and name not in ("options_", "answer"):
-      seen.append(name)
-  return seen
-
-
 def raw_template(dataset: FlanDataset, prefix: str = "") -> Template:
   """The no-instruction format: the input fields one a line (plus the options list)."""
-  text = prefix + "\n".join("{%s}" % name for name in input_fields(dataset))
-  if "options" in dataset.fields:
-    text += "\n{options_}"
-  return Template(text)
+  return templates_lib.raw_template(dataset.templates, "options" in dataset.fields, prefix)
 
 
 def name_template(dataset: FlanDataset) -> Template:
