@@ -3,6 +3,7 @@
 Reads each evaluated cell's zero-shot predictions with `reporting` (it never runs a model); see `build`.
 """
 
+import collections
 import dataclasses
 import json
 import os
@@ -132,11 +133,34 @@ def load_cell(spec: Mapping, settings: reporting.Settings) -> _Cell:
                                      **{k: spread[k] for k in ("std", "min", "max", "n_templates")}},
                    "notes": summary.datasets[d]["notes"]}
   left_out = [d for d, e in summary.datasets.items() if e["cluster"] == held_out and d not in names]
+  chosen = {d: (datasets[d]["best_template"], datasets[d]["reported_split"]) for d in names}
   entry = {**{k: spec[k] for k in CELL_FIELDS if k != "id"}, "step": step, "steps": sorted(run.steps),
-           "datasets": datasets, "left_out": left_out}  # held-out datasets without a template chosen on validation
+           "datasets": datasets, "left_out": left_out,  # held-out datasets without a template chosen on validation
+           "answers": answer_stats(run.steps[step], chosen, settings.normalization)}
   for q in reporting.QUANTITIES:
     entry[q] = {**reporting.as_json(estimates[q], settings), "n_datasets": len(names)}
   return _Cell(spec, entry, {d: summary.examples[d]["best"] for d in names}, estimates)
+
+
+def answer_stats(records: Sequence[Mapping], chosen: Mapping[str, tuple], normalization: str) -> Optional[dict]:
+  """How a cell's answers are spread over the options, on the examples its accuracy counts (each dataset's
+  chosen template, reported split): the most frequent answer and its share (percent), the accuracy of giving
+  that answer to every example, and the majority-class accuracy (the most frequent target's share), each
+  averaged over the datasets. A model that gives one answer to everything scores the middle figure."""
+  answers, targets = collections.Counter(), {}
+  for r in records:
+    scores = (r.get("scores") or {}).get(normalization)
+    if r["kind"] != "scoring" or scores is None or (r["template"], r["split"]) != chosen.get(r["dataset"]):
+      continue
+    answers[r["options"][int(np.argmax(scores))]] += 1
+    targets.setdefault(r["dataset"], []).append(r["target"])
+  if not answers:
+    return None
+  top, count = answers.most_common(1)[0]
+  share = lambda values, answer: values.count(answer) / len(values)
+  return {"top_answer": top, "top_share": 100 * count / sum(answers.values()),
+          "always_top_accuracy": 100 * float(np.mean([share(t, top) for t in targets.values()])),
+          "majority_accuracy": 100 * float(np.mean([max(share(t, a) for a in set(t)) for t in targets.values()]))}
 
 
 # The hierarchical bootstrap.
@@ -248,6 +272,10 @@ def _groups(cells: Sequence[_Cell], sizes: Mapping[str, int], settings: reportin
       est = hierarchical([c.estimates[q] for c in members], f"{h}/{size}/{condition}/{n}/{q}/seeds", settings)
       group[q] = {**reporting.as_json(est, settings), "n_seeds": len(members)}
     group["template_spread"] = _spread(members)
+    answers = [c.entry["answers"] for c in members if c.entry["answers"]]
+    means = ("top_share", "always_top_accuracy", "majority_accuracy")
+    group["answers"] = answers and {"top_answers": sorted({a["top_answer"] for a in answers}),
+                                    **{k: float(np.mean([a[k] for a in answers])) for k in means}}
     groups.append(group)
   return groups
 
@@ -450,10 +478,22 @@ def _clusters_table(report: Mapping) -> list[str]:
 def _groups_table(report: Mapping) -> list[str]:
   rows = [[g["held_out"], _size(report, g["size"]), g["condition"], str(g["n_clusters"]),
            reporting.format_estimate(g["best"]), ", ".join(f"{p['best']:.1f}" for p in g["per_seed"]),
-           reporting.format_estimate(g["template_mean"])] for g in report["groups"]]
-  return (["", "## Every group", ""]
+           reporting.format_estimate(g["template_mean"]), _answers_text(g["answers"]),
+           f"{g['answers']['always_top_accuracy']:.1f}" if g["answers"] else "-"] for g in report["groups"]]
+  majority = sorted({f"{g['answers']['majority_accuracy']:.1f}" for g in report["groups"] if g["answers"]})
+  return (["", "## Every group", "",
+           "The most common answer: the option the chosen templates give most often on the reported examples, and "
+           "its share (mean over seeds); a model that gives it to every example scores the next column. "
+           f"Answering every example with its most frequent target scores {' / '.join(majority) or '-'}.", ""]
           + reporting.markdown_table(["held-out cluster", "size", "condition", "tuning clusters",
-                                      "best-val-template accuracy [CI]", "per seed", "template mean [CI]"], rows))
+                                      "best-val-template accuracy [CI]", "per seed", "template mean [CI]",
+                                      "most common answer (share)", "always that answer"], rows))
+
+
+def _answers_text(answers: Optional[Mapping]) -> str:
+  if not answers:
+    return "-"
+  return f"{'/'.join(answers['top_answers'])} ({answers['top_share']:.0f}%)"
 
 
 def _spread_table(report: Mapping) -> list[str]:

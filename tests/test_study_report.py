@@ -235,3 +235,13 @@ def test_bad_manifests_are_one_line_errors(tmp_path, case, message):
   with pytest.raises(UserError, match=message) as e:
     study_report.build(manifest, SETTINGS)
   assert "\n" not in str(e.value)
+
+
+def test_answer_stats_show_a_model_that_gives_one_answer_to_everything():
+  records = [dict(record(d, 1, "test", i, i < 3), target=("yes" if i < 5 else "no"),
+                  scores={"none": [-1.0, -2.0]}) for d in ("imdb", "sst2") for i in range(N)]
+  records += [dict(record("imdb", 2, "test", i, True), scores={"none": [-2.0, -1.0]}) for i in range(N)]  # not chosen
+  stats = study_report.answer_stats(records, {"imdb": (1, "test"), "sst2": (1, "test")}, "none")
+  assert stats == {"top_answer": "yes", "top_share": 100.0, "always_top_accuracy": 100 * 5 / N,
+                   "majority_accuracy": 100 * (N - 5) / N}
+  assert study_report.answer_stats(records, {"imdb": (1, "test")}, "per_token") is None
