@@ -19,7 +19,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from flan_jax import cli, vocabularies
+from flan_jax import cli
 from flan_jax.errors import UserError, first_line
 from flan_jax.model import ModelConfig
 
@@ -40,6 +40,7 @@ def model_dir_of(path: str) -> str:
 
 def write_run_record(model_dir: str, config: ModelConfig, vocab) -> None:
   """Records the model config and the vocabulary (with its tokenizer file) in MODEL_DIR."""
+  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   with open(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), "w") as f:
     json.dump(dataclasses.asdict(config), f, indent=2)
   os.replace(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), os.path.join(model_dir, MODEL_CONFIG))
@@ -56,6 +57,7 @@ def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
 
 def recorded_vocabulary(model_dir: str):
   """The vocabulary a run recorded, or None (runs from before the record existed)."""
+  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   directory = os.path.join(model_dir, VOCABULARY)
   return vocabularies.load(directory) if os.path.isdir(directory) else None
 

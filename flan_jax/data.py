@@ -18,7 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax import vocabularies
+from flan_jax import partitioning, vocabularies
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -132,10 +132,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def to_global(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """Host-local rows -> global arrays whose batch dimension is split over the mesh."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+to_global = partitioning.to_global  # host-local rows -> global arrays (kept here too, beside the pipeline)
 
 
 class InputIterator:

@@ -5,7 +5,9 @@ from flan_jax import cli
 
 cli.import_tensorflow_quietly()
 
-from flan_jax import pretrained  # noqa: E402
+# pretrained imports vocabularies only where it needs one; import it before gin parses the flags, so its
+# configurables exist then (gin refuses new ones once the config is locked).
+from flan_jax import pretrained, vocabularies  # noqa: E402,F401
 
 
 def main(flags: cli.Flags) -> None:

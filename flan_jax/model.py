@@ -3,9 +3,10 @@
 Packed sequences are supported through segment ids, and a prefix mask gives bidirectional
 attention over the inputs (prefix LM; off for models pretrained causally). Optional pieces cover the
 Llama family: q/k/v biases (Qwen2), a sliding attention window (Mistral) and Llama 3 rotary
-scaling. Decoding runs through a KV cache (`Cache`). Every parameter carries logical axis names
-(`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`) that partitioning.py maps
-onto the device mesh. The block follows the Llama reference so its weights can be loaded 1:1.
+scaling. Training and scoring run the attention kernel that `ModelConfig.attention` names
+(flan_jax/attention.py); decoding runs the einsum through a KV cache (`Cache`). Every parameter
+carries logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`)
+that partitioning.py maps onto the device mesh. The block follows the Llama reference so its weights can be loaded 1:1.
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from flan_jax import attention as attention_lib
 from flan_jax.errors import UserError
 
 Array = jax.Array
@@ -59,6 +61,11 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype, e.g. "bfloat16"
   param_dtype: str = "float32"  # master weights
   remat_policy: str = "none"  # one of REMAT_POLICIES
+  # Attention kernel for training and scoring: "einsum" (the reference), "xla" or "cudnn"
+  # (jax.nn.dot_product_attention) or "blocked" (flash-style, O(length * block) memory); see
+  # flan_jax/attention.py and docs/models.md. Decoding with the KV cache always uses einsum.
+  attention: str = "einsum"
+  attention_block_size: int = 512  # query and key block length of "blocked"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -70,6 +77,10 @@ class ModelConfig:
       raise UserError(f"ModelConfig.rope_scaling={self.rope_scaling!r}; choose one of {list(ROPE_SCALINGS)}")
     if self.remat_policy not in REMAT_POLICIES:
       raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
+    if self.attention not in attention_lib.IMPLEMENTATIONS:
+      raise UserError(f"ModelConfig.attention={self.attention!r}; choose one of {list(attention_lib.IMPLEMENTATIONS)}")
+    if self.attention_block_size < 1:
+      raise UserError(f"ModelConfig.attention_block_size={self.attention_block_size} must be positive")
 
   def num_params(self) -> int:
     d, f, h = self.d_model, self.d_ff, self.head_dim
@@ -204,17 +215,34 @@ def cached_attention_mask(positions: Array, segment_ids: Array, prefix: Array, c
   return mask[:, None, None]
 
 
+# What Attention gets to mask with: a boolean mask [batch or 1, 1, 1, q, k] (einsum, xla, cudnn, and
+# the cache), None for plain causal attention (xla, cudnn), or the mask's inputs (blocked).
+MaskArg = Optional[Array | attention_lib.MaskInputs]
+
+
+def attention_mask_arg(config: ModelConfig, length: int, segment_ids: Optional[Array],
+                       prefix_mask: Optional[Array]) -> MaskArg:
+  """The `mask` argument of Attention without a cache, in the form config.attention takes."""
+  prefix = prefix_mask if config.prefix_lm else None
+  if config.attention == "blocked":
+    return attention_lib.MaskInputs(segment_ids, None if prefix is None else prefix.astype(bool))
+  if config.attention != "einsum" and segment_ids is None and prefix is None:
+    return None  # is_causal (and local_window_size) in jax.nn.dot_product_attention
+  return attention_mask(length, segment_ids, prefix, config.sliding_window)
+
+
 class Attention(nn.Module):
   """Grouped-query attention, returning (output, this call's keys and values or None).
 
-  With `kv` (cached keys and values, each [batch, kv_heads, slots, head_dim]) the new keys and
-  values take slots index..index+length-1, the queries attend over every slot as `mask` allows,
-  and the new keys and values come back as [batch, kv_heads, length, head_dim] for the cache.
+  Without `kv` it runs ModelConfig.attention's kernel, and `mask` is attention_mask_arg's. With
+  `kv` (cached keys and values, each [batch, kv_heads, slots, head_dim]) it runs the einsum: the new
+  keys and values take slots index..index+length-1, the queries attend over every slot as `mask`
+  allows, and the new keys and values come back as [batch, kv_heads, length, head_dim] for the cache.
   """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array, kv: Optional[tuple[Array, Array]] = None,
+  def __call__(self, x: Array, mask: MaskArg, positions: Array, kv: Optional[tuple[Array, Array]] = None,
                index: Optional[Array] = None) -> tuple[Array, Optional[tuple[Array, Array]]]:
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -235,6 +263,19 @@ class Attention(nn.Module):
     q = apply_rotary(q, positions, inv_freq)
     key = apply_rotary(key, positions, inv_freq)
     q = constrain(q, "activation_batch", "activation_length", "activation_heads", None)
+    # The cache path runs the einsum; so does creating parameters (every kernel makes the same ones),
+    # which keeps init and eval_shape free of backend checks.
+    kernel = "einsum" if kv is not None or self.is_initializing() else cfg.attention
+    if kernel == "blocked":
+      out = attention_lib.blocked_attention(q, key, value, mask.segment_ids, mask.prefix,
+                                            block_size=cfg.attention_block_size, sliding_window=cfg.sliding_window)
+      return jnp.einsum("btnh,nhd->btd", out, wo), None
+    if kernel in ("xla", "cudnn"):
+      out = attention_lib.dot_product_attention(q, key, value, None if mask is None else mask[:, 0],
+                                                implementation=kernel, sliding_window=cfg.sliding_window)
+      return jnp.einsum("btnh,nhd->btd", out, wo), None
+    if kv is None and cfg.attention != "einsum":  # initializing: the einsum needs the dense mask
+      mask = attention_mask(x.shape[1], None, None, cfg.sliding_window)
     kv_dims, new_kv = "bskh", None
     if kv is not None:  # the cache keeps [b, k, s, h], the layout the attention products read
       kv_dims, new_kv = "bksh", (key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3))
@@ -274,7 +315,7 @@ class Block(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array, kv: Optional[tuple[Array, Array]] = None,
+  def __call__(self, x: Array, mask: MaskArg, positions: Array, kv: Optional[tuple[Array, Array]] = None,
                index: Optional[Array] = None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name=name)
@@ -308,8 +349,7 @@ class Transformer(nn.Module):
     else:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-      mask = attention_mask(tokens.shape[1], segment_ids, prefix_mask if cfg.prefix_lm else None,
-                            cfg.sliding_window)
+      mask = attention_mask_arg(cfg, tokens.shape[1], segment_ids, prefix_mask)
 
     embedding = self.param("embedding", nn.with_logical_partitioning(_init(1.0), ("vocab", "embed")),
                            (cfg.vocab_size, cfg.d_model), pdtype)

@@ -5,8 +5,9 @@ optimizer state sharded) and `tensor` (tensor parallelism). Logical names on par
 activations map onto them through a table of rules set in gin, so a new layout is a gin change.
 """
 
+import collections
 import contextlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import gin
@@ -115,6 +116,22 @@ def sharded_param_structs(model: nn.Module, mesh: Mesh, rules: tuple) -> Any:
 def batch_sharding(mesh: Mesh, rules: tuple) -> NamedSharding:
   """Batches split their leading dimension over the axes of the `batch` rule."""
   return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
+
+
+def to_global(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Host-local rows -> global arrays whose batch dimension is split over the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def sharded_bytes(tree: Any) -> tuple[int, dict[jax.Device, int]]:
+  """(bytes of the tree's arrays, bytes of them on each of this process's devices): the second sums, over
+  leaves, the bytes of each leaf's shards on that device (a replicated leaf counts in full on each)."""
+  per_device = collections.Counter()
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      per_device[shard.device] += shard.data.nbytes
+  return sum(leaf.nbytes for leaf in jax.tree.leaves(tree)), dict(per_device)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax import checkpointing, partitioning, safetensors_io, vocabularies
+from flan_jax import checkpointing, partitioning, safetensors_io
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
@@ -324,6 +324,7 @@ def restore_params(path: str, config: ModelConfig, mesh: jax.sharding.Mesh, rule
 
 def starting_vocabulary(path: str):
   """The vocabulary of a pretrained model or of a flan_jax run directory; None if it has none."""
+  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   if is_pretrained(path):
     try:
       return vocabularies.pretrained_vocabulary(path)
@@ -420,6 +421,7 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
   The model config and vocabulary are the ones the run recorded; the tokenizer file is copied
   with a tokenizer_config.json, so `transformers.AutoTokenizer` loads it too.
   """
+  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   if not checkpoint_path:
     raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
   if not output_dir:
@@ -454,6 +456,7 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
 
 def _save_tokenizer(vocab, output_dir: str) -> None:
   """The tokenizer file plus a tokenizer_config.json naming its class and special tokens."""
+  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   vocabularies.save(vocab, output_dir)
   record = vocabularies.describe(vocab)
   if record["kind"] == "huggingface":

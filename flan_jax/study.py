@@ -24,7 +24,9 @@ from flan_jax import cli
 
 cli.import_tensorflow_quietly()
 
-from flan_jax import contamination, evaluation, study_report, task_info, trainer  # noqa: E402
+import seqio  # noqa: E402
+
+from flan_jax import checkpointing, contamination, evaluation, pretrained, study_report, task_info, trainer  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
 
 CONDITIONS = ("base", "instructions", "notemplate", "datasetname")
@@ -189,7 +191,6 @@ def _steps(bindings: Mapping[str, Any]) -> Optional[int]:
 
 def num_clusters(mixture: str) -> int:
   """The number of distinct clusters among a mixture's tasks (as the collection registered them)."""
-  import seqio
   tasks = seqio.get_mixture_or_task(mixture)
   names = [t.name for t in getattr(tasks, "tasks", [tasks])]
   return len({task_info.lookup(n).cluster for n in names})
@@ -278,10 +279,10 @@ def check_contamination(design: Design, cells: Sequence[Cell]) -> dict:
   records = _read_json(path) or {}
   for mixture, held_out in sorted({(c.mixture, c.held_out) for c in cells if c.mixture}):
     key = f"{mixture} vs {held_out}"
-    if key in records and records[key]["n"] == design.contamination_ngram:
+    done = records.get(key)
+    if done and (done["n"], done["max_dirty_fraction"]) == (design.contamination_ngram, design.max_dirty_fraction):
       continue
     eval_mixture = design.eval_mixture.format(held_out=held_out)
-    import seqio
     eval_tasks = [t.name for t in seqio.get_mixture_or_task(eval_mixture).tasks]
     records[key] = contamination.check(mixture, eval_tasks, n=design.contamination_ngram,
                                        max_dirty_fraction=design.max_dirty_fraction)
@@ -353,7 +354,9 @@ def manifest(design: Design, cells: Sequence[Cell], jobs: Sequence[Job]) -> dict
 
 
 def _params(cell: Cell) -> Optional[int]:
-  from flan_jax import checkpointing
+  """The parameter count of the cell's model: from its run's record, or from a pretrained model's config."""
+  if pretrained.is_pretrained(cell.checkpoint):
+    return pretrained.pretrained_model_config(cell.checkpoint).num_params()
   config = checkpointing.recorded_model_config(checkpointing.model_dir_of(cell.checkpoint))
   return config.num_params() if config else None
 

@@ -1,23 +1,18 @@
-"""The train state, the loss, the sharded train step, and the loop that runs them with checkpoints.
+"""The training loop: the sharded train step (flan_jax.step) on the seqio pipeline, with checkpoints.
 
-The step is compiled once with `jax.jit` and explicit in/out shardings over the mesh (the pjit
-pattern): parameters and optimizer state are placed by the logical-axis rules, batches are split
-over the data axes, and XLA inserts the collectives.
+The train state, the loss and the step are defined in flan_jax.step (JAX alone, without TensorFlow)
+and re-exported here: `trainer.setup`, `trainer.compile_train_step`, `trainer.TrainState` and the rest.
 """
 
 import contextlib
-import dataclasses
 import errno
-import functools
 import math
 import os
 import re
 import signal
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
-import flax
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -27,138 +22,8 @@ from flan_jax import accounting, checkpointing, errors, optimizers, partitioning
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
 from flan_jax.errors import DiskFullError, UserError
-from flan_jax.model import ModelConfig, Transformer, apply_to_features
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                  z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Sums over weighted tokens: (loss, weight, correct). logits [b, t, v] float32."""
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  loss = log_z - target_logit + z_loss * jnp.square(log_z)
-  weights = weights.astype(jnp.float32)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return jnp.sum(loss * weights), jnp.sum(weights), jnp.sum(correct * weights)
-
-
-def loss_fn(params, batch, *, model: Transformer, z_loss: float, dropout_rng: Optional[jax.Array]):
-  """Summed loss over target tokens, and (weight, correct) for normalising and metrics."""
-  rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-  logits = apply_to_features(model, params, batch, deterministic=dropout_rng is None, rngs=rngs)
-  loss, weight, correct = cross_entropy(logits, batch["decoder_target_tokens"],
-                                        batch["decoder_loss_weights"], z_loss)
-  return loss, (weight, correct)
-
-
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Transformer,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, num_microbatches: int = 1,
-               z_loss: float = 0.0, dropout_seed: Optional[int] = None) -> tuple[TrainState, dict]:
-  """One optimizer update on a global batch, accumulating gradients over microbatches.
-
-  Gradients are of the summed token loss and are divided by the total number of target tokens
-  at the end, so k microbatches give the same update as one batch k times larger.
-  """
-  dropout_rng = None
-  if dropout_seed is not None:
-    dropout_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def micro(i, mb):
-    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-    (loss, (weight, correct)), grads = grad_fn(state.params, mb, model=model, z_loss=z_loss, dropout_rng=rng)
-    return grads, jnp.stack([loss, weight, correct])
-
-  if num_microbatches == 1:
-    grads, sums = micro(0, batch)
-  else:
-    # Microbatch i takes rows i, i+k, i+2k, ...: every microbatch draws from every data shard.
-    split = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1),
-        dict(batch))
-
-    def body(carry, inputs):
-      grads, sums = micro(*inputs)
-      return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-    zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(3, jnp.float32))
-    (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), split))
-
-  loss, weight, correct = sums[0], jnp.maximum(sums[1], 1.0), sums[2]
-  grads = jax.tree.map(lambda g: g / weight, grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss / weight, "accuracy": correct / weight, "learning_rate": schedule(state.step),
-             "grad_norm": optax.tree.norm(grads), "target_tokens": sums[1]}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything derived from (model config, mesh, optimizer): shapes, shardings, compiled fns."""
-  model: Transformer
-  mesh: jax.sharding.Mesh
-  rules: tuple
-  state_shapes: TrainState  # ShapeDtypeStructs without shardings
-  state_shardings: TrainState
-  batch_sharding: jax.sharding.NamedSharding
-  init: Callable[[jax.Array], TrainState]
-
-  @property
-  def sharded_param_structs(self) -> Any:
-    """Parameter ShapeDtypeStructs carrying their shardings: a restore target for orbax."""
-    return partitioning.with_shardings(self.state_shapes.params, self.state_shardings.params)
-
-  @property
-  def sharded_opt_state_structs(self) -> Any:
-    """Optimizer-state ShapeDtypeStructs carrying their shardings: a restore target for orbax."""
-    return partitioning.with_shardings(self.state_shapes.opt_state, self.state_shardings.opt_state)
-
-
-def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.GradientTransformation,
-          seq_len: int = 8) -> Setup:
-  """Works out every shape and sharding of the train state without allocating it."""
-  model = Transformer(config)
-  init_boxed = partitioning.param_init_fn(model, seq_len)
-  param_shapes, param_shardings = partitioning.param_shapes_and_shardings(init_boxed, mesh, rules)
-  opt_shapes = jax.eval_shape(tx.init, param_shapes)
-  opt_shardings = partitioning.state_shardings_like(opt_shapes, param_shapes, param_shardings, mesh)
-  scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  state_shapes = TrainState(step=scalar, params=param_shapes, opt_state=opt_shapes)
-  state_shardings = TrainState(step=partitioning.replicated(mesh), params=param_shardings,
-                               opt_state=opt_shardings)
-
-  @functools.partial(jax.jit, out_shardings=state_shardings)
-  def init(rng):
-    params = nn.unbox(init_boxed(rng))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  def init_fn(rng):
-    with partitioning.activate(mesh, rules):
-      return init(rng)
-
-  return Setup(model, mesh, rules, state_shapes, state_shardings,
-               partitioning.batch_sharding(mesh, rules), init_fn)
-
-
-def compile_train_step(s: Setup, tx, schedule, **step_kwargs) -> Callable:
-  """The jitted step with explicit shardings; the mesh and rules are active when it traces."""
-  step = jax.jit(functools.partial(train_step, model=s.model, tx=tx, schedule=schedule, **step_kwargs),
-                 in_shardings=(s.state_shardings, s.batch_sharding),
-                 out_shardings=(s.state_shardings, partitioning.replicated(s.mesh)),
-                 donate_argnums=(0,))
-
-  def run(state, batch):
-    with partitioning.activate(s.mesh, s.rules):
-      return step(state, batch)
-
-  return run
+from flan_jax.model import ModelConfig, Transformer  # noqa: F401
+from flan_jax.step import Setup, TrainState, compile_train_step, cross_entropy, loss_fn, setup, train_step  # noqa: F401
 
 
 class _StopSignal:

@@ -10,7 +10,9 @@ models/tiny.gin), `--gin.NAME=VALUE` and `--gin_search_paths=DIR,DIR`.
 MFU = (6 * N * tokens + attention FLOPs) / step time / (devices * peak), where N counts the
 parameters used in matmuls (all but the embedding lookup table, unless it is tied to the output
 layer) and the peak is a large matmul in the model's compute dtype measured in the same run.
-Prints a table and writes the figures as JSON (--output).
+Memory: the peak in use, and per device the parameters and optimizer state it holds (the bytes of
+its shards of the initialised arrays) beside total / devices, which fsdp should reach.
+Prints a table and writes the figures as JSON (--output). Needs JAX, not TensorFlow or seqio.
 
 --compare_torch also times the same model in PyTorch (transformers' LlamaForCausalLM from the
 config flan_jax exports, float32, torch.optim.AdamW with flan_jax's optimizer settings and
@@ -26,6 +28,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Iterator, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +37,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flan_jax import cli, data, optimizers, partitioning, pretrained, trainer  # noqa: E402
+# No TensorFlow or seqio on this path (tests/test_benchmark.py checks): it runs where only JAX is installed.
+from flan_jax import cli, optimizers, partitioning, pretrained  # noqa: E402
+from flan_jax import step as step_lib  # noqa: E402
 from flan_jax.errors import UserError, first_line  # noqa: E402
 from flan_jax.model import ModelConfig  # noqa: E402
 
@@ -70,6 +75,57 @@ def synthetic_batch(batch: int, seq_len: int, vocab: int, half_prefix: bool) -> 
   if half_prefix:
     out["decoder_causal_attention"] = (np.arange(seq_len) < seq_len // 2).astype(np.int32)[None].repeat(batch, 0)
   return out
+
+
+def time_train_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, host_batch: dict, *, steps: int,
+                    warmup: int, num_microbatches: int = 1,
+                    feed: Optional[Iterator[dict]] = None) -> tuple[dict, step_lib.TrainState]:
+  """Compiles the sharded train step for `host_batch`'s shape and times `steps` steps after `warmup`.
+
+  Returns (the figures, the final train state). The state's memory is measured after init from the
+  arrays themselves: per device, the bytes of its shards of the parameters and optimizer state.
+  With `feed` (host-local batches of the same shape) it then times `steps` more steps that take their
+  batches from it, as the trainer's loop does: the next batch is read while the step before runs.
+  """
+  schedule = optimizers.make_schedule(steps + warmup)
+  tx = optimizers.make_optimizer(schedule)
+  batch_size, seq_len = host_batch["decoder_input_tokens"].shape
+  s = step_lib.setup(cfg, mesh, rules, tx, seq_len=seq_len)
+  step = step_lib.compile_train_step(s, tx, schedule, num_microbatches=num_microbatches)
+  state = s.init(jax.random.key(0))
+  state_bytes, per_device = partitioning.sharded_bytes((state.params, state.opt_state))
+  batch = partitioning.to_global(host_batch, s.batch_sharding)
+
+  compile_start = time.perf_counter()
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  compile_seconds = time.perf_counter() - compile_start
+  for _ in range(warmup - 1):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  step_time = statistics.median(times)
+  even_split = state_bytes / jax.device_count()
+  result = {"compile_seconds": compile_seconds, "step_seconds_median": step_time, "step_seconds_min": min(times),
+            "tokens_per_second": batch_size * seq_len / step_time, "final_loss": float(metrics["loss"]),
+            "state_bytes_total": state_bytes, "state_bytes_even_split": even_split,
+            "state_bytes_per_device_max": max(per_device.values()),
+            "state_bytes_per_device_min": min(per_device.values()),
+            "state_per_device_over_even_split": max(per_device.values()) / even_split}
+  if feed is not None:
+    start, previous = time.perf_counter(), None
+    for _ in range(steps):  # waits for each step's metrics one step behind, as the trainer does
+      state, metrics = step(state, partitioning.to_global(next(feed), s.batch_sharding))
+      jax.block_until_ready(previous)
+      previous = metrics
+    jax.block_until_ready(metrics)
+    result["fed_tokens_per_second"] = steps * batch_size * seq_len / (time.perf_counter() - start)
+  return result, state
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -151,7 +207,7 @@ def benchmark_torch(cfg: ModelConfig, tokens: np.ndarray, *, steps: int, warmup:
 GIN_FLAGS = ("--gin_file", "--gin_search_paths")
 
 
-def split_gin_flags(argv) -> tuple[list[str], list[str]]:
+def split_gin_flags(argv, default_gin_file: str = "models/tiny.gin") -> tuple[list[str], list[str]]:
   """(the gin flags, parsed as the binaries parse them; the benchmark's own flags)."""
   gin_args, rest = [], []
   args = list(argv)
@@ -165,7 +221,7 @@ def split_gin_flags(argv) -> tuple[list[str], list[str]]:
     else:
       rest.append(arg)
   if not any(a.partition("=")[0] == "--gin_file" for a in gin_args):
-    gin_args.insert(0, "--gin_file=models/tiny.gin")
+    gin_args.insert(0, f"--gin_file={default_gin_file}")
   return gin_args, rest
 
 
@@ -191,35 +247,15 @@ def main(argv=None) -> dict:
   cli.configure_gin(cli.parse_flags(gin_args))
   cfg = ModelConfig()
   mesh = partitioning.make_mesh()
-  rules = partitioning.axis_rules()
-  schedule = optimizers.make_schedule(args.steps + args.warmup)
-  tx = optimizers.make_optimizer(schedule)
-  s = trainer.setup(cfg, mesh, rules, tx, seq_len=args.seq_len)
-  step = trainer.compile_train_step(s, tx, schedule, num_microbatches=args.num_microbatches)
-  state = s.init(jax.random.key(0))
   host_batch = synthetic_batch(args.batch_size, args.seq_len, min(cfg.vocab_size, 32000), True)
-  batch = data.to_global(host_batch, s.batch_sharding)
-
-  compile_start = time.perf_counter()
-  state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_seconds = time.perf_counter() - compile_start
-  for _ in range(args.warmup - 1):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
+  timed, state = time_train_step(cfg, mesh, partitioning.axis_rules(), host_batch, steps=args.steps,
+                                 warmup=args.warmup, num_microbatches=args.num_microbatches)
 
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"
   size = args.matmul_size or (2048 if on_cpu else 8192)
   peak = measure_peak_flops(cfg.dtype, size)
-  step_time = statistics.median(times)
-  tokens = args.batch_size * args.seq_len
+  step_time = timed["step_seconds_median"]
   flops = model_flops_per_step(cfg, args.batch_size, args.seq_len)
   memory, memory_kind = peak_memory_bytes()
   result = {
@@ -228,22 +264,26 @@ def main(argv=None) -> dict:
       "params": cfg.num_params(), "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
       "remat_policy": cfg.remat_policy, "batch_size": args.batch_size, "seq_len": args.seq_len,
       "num_microbatches": args.num_microbatches, "steps_timed": args.steps,
-      "compile_seconds": compile_seconds, "step_seconds_median": step_time,
-      "step_seconds_min": min(times), "tokens_per_second": tokens / step_time,
+      "compile_seconds": timed["compile_seconds"], "step_seconds_median": step_time,
+      "step_seconds_min": timed["step_seconds_min"], "tokens_per_second": timed["tokens_per_second"],
       "model_flops_per_step": flops, "matmul_size": size, "peak_flops_per_device_measured": peak,
       "mfu": flops / step_time / (peak * jax.device_count()),
-      "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "final_loss": float(metrics["loss"]),
+      "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "final_loss": timed["final_loss"],
+      **{k: v for k, v in timed.items() if k.startswith("state_")},
   }
   rows = [("device", f"{result['device']} x{result['num_devices']}"), ("mesh", str(result["mesh"])),
           ("parameters", f"{result['params']:,}"), ("dtype", f"{cfg.dtype} (params {cfg.param_dtype})"),
-          ("batch x seq", f"{args.batch_size} x {args.seq_len}"), ("compile", f"{compile_seconds:.1f} s"),
+          ("batch x seq", f"{args.batch_size} x {args.seq_len}"), ("compile", f"{timed['compile_seconds']:.1f} s"),
           ("step time (median)", f"{step_time * 1e3:.1f} ms"), ("tokens/s", f"{result['tokens_per_second']:,.0f}"),
           ("model TFLOP/step", f"{flops / 1e12:.3f}"),
           ("measured peak / device", f"{peak / 1e12:.2f} TFLOP/s ({size}^2 {cfg.dtype} matmul)"),
-          ("MFU", f"{100 * result['mfu']:.1f}%"), ("peak memory", f"{memory / 2**30:.2f} GiB ({memory_kind})")]
+          ("MFU", f"{100 * result['mfu']:.1f}%"), ("peak memory", f"{memory / 2**30:.2f} GiB ({memory_kind})"),
+          ("params + opt state / device", f"{timed['state_bytes_per_device_max'] / 2**20:.2f} MiB at most "
+           f"(total {timed['state_bytes_total'] / 2**20:.2f} MiB / {jax.device_count()} = "
+           f"{timed['state_bytes_even_split'] / 2**20:.2f} MiB; x{timed['state_per_device_over_even_split']:.3f})")]
   if args.compare_torch:
     flan_jax_params = sum(x.size for x in jax.tree.leaves(state.params))
-    del state, step, batch
+    del state
     threads = args.torch_threads or os.cpu_count()
     torch_result = benchmark_torch(cfg, host_batch["decoder_input_tokens"], steps=args.steps, warmup=args.warmup,
                                    threads=threads)

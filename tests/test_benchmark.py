@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import pytest
@@ -29,6 +31,10 @@ def test_benchmark_writes_consistent_figures(tmp_path):
   expected_mfu = saved["model_flops_per_step"] / saved["step_seconds_median"] / peak
   assert abs(saved["mfu"] - expected_mfu) < 1e-12 and saved["mfu"] > 0
   assert saved["peak_memory_bytes"] > 0 and result["final_loss"] > 0
+  # Parameters and optimizer state are split over fsdp=2 and tensor=2 and copied over data=2.
+  assert saved["state_bytes_even_split"] == saved["state_bytes_total"] / 8
+  assert saved["state_bytes_per_device_min"] <= saved["state_bytes_per_device_max"]
+  assert saved["state_bytes_total"] / 4 <= saved["state_bytes_per_device_max"] <= saved["state_bytes_total"] / 2
 
 
 def test_benchmark_compares_with_torch(tmp_path):
@@ -62,3 +68,44 @@ def test_resume_benchmark_restores_the_same_batch_as_skipping(tmp_path):
                      f"--output={out}"])
   assert [r["step"] for r in rows] == [2, 5] and all(r["same_batch"] for r in rows)
   assert json.load(open(out))["results"] == rows
+
+
+WITHOUT_TENSORFLOW = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("benchmark_train", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+loaded = sorted({name.split(".")[0] for name in sys.modules} & {"tensorflow", "seqio"})
+assert not loaded, f"importing scripts/benchmark_train.py imported {loaded}"
+sys.modules["tensorflow"] = sys.modules["seqio"] = None  # as where they are not installed: importing them fails
+bench.main(["--gin_file=models/tiny.gin", "--batch_size=8", "--seq_len=16", "--steps=1", "--warmup=1",
+            "--matmul_size=64", "--output=" + sys.argv[2]])
+"""
+
+
+def test_benchmark_needs_neither_tensorflow_nor_seqio(tmp_path):
+  """The train benchmark imports and runs on a machine with JAX but no TensorFlow or seqio (a GPU host)."""
+  out = tmp_path / "bench.json"
+  run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, os.path.join(ROOT, "scripts", "benchmark_train.py"),
+                        str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert json.load(open(out))["tokens_per_second"] > 0
+
+
+@pytest.mark.parametrize("mixture, mock", [("embedded_no_topic", False), ("flan_cb", True)])
+def test_pipeline_benchmark_runs_on_a_few_batches(tmp_path, mixture, mock):
+  spec = importlib.util.spec_from_file_location("benchmark_pipeline",
+                                                os.path.join(ROOT, "scripts", "benchmark_pipeline.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "pipeline.json"
+  try:
+    bench.main([f"--mixture={mixture}", "--gin_file=models/tiny.gin", "--batch_size=8", "--inputs=64", "--targets=16",
+                "--batches=2", "--warmup_batches=1", "--steps=2", "--warmup=1", f"--output={out}"]
+               + (["--mock_tfds", "--mock_examples=4"] if mock else []))
+  finally:
+    gin.clear_config()
+  saved = json.load(open(out))
+  assert saved["mixture"] == mixture and saved["mock_tfds"] == mock and saved["pipeline"]["batches_timed"] == 2
+  assert saved["ratio"] == saved["pipeline"]["tokens_per_second"] / saved["trainer"]["tokens_per_second"]
+  assert 0 < saved["pipeline"]["packing_efficiency"] <= 1 and saved["trainer"]["fed_tokens_per_second"] > 0

@@ -7,10 +7,12 @@ import gin
 import jax
 import pytest
 
-from flan_jax import optimizers, partitioning, trainer
+from flan_jax import optimizers, partitioning, step, trainer
+from flan_jax.model import ModelConfig
 from tests.conftest import TINY
 
-MESH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin", "mesh")
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+MESH_DIR = os.path.join(GIN_DIR, "mesh")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(MESH_DIR, "*.gin"))))
@@ -48,3 +50,20 @@ def test_adafactor_state_is_sharded_where_it_mirrors_params():
   shardings = jax.tree.leaves(s.state_shardings.opt_state)
   assert any(sh.spec != jax.sharding.PartitionSpec() for sh in shardings)  # full-size moments split
   assert len(jax.tree.leaves(state.opt_state)) == len(shardings)
+
+
+def test_fsdp_splits_params_and_optimizer_state_evenly():
+  """On 8 fsdp devices each holds ~1/8 of mini.gin's parameters and AdamW state (what benchmark_train reports)."""
+  gin.clear_config()
+  gin.parse_config_file(os.path.join(GIN_DIR, "models", "mini.gin"))
+  try:
+    config = ModelConfig()
+  finally:
+    gin.clear_config()
+  mesh = partitioning.make_mesh(data=1, fsdp=8)
+  tx = optimizers.make_optimizer(optimizers.make_schedule(10))
+  state = step.setup(config, mesh, partitioning.axis_rules(), tx).init(jax.random.key(0))
+  total, per_device = partitioning.sharded_bytes((state.params, state.opt_state))
+  assert sorted(d.id for d in per_device) == list(range(8))
+  assert total == sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
+  assert max(per_device.values()) <= 1.05 * total / 8, (per_device, total)

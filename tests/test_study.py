@@ -115,7 +115,8 @@ def test_print_lists_every_job_as_a_binary_command(micro, capsys):
   commands = [line for line in lines if line.startswith("python -m")]
   assert len(commands) == 6  # 2 x (pretraining, tuning, eval)
   assert sum("flan_jax.eval" in c for c in commands) == 2
-  assert all("[done]" in line for line in lines if line.startswith("#"))
+  assert all("[done]" in line for line in lines if line.startswith("# ") and "training jobs" not in line)
+  assert lines[-1] == "# 4 training jobs: 28 steps, 35,840 tokens (steps x batch x sequence length); 2 eval jobs"
 
 
 def test_a_design_that_trains_on_the_held_out_cluster_is_refused(micro, tmp_path):
@@ -139,3 +140,27 @@ def test_bad_designs_are_one_line(tmp_path):
   with pytest.raises(UserError, match="study.pretrain"):
     study.check(study.Design("x", str(tmp_path), {"tiny": []}, [0], ["sentiment"], ["base"], [], None,
                              {}, {}, {}, [], [], "", "", "", "", 13, 0.01))
+
+
+def test_a_study_from_a_hugging_face_checkpoint(tmp_path):
+  """The at-scale path in miniature: no pretraining phase, tuning and eval from a model on disk."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from tests import tiny_pretrained
+  model = str(tmp_path / "hf_llama")
+  tiny_pretrained.build("llama", model)
+  gin_file = tmp_path / "hf.gin"
+  gin_file.write_text(MICRO + f"""
+study.sizes = {{'hf': []}}
+study.seeds = [0]
+study.base_checkpoints = {{'hf': '{model}'}}
+study.train_gin = ['runs/finetune_hf.gin']
+study.tune = {{'TASK_FEATURE_LENGTHS': %LENGTHS, 'TRAIN_STEPS': 2, 'BATCH_SIZE': 8, 'CHECKPOINT_PERIOD': 2}}
+""")
+  report = run_study(str(gin_file), f"STUDY_DIR = '{tmp_path / 'out'}'")
+  assert {c["condition"] for c in report["cells"].values()} == {"base", "instructions"}
+  assert not os.path.exists(tmp_path / "out" / "runs" / "hf_seed0" / "pretrain")
+  with open(tmp_path / "out" / "runs" / "hf_seed0" / "embedded_no_sentiment" / "model_config.json") as f:
+    tuned = json.load(f)
+  with open(os.path.join(model, "config.json")) as f:
+    assert tuned["vocab_size"] == json.load(f)["vocab_size"]  # the checkpoint's shape and tokenizer

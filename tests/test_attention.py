@@ -1,0 +1,197 @@
+"""Tests for flan_jax/attention.py: every kernel ModelConfig.attention can choose equals the einsum.
+
+Equal means forward outputs and gradients (w.r.t. q, k, v, and w.r.t. a tiny model's parameters)
+agree at float32 within TOL relative to the reference's largest magnitude, with packing (several
+segments and padding per row), the prefix-LM mask, GQA (4 heads, 2 kv heads) and, for the kernels,
+a sliding window; on one device and on an 8-device (data 2, fsdp 2, tensor 2) mesh.
+"""
+
+import dataclasses
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax import attention, partitioning
+from flan_jax.errors import UserError
+from flan_jax.model import ModelConfig, Transformer, attention_mask, init_cache
+
+TOL = 1e-5  # max |got - want| <= TOL * max |want|, per array (float32)
+
+B, T, N, K, H = 2, 40, 4, 2, 8
+SEGMENTS = np.array([[1] * 11 + [2] * 17 + [3] * 7 + [0] * 5,  # three examples, then padding
+                     [1] * 23 + [2] * 17])
+PREFIX = np.array([[1] * 4 + [0] * 7 + [1] * 6 + [0] * 11 + [1] * 3 + [0] * 4 + [0] * 5,
+                   [1] * 9 + [0] * 14 + [1] * 5 + [0] * 12]).astype(bool)
+POSITIONS = np.array([list(range(11)) + list(range(17)) + list(range(7)) + [0] * 5,
+                      list(range(23)) + list(range(17))])
+
+
+def assert_close(got, want):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    g, w = np.asarray(g), np.asarray(w)
+    scale, err = np.max(np.abs(w)), np.max(np.abs(g - w))
+    assert err <= TOL * scale, f"max error {err:.2e} > {TOL} x {scale:.2e}"
+
+
+def reference(q, k, v, seg, prefix, window):
+  """model.Attention's einsum path on q [b, t, n, h], k/v [b, t, k, h]."""
+  b, t, n, h = q.shape
+  mask = attention_mask(t, seg, prefix, window)
+  logits = jnp.einsum("btkgh,bskh->bkgts", q.reshape(b, t, k.shape[2], -1, h), k) / jnp.sqrt(h)
+  probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+  return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
+
+
+def kernel(name, block_size):
+  """f(q, k, v, segment_ids, prefix, sliding_window) for the kernel `name`."""
+  if name == "blocked":
+    return lambda q, k, v, seg, prefix, window: attention.blocked_attention(
+        q, k, v, seg, prefix, block_size=block_size, sliding_window=window)
+
+  def xla(q, k, v, seg, prefix, window):
+    mask = None if seg is None and prefix is None else attention_mask(q.shape[1], seg, prefix, window)[:, 0]
+    return attention.dot_product_attention(q, k, v, mask, implementation="xla", sliding_window=window)
+  return xla
+
+
+@pytest.fixture(scope="module")
+def qkv():
+  rng = np.random.default_rng(0)
+  shapes = [(B, T, N, H), (B, T, K, H), (B, T, K, H), (B, T, N, H)]
+  return tuple(jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)  # q, k, v, output cotangent
+
+
+REFERENCE_OUTPUTS = {}  # masks -> the einsum's outputs and gradients
+
+
+@pytest.mark.parametrize("name,block_size,masks", [
+    ("xla", None, "packed+prefix"), ("xla", None, "causal+window"),
+    ("blocked", 8, "packed+prefix"), ("blocked", 8, "packed+prefix+window"), ("blocked", 8, "causal+window"),
+    ("blocked", 8, "causal"),
+    ("blocked", 16, "packed+prefix"),  # a partial last block: 40 = 2 x 16 + 8
+    ("blocked", 64, "prefix"),  # one block, longer than the sequence
+])
+def test_kernel_and_its_gradients_equal_the_einsum(qkv, name, block_size, masks):
+  q, k, v, cotangent = qkv
+  seg = jnp.asarray(SEGMENTS) if "packed" in masks else None
+  prefix = jnp.asarray(PREFIX) if "prefix" in masks else None
+  window = 6 if "window" in masks else None
+  f = kernel(name, block_size)
+
+  def outputs(fn):
+    fn = functools.partial(fn, seg=seg, prefix=prefix, window=window)
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
+    return jax.jit(lambda q, k, v: (fn(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)))(q, k, v)
+
+  if masks not in REFERENCE_OUTPUTS:
+    REFERENCE_OUTPUTS[masks] = outputs(reference)
+  assert_close(outputs(f), REFERENCE_OUTPUTS[masks])
+
+
+def test_blocked_never_builds_a_length_by_length_array(qkv):
+  q, k, v, cotangent = qkv
+  seg, prefix = jnp.asarray(SEGMENTS), jnp.asarray(PREFIX)
+  loss = lambda q, k, v: jnp.sum(attention.blocked_attention(q, k, v, seg, prefix, block_size=8) * cotangent)
+  text = str(jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v))
+  shapes = {tuple(int(d) for d in s.split(",")) for s in re.findall(r"\[(\d+(?:,\d+)*)\]", text)}
+  assert any(s.count(8) >= 2 for s in shapes)  # the [.., block, block] scores are there
+  assert not [s for s in shapes if s.count(T) >= 2], "a [.., T, T] array in the blocked attention's program"
+
+
+def test_blocked_skips_key_blocks_no_query_can_see():
+  lo, hi = attention._key_block_ranges(4, 8, jnp.asarray(SEGMENTS[:, :32]), None, None)
+  # Causal: query block i reads key blocks up to i. The second row's first example spans blocks
+  # 0-2, so query block 2 still reads block 0; block 3 holds neither row's first example.
+  np.testing.assert_array_equal(hi, [1, 2, 3, 4])
+  np.testing.assert_array_equal(lo, [0, 0, 0, 1])
+  lo, hi = attention._key_block_ranges(4, 8, None, None, sliding_window=4)
+  np.testing.assert_array_equal(lo, [0, 0, 1, 2])
+
+
+CONFIG = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=N, num_kv_heads=K, head_dim=H, d_ff=64)
+
+
+@pytest.fixture(scope="module")
+def model_batch():
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(1, CONFIG.vocab_size, (B, T)) * (SEGMENTS > 0)
+  batch = {"tokens": tokens, "segment_ids": SEGMENTS, "positions": POSITIONS, "prefix_mask": PREFIX.astype(np.int32)}
+  batch = {name: jnp.asarray(np.concatenate([x, x[:, ::-1]])) for name, x in batch.items()}  # 4 rows, for the mesh
+  # Random weights large enough for peaked attention (an init's 0.02 would make it near uniform).
+  shapes = jax.eval_shape(Transformer(CONFIG).init, jax.random.key(0), batch["tokens"])["params"]
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.asarray((path[-1].key == "scale") + 0.3 * rng.normal(size=x.value.shape), jnp.float32),
+      shapes, is_leaf=lambda x: hasattr(x, "names"))
+  return params, batch
+
+
+def model_outputs(config, params, batch, mesh=None):
+  """(logits, gradients of the mean next-token loss w.r.t. the parameters), jitted on `mesh` if given."""
+  model = Transformer(config)
+
+  def loss(params):
+    logits = model.apply({"params": params}, batch["tokens"], segment_ids=batch["segment_ids"],
+                         positions=batch["positions"], prefix_mask=batch["prefix_mask"])
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), batch["tokens"][:, 1:, None], axis=-1)
+    return -jnp.mean(logp), logits
+
+  fn = jax.jit(lambda params: jax.value_and_grad(loss, has_aux=True)(params))
+  if mesh is None:
+    (_, logits), grads = fn(params)
+    return logits, grads
+  rules = partitioning.axis_rules()
+  batch = jax.device_put(batch, partitioning.batch_sharding(mesh, rules))
+  with partitioning.activate(mesh, rules):
+    (_, logits), grads = fn(params)
+  return logits, grads
+
+
+@pytest.fixture(scope="module")
+def model_reference(model_batch):
+  return model_outputs(CONFIG, *model_batch)
+
+
+@pytest.mark.parametrize("name,block_size", [("xla", 512), ("blocked", 16)])
+def test_model_logits_and_parameter_gradients_equal_the_einsum(model_batch, model_reference, name, block_size):
+  config = dataclasses.replace(CONFIG, attention=name, attention_block_size=block_size)
+  assert_close(model_outputs(config, *model_batch), model_reference)
+
+
+@pytest.mark.parametrize("name", ["einsum", "xla", "blocked"])
+def test_on_an_8_device_mesh_equal_the_one_device_einsum(model_batch, model_reference, name):
+  assert len(jax.devices()) == 8
+  mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+  config = dataclasses.replace(CONFIG, attention=name, attention_block_size=16)
+  assert_close(model_outputs(config, *model_batch, mesh=mesh), model_reference)
+
+
+def test_the_kv_cache_path_uses_the_einsum_whatever_the_choice(model_batch):
+  params, batch = model_batch
+  tokens = batch["tokens"][:, :8]
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def prefill(config):
+    return Transformer(config).apply({"params": params}, tokens, cache=init_cache(config, tokens.shape[0], 8))[0]
+
+  want = prefill(CONFIG)
+  np.testing.assert_array_equal(prefill(dataclasses.replace(CONFIG, attention="blocked")), want)
+  np.testing.assert_array_equal(prefill(dataclasses.replace(CONFIG, attention="xla")), want)
+
+
+def test_cudnn_on_cpu_is_a_one_line_error(model_batch):
+  params, batch = model_batch
+  model = Transformer(dataclasses.replace(CONFIG, attention="cudnn"))
+  with pytest.raises(UserError, match="needs a GPU") as e:
+    model.apply({"params": params}, batch["tokens"])
+  assert "\n" not in str(e.value) and "'xla' or 'einsum'" in str(e.value)
+
+
+def test_unknown_attention_is_a_user_error():
+  with pytest.raises(UserError, match="ModelConfig.attention='flash'; choose one of"):
+    ModelConfig(attention="flash")
+  with pytest.raises(UserError, match="attention_block_size=0 must be positive"):
+    ModelConfig(attention="blocked", attention_block_size=0)
