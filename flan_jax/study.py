@@ -26,7 +26,16 @@ cli.import_tensorflow_quietly()
 
 import seqio  # noqa: E402
 
-from flan_jax import checkpointing, contamination, evaluation, pretrained, study_report, task_info, trainer  # noqa: E402
+from flan_jax import (  # noqa: E402
+    checkpointing,
+    contamination,
+    evaluation,
+    pretrained,
+    study_report,
+    task_info,
+    trainer,
+    vocabularies,
+)
 from flan_jax.errors import UserError  # noqa: E402
 
 CONDITIONS = ("base", "instructions", "notemplate", "datasetname")
@@ -330,8 +339,9 @@ def run_job(job: Job) -> None:
         raise SystemExit(0)
     else:
       evaluation.evaluate()
-  finally:
+  finally:  # a job's settings end with it: its gin config, and a vocabulary the eval took from a checkpoint
     gin.clear_config()
+    vocabularies.set_default(None)
 
 
 # Reporting.

@@ -4,17 +4,13 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import gin
 import pytest
+import seqio
 
-from flan_jax import cli, study
+from flan_jax import cli, study, vocabularies
 from flan_jax.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 # Two conditions x two seeds x one held-out cluster, small enough to run in a minute or two.
 MICRO = """
@@ -27,7 +23,7 @@ study.pretrain = {'MIXTURE_OR_TASK_NAME': 'embedded_pretrain', 'TASK_FEATURE_LEN
                   'TRAIN_STEPS': 8, 'BATCH_SIZE': 8, 'CHECKPOINT_PERIOD': 8, 'LEARNING_RATE': 3e-3}
 study.tune = {'TASK_FEATURE_LENGTHS': %LENGTHS, 'TRAIN_STEPS': 6, 'BATCH_SIZE': 8, 'CHECKPOINT_PERIOD': 3}
 study.evaluate = {'TASK_FEATURE_LENGTHS': %LENGTHS, 'EVAL_SPLITS': ['validation', 'test'],
-                  'evaluate.num_examples': 6, 'EVAL_BATCH_SIZE': 8}
+                  'evaluate.num_examples': 4, 'EVAL_BATCH_SIZE': 8}
 """
 
 
@@ -85,7 +81,7 @@ def test_each_tuned_run_records_what_it_trained_on(micro):
   assert contamination["embedded_no_sentiment vs sentiment"]["clean"]
 
 
-def test_an_interrupted_study_skips_finished_jobs_and_gives_the_same_report(micro):
+def test_an_interrupted_study_skips_finished_jobs_and_gives_the_same_report(micro, capsys):
   gin_file, out, report = micro
   # Seed 1's tuning run lost its last checkpoint (and its eval never finished), as after a kill.
   tuned = os.path.join(out, "runs", "tiny_seed1", "embedded_no_sentiment")
@@ -95,13 +91,12 @@ def test_an_interrupted_study_skips_finished_jobs_and_gives_the_same_report(micr
   os.remove(os.path.join(evals, study.DONE))
   for path in glob.glob(os.path.join(evals, "*", "*_step*.json*")):
     os.remove(path)
-  result = subprocess.run([sys.executable, "-m", "flan_jax.study", f"--gin_file={gin_file}",
-                           f"--gin.STUDY_DIR={out}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
-  skipped = [line for line in result.stdout.splitlines() if "done before, skipped" in line]
+  capsys.readouterr()
+  run_study(gin_file, f"STUDY_DIR = '{out}'")
+  stdout = capsys.readouterr().out
+  skipped = [line for line in stdout.splitlines() if "done before, skipped" in line]
   assert len(skipped) == 4  # both pretraining runs, seed 0's tuning run and its eval
-  assert "resumed from step 3" in result.stdout
+  assert "resumed from step 3" in stdout
   with open(os.path.join(out, "report", "report.json")) as f:
     again = json.load(f)
   assert again["groups"] == report["groups"]
@@ -142,7 +137,7 @@ def test_bad_designs_are_one_line(tmp_path):
                              {}, {}, {}, [], [], "", "", "", "", 13, 0.01))
 
 
-def test_a_study_from_a_hugging_face_checkpoint(tmp_path):
+def test_a_study_from_a_hugging_face_checkpoint(micro, tmp_path):
   """The at-scale path in miniature: no pretraining phase, tuning and eval from a model on disk."""
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
@@ -157,8 +152,11 @@ study.base_checkpoints = {{'hf': '{model}'}}
 study.train_gin = ['runs/finetune_hf.gin']
 study.tune = {{'TASK_FEATURE_LENGTHS': %LENGTHS, 'TRAIN_STEPS': 2, 'BATCH_SIZE': 8, 'CHECKPOINT_PERIOD': 2}}
 """)
+  os.makedirs(tmp_path / "out")  # the same tuning mixture and held-out cluster: its contamination check is done
+  shutil.copy(os.path.join(micro[1], "contamination.json"), tmp_path / "out")
   report = run_study(str(gin_file), f"STUDY_DIR = '{tmp_path / 'out'}'")
   assert {c["condition"] for c in report["cells"].values()} == {"base", "instructions"}
+  assert isinstance(vocabularies.run_vocabulary(), seqio.ByteVocabulary)  # the tokenizer ended with its jobs
   assert not os.path.exists(tmp_path / "out" / "runs" / "hf_seed0" / "pretrain")
   with open(tmp_path / "out" / "runs" / "hf_seed0" / "embedded_no_sentiment" / "model_config.json") as f:
     tuned = json.load(f)
