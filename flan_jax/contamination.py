@@ -3,7 +3,6 @@ trains on, or whose examples share word n-grams (or, when short, their whole tex
 """
 
 import dataclasses
-import difflib
 import logging
 import re
 from typing import Iterator, Optional, Sequence
@@ -11,6 +10,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import seqio
 
+from flan_jax import data as data_lib
 from flan_jax import task_info
 from flan_jax.errors import UserError, first_line
 
@@ -80,12 +80,7 @@ def check(train_mixture_or_task: str, eval_tasks: Sequence[str], *, n: int = 13,
 # ------------------------------------------------------------------ tasks and datasets
 def _resolve(name: str):
   """The registered Task or Mixture `name`; UserError (with close names) for an unknown one."""
-  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  if name not in known:
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise UserError(f"contamination check: unknown task or mixture '{name}'{hint}; "
-                    "`python -m flan_tasks` lists the registered names")
+  data_lib.check_task_name(name)
   return seqio.get_mixture_or_task(name)
 
 

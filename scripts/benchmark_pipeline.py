@@ -14,7 +14,6 @@ models/mini.gin). Prints a table and writes the figures as JSON (--output).
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -35,7 +34,6 @@ import benchmark_train  # noqa: E402
 
 from flan_jax import accounting, partitioning  # noqa: E402
 from flan_jax import data as data_lib  # noqa: E402
-from flan_jax.errors import UserError, first_line  # noqa: E402
 from flan_jax.model import ModelConfig  # noqa: E402
 import flan_tasks  # noqa: E402,F401  (registers the collections)
 
@@ -117,17 +115,8 @@ def main(argv=None) -> dict:
           ("pipeline / train step", f"{ratio:.1f}x"),
           ("step fed by pipeline", f"{trainer['fed_tokens_per_second']:,.0f} tokens/s "
            f"({trainer['fed_tokens_per_second'] / trainer['tokens_per_second']:.2f} of the step alone)")]
-  width = max(len(k) for k, _ in rows)
-  print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-  with open(args.output, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {args.output}")
-  return result
+  return benchmark_train.report(rows, result, args.output)
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except UserError as e:
-    print(f"error: {first_line(e)}", file=sys.stderr)
-    sys.exit(2)
+  benchmark_train.run_main(main)

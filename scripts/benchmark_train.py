@@ -299,17 +299,27 @@ def main(argv=None) -> dict:
              ("PyTorch tokens/s", f"{torch_result['tokens_per_second']:,.0f}"),
              ("PyTorch parameters", f"{torch_result['params']:,}"),
              ("flan_jax / PyTorch", f"{result['ratio_vs_torch']:.2f}x tokens/s")]
+  return report(rows, result, args.output)
+
+
+def report(rows: list, result: dict, output: str) -> dict:
+  """Prints the (name, value) rows as a table and writes `result` as JSON to `output`."""
   width = max(len(k) for k, _ in rows)
   print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-  with open(args.output, "w") as f:
+  with open(output, "w") as f:
     json.dump(result, f, indent=2)
-  print(f"wrote {args.output}")
+  print(f"wrote {output}")
   return result
 
 
-if __name__ == "__main__":
+def run_main(main) -> None:
+  """Runs a benchmark's main; a UserError is one line on stderr and exit code 2."""
   try:
     main()
   except UserError as e:
     print(f"error: {first_line(e)}", file=sys.stderr)
     sys.exit(2)
+
+
+if __name__ == "__main__":
+  run_main(main)
