@@ -172,9 +172,10 @@ def check(design: Design) -> None:
   if not design.sizes or not design.seeds or not design.held_out:
     raise UserError("a study needs at least one size (study.sizes), seed (study.seeds) and held-out cluster "
                     "(study.held_out)")
-  if design.base_checkpoints is None and not design.pretrain:
-    raise UserError("study.pretrain (the bindings of the pretraining job) or study.base_checkpoints "
-                    "(size -> checkpoint) is required: every tuned model starts from a base model")
+  if design.base_checkpoints is None and "TRAIN_STEPS" not in design.pretrain:
+    raise UserError("study.pretrain (the bindings of the pretraining job, TRAIN_STEPS among them) or "
+                    "study.base_checkpoints (size -> checkpoint) is required: every tuned model starts from a "
+                    "base model")
   missing = set(design.sizes) - set(design.base_checkpoints or design.sizes)
   if missing:
     raise UserError(f"study.base_checkpoints has no checkpoint for size(s) {sorted(missing)}")
@@ -219,7 +220,7 @@ def plan(design: Design) -> tuple[list[Job], list[Cell]]:
         base_job = f"{group}/pretrain"
         jobs.append(Job(base_job, "train", tuple(design.train_gin) + tuple(model_gin),
                         tuple(dict(design.pretrain, MODEL_DIR=base, **{"train.seed": seed}).items()), base))
-      start = base if not base_job else os.path.join(base, "checkpoints", str(_steps(design.pretrain)))
+      start = base if not base_job else os.path.join(base, checkpointing.SUBDIR, str(_steps(design.pretrain)))
       for held_out in design.held_out:
         group_cells = []
         wanted = [(c, None) for c in design.conditions] + [
