@@ -195,10 +195,6 @@ def _mixture(design: Design, held_out: str, condition: str, count: Optional[int]
   return design.variant_mixture.format(mixture=mixture, variant=condition, held_out=held_out)
 
 
-def _steps(bindings: Mapping[str, Any]) -> Optional[int]:
-  return bindings.get("TRAIN_STEPS")
-
-
 def num_clusters(mixture: str) -> int:
   """The number of distinct clusters among a mixture's tasks (as the collection registered them)."""
   tasks = seqio.get_mixture_or_task(mixture)
@@ -220,7 +216,7 @@ def plan(design: Design) -> tuple[list[Job], list[Cell]]:
         base_job = f"{group}/pretrain"
         jobs.append(Job(base_job, "train", tuple(design.train_gin) + tuple(model_gin),
                         tuple(dict(design.pretrain, MODEL_DIR=base, **{"train.seed": seed}).items()), base))
-      start = base if not base_job else os.path.join(base, checkpointing.SUBDIR, str(_steps(design.pretrain)))
+      start = base if not base_job else os.path.join(base, checkpointing.SUBDIR, str(design.pretrain["TRAIN_STEPS"]))
       for held_out in design.held_out:
         group_cells = []
         wanted = [(c, None) for c in design.conditions] + [
