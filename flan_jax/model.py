@@ -61,6 +61,11 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype, e.g. "bfloat16"
   param_dtype: str = "float32"  # master weights
   remat_policy: str = "none"  # one of REMAT_POLICIES
+  # The layers run as one scan over their stacked parameters (the compiled program does not grow with
+  # depth), or as an unrolled loop over the same parameters: longer compiles, faster steps on CPU,
+  # where XLA fuses each layer's backward on its own instead of through the scan's stacked residuals.
+  # The parameters, checkpoints and results are the same either way.
+  scan_layers: bool = True
   # Attention kernel for training and scoring: "einsum" (the reference), "xla" or "cudnn"
   # (jax.nn.dot_product_attention) or "blocked" (flash-style, O(length * block) memory); see
   # flan_jax/attention.py and docs/models.md. Decoding with the KV cache always uses einsum.
@@ -356,17 +361,22 @@ class Transformer(nn.Module):
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
     x = constrain(x, "activation_batch", "activation_length", "activation_embed")
 
-    block = Block
-    policy = REMAT_POLICIES[cfg.remat_policy]
-    if cfg.remat_policy != "none":
-      block = nn.remat(Block, policy=policy, prevent_cse=False)
-    in_axes, args = (nn.broadcast, nn.broadcast), (mask, positions)
-    if cache is not None:  # each layer also reads its slice of the cache and returns its new keys and values
-      in_axes, args = in_axes + (0, nn.broadcast), args + ((cache.key, cache.value), cache.index)
-    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                     in_axes=in_axes, length=cfg.num_layers,
-                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x, new_kv = layers(cfg, deterministic, name="layers")(x, *args)
+    kv = None if cache is None else (cache.key, cache.value)
+    if cfg.scan_layers or self.is_initializing():  # parameters are always created by the scan
+      block = Block
+      if cfg.remat_policy != "none":
+        block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+      in_axes, args = (nn.broadcast, nn.broadcast), (mask, positions)
+      if cache is not None:  # each layer also reads its slice of the cache and returns its new keys and values
+        in_axes, args = in_axes + (0, nn.broadcast), args + (kv, cache.index)
+      layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                       in_axes=in_axes, length=cfg.num_layers,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      x, new_kv = layers(cfg, deterministic, name="layers")(x, *args)
+    else:
+      dropout_rngs = [None if deterministic else self.make_rng("dropout") for _ in range(cfg.num_layers)]
+      x, new_kv = unrolled_layers(cfg, self.variables["params"]["layers"], x, mask, positions, kv,
+                                  None if cache is None else cache.index, dropout_rngs)
     x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
 
     if cfg.tie_embeddings:
@@ -383,6 +393,27 @@ class Transformer(nn.Module):
     key, value = (constrain(write_slots(buf, new, cache.index, axis=3), None, *KV_AXES)
                   for buf, new in zip((cache.key, cache.value), new_kv))
     return logits, cache._replace(key=key, value=value, index=cache.index + tokens.shape[1])
+
+
+def unrolled_layers(cfg: ModelConfig, stacked: Mapping, x: Array, mask: MaskArg, positions: Array,
+                    kv: Optional[tuple[Array, Array]], index: Optional[Array],
+                    dropout_rngs: list) -> tuple[Array, Optional[tuple[Array, Array]]]:
+  """The scan of Transformer's layers as a loop: layer i runs Block on slice i of the stacked parameters
+  (and of the cache's keys and values); returns (x, the new keys and values stacked as the scan stacks them)."""
+
+  def layer(params, x, kv, rng):
+    rngs = {} if rng is None else {"dropout": rng}
+    return Block(cfg, rng is None, parent=None).apply({"params": params}, x, mask, positions, kv, index, rngs=rngs)
+
+  if cfg.remat_policy != "none":
+    layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy])
+  new_kv = []
+  for i, rng in enumerate(dropout_rngs):
+    x, layer_kv = layer(jax.tree.map(lambda a: a[i], stacked), x, None if kv is None else (kv[0][i], kv[1][i]), rng)
+    new_kv.append(layer_kv)
+  if kv is None:
+    return x, None
+  return x, tuple(jnp.stack(parts) for parts in zip(*new_kv))
 
 
 def apply_to_features(model: Transformer, params, batch: Mapping[str, Array], **kwargs) -> Array:

@@ -25,14 +25,45 @@ class TrainState:
   opt_state: Any
 
 
+@jax.custom_vjp
+def log_z_and_target(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(log partition function, target logit, largest logit), each [b, t], for logits [b, t, v] float32.
+
+  The gradient is written out (softmax for log Z, one-hot for the target logit; the largest logit gets
+  none): one pass over the [b, t, v] logits, where autodiff stores exp(logits - max) in the forward pass
+  and reads it back. Log Z is computed as jax.nn.logsumexp computes it.
+  """
+  return _log_z_and_target_fwd(logits, targets)[0]
+
+
+def _log_z_and_target_fwd(logits, targets):
+  max_logit = jnp.max(logits, axis=-1)
+  log_z = jnp.log(jnp.sum(jnp.exp(logits - max_logit[..., None]), axis=-1)) + max_logit
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return (log_z, target_logit, max_logit), (logits, targets, log_z)
+
+
+def _log_z_and_target_bwd(residuals, cotangents):
+  logits, targets, log_z = residuals
+  d_log_z, d_target, _ = cotangents
+  one_hot = jnp.arange(logits.shape[-1]) == targets[..., None]
+  d_logits = jnp.exp(logits - log_z[..., None]) * d_log_z[..., None] + jnp.where(one_hot, d_target[..., None], 0.0)
+  return d_logits, None
+
+
+log_z_and_target.defvjp(_log_z_and_target_fwd, _log_z_and_target_bwd)
+
+
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                   z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Sums over weighted tokens: (loss, weight, correct). logits [b, t, v] float32."""
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  """Sums over weighted tokens: (loss, weight, correct). logits [b, t, v] float32.
+
+  A token is correct when its target has the largest logit (a tie for the largest counts).
+  """
+  log_z, target_logit, max_logit = log_z_and_target(logits, targets)
   loss = log_z - target_logit + z_loss * jnp.square(log_z)
   weights = weights.astype(jnp.float32)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  correct = (target_logit >= max_logit).astype(jnp.float32)
   return jnp.sum(loss * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 

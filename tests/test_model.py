@@ -1,5 +1,7 @@
 """Tests for flan_jax/model.py: shapes, causal and prefix masking, packing, GQA, rotary."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,3 +102,57 @@ def test_rms_norm_epsilon_and_bf16_compute():
   x = jnp.array([[3.0, 4.0]])
   out = norm.apply(norm.init(jax.random.key(0), x), x)
   np.testing.assert_allclose(out, x / np.sqrt(12.5 + 1e-5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "full"])
+def test_unrolled_layers_equal_the_scan(remat_policy):
+  """scan_layers=False runs the same stacked parameters in a loop: same logits, gradients, cached decoding."""
+  scanned = dataclasses.replace(TINY, remat_policy=remat_policy, num_layers=3)
+  unrolled = dataclasses.replace(scanned, scan_layers=False)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 250)
+  params = Transformer(scanned).init(jax.random.key(0), tokens)["params"]
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+  # Unrolled parameters are created by the scan: the same tree, shapes and values.
+  unrolled_params = Transformer(unrolled).init(jax.random.key(0), tokens)["params"]
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(getattr(a, "value", a) == b)), unrolled_params, params,
+                                   is_leaf=lambda x: hasattr(x, "names")))
+  segments = jnp.array([[1] * 7 + [2] * 5, [1] * 12])
+  prefix = jnp.array([[1] * 3 + [0] * 9, [1] * 5 + [0] * 7])
+
+  def loss(cfg, p):
+    logits = Transformer(cfg).apply({"params": p}, tokens, segment_ids=segments, prefix_mask=prefix)
+    return jnp.sum(jax.nn.log_softmax(logits)[..., 0]), logits
+
+  (loss_s, logits_s), grads_s = jax.jit(jax.value_and_grad(lambda p: loss(scanned, p), has_aux=True))(params)
+  (loss_u, logits_u), grads_u = jax.jit(jax.value_and_grad(lambda p: loss(unrolled, p), has_aux=True))(params)
+  np.testing.assert_allclose(logits_u, logits_s, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss_u, loss_s, rtol=1e-6)
+  for g_u, g_s in zip(jax.tree.leaves(grads_u), jax.tree.leaves(grads_s)):
+    np.testing.assert_allclose(g_u, g_s, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(g_s))))
+
+  def decode(cfg):  # prompt of 5 tokens, then 3 tokens one at a time, through the cache
+    model = Transformer(cfg)
+    cache = model_lib.init_cache(cfg, 2, 8)
+    logits, cache = model.apply({"params": params}, tokens[:, :5], cache=cache)
+    steps = [logits]
+    for t in range(5, 8):
+      logits, cache = model.apply({"params": params}, tokens[:, t:t + 1], cache=cache)
+      steps.append(logits)
+    return jnp.concatenate(steps, axis=1), cache
+
+  (out_s, cache_s), (out_u, cache_u) = decode(scanned), decode(unrolled)
+  np.testing.assert_allclose(out_u, out_s, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cache_u.key, cache_s.key, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cache_u.value, cache_s.value, rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_dropout_differs_per_layer_and_repeats_with_the_rng():
+  cfg = dataclasses.replace(TINY, scan_layers=False, dropout_rate=0.5)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 250)
+  model = Transformer(cfg)
+  params = jax.tree.map(lambda x: getattr(x, "value", x), model.init(jax.random.key(0), tokens)["params"],
+                        is_leaf=lambda x: hasattr(x, "names"))
+  run = lambda seed: model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(seed)})
+  np.testing.assert_array_equal(run(3), run(3))
+  assert not np.allclose(run(3), run(4))
+  assert not np.allclose(run(3), model.apply({"params": params}, tokens))

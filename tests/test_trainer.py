@@ -171,6 +171,26 @@ def test_z_loss_adds_the_squared_log_partition():
   assert float(w) == 8.0
 
 
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_cross_entropy_equals_autodiff_of_the_plain_formula(z_loss):
+  """The written-out gradient equals autodiff of logsumexp - target logit (+ z-loss); accuracy counts argmax hits."""
+  logits = jax.random.normal(jax.random.key(0), (3, 6, 11)) * 4
+  targets = jax.random.randint(jax.random.key(1), (3, 6), 0, 11)
+  weights = (jax.random.uniform(jax.random.key(2), (3, 6)) > 0.3).astype(jnp.int32)
+
+  def reference(logits):
+    log_z = jax.nn.logsumexp(logits, -1)
+    target = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    return jnp.sum((log_z - target + z_loss * log_z**2) * weights)
+
+  loss = lambda logits: trainer.cross_entropy(logits, targets, weights, z_loss)[0]
+  np.testing.assert_allclose(float(loss(logits)), float(reference(logits)), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(loss)(logits), jax.grad(reference)(logits), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss))(logits), jax.grad(reference)(logits), rtol=1e-5, atol=1e-6)
+  correct = trainer.cross_entropy(logits, targets, weights)[2]
+  assert float(correct) == float(jnp.sum((jnp.argmax(logits, -1) == targets) * weights))
+
+
 def test_dropout_is_seeded_and_only_in_training():
   import dataclasses
   s, _, _, _ = make((1, 1, 1))
