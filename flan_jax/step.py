@@ -177,4 +177,10 @@ def compile_train_step(s: Setup, tx, schedule, **step_kwargs) -> Callable:
     with partitioning.activate(s.mesh, s.rules):
       return step(state, batch)
 
+  def compiled_text(state, batch) -> str:
+    """The optimised HLO of the step for these arguments' shapes (for profiles)."""
+    with partitioning.activate(s.mesh, s.rules):
+      return step.lower(state, batch).compile().as_text()
+
+  run.compiled_text = compiled_text
   return run

@@ -20,13 +20,17 @@ gradient clipping) on the same batch shape, and reports flan_jax tokens/s over P
 """
 
 import argparse
+import collections
+import glob
 import inspect
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Iterator, Optional
 
@@ -78,14 +82,15 @@ def synthetic_batch(batch: int, seq_len: int, vocab: int, half_prefix: bool) -> 
 
 
 def time_train_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, host_batch: dict, *, steps: int,
-                    warmup: int, num_microbatches: int = 1,
-                    feed: Optional[Iterator[dict]] = None) -> tuple[dict, step_lib.TrainState]:
+                    warmup: int, num_microbatches: int = 1, feed: Optional[Iterator[dict]] = None,
+                    profile_top: int = 0) -> tuple[dict, step_lib.TrainState]:
   """Compiles the sharded train step for `host_batch`'s shape and times `steps` steps after `warmup`.
 
   Returns (the figures, the final train state). The state's memory is measured after init from the
   arrays themselves: per device, the bytes of its shards of the parameters and optimizer state.
   With `feed` (host-local batches of the same shape) it then times `steps` more steps that take their
   batches from it, as the trainer's loop does: the next batch is read while the step before runs.
+  With `profile_top`, it then profiles a few steps (profile_ops) into result["profile"].
   """
   schedule = optimizers.make_schedule(steps + warmup)
   tx = optimizers.make_optimizer(schedule)
@@ -125,7 +130,56 @@ def time_train_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, hos
       previous = metrics
     jax.block_until_ready(metrics)
     result["fed_tokens_per_second"] = steps * batch_size * seq_len / (time.perf_counter() - start)
+  if profile_top:
+    result["profile"], state = profile_ops(step, state, batch, top=profile_top)
   return result, state
+
+
+def profile_ops(step, state, batch, *, steps: int = 3, top: int = 15) -> tuple[dict, step_lib.TrainState]:
+  """Where a step's time goes, from a jax.profiler trace of `steps` steps: (profile, final state).
+
+  The profile has the op time per step in the forward pass, the backward pass and the rest (optimizer,
+  loss scaling), and the `top` ops by time, each with its shape and the JAX operation it came from (the
+  HLO's op_name). Op times are summed over the threads that run them, so they can exceed the step time.
+  """
+  hlo = {}  # HLO instruction name -> (shape, op_name)
+  for line in step.compiled_text(state, batch).splitlines():
+    if m := re.match(r"\s*(?:ROOT )?%?([\w.-]+) = (.+?) [\w-]+\(", line):
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      hlo.setdefault(m.group(1), (m.group(2), op_name.group(1) if op_name else ""))
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(steps):
+      state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
+    data = jax.profiler.ProfileData.from_file(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0])
+  per_op = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if str(stats.get("hlo_module", "")).startswith("jit_train_step") and "hlo_op" in stats:
+          per_op[stats["hlo_op"]] += event.duration_ns / 1e6 / steps
+
+  def phase(op_name: str) -> str:
+    return "backward" if "transpose(jvp(" in op_name else "forward" if "jvp(" in op_name else "other"
+
+  phases = collections.Counter()
+  for name, ms in per_op.items():
+    phases[phase(hlo.get(name, ("", ""))[1])] += ms
+  ops = [{"op": name, "ms_per_step": ms, "shape": hlo.get(name, ("?", ""))[0],
+          "source": hlo.get(name, ("", ""))[1].removeprefix("jit(train_step)/")}
+         for name, ms in per_op.most_common(top)]
+  return {"ms_per_step_by_phase": dict(phases), "ops_ms_per_step_summed": sum(per_op.values()), "top_ops": ops}, state
+
+
+def print_profile(profile: dict) -> None:
+  phases = profile["ms_per_step_by_phase"]
+  print(f"\nop time per step: {profile['ops_ms_per_step_summed']:.1f} ms (" +
+        ", ".join(f"{k} {v:.1f}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])) + ")")
+  for op in profile["top_ops"]:
+    print(f"{op['ms_per_step']:9.2f} ms  {op['op'][:36]:36}  {op['shape'][:28]:28}  {op['source'][-70:]}")
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -239,6 +293,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--compare_torch", action="store_true",
                       help="also time the same model in PyTorch (transformers) and report the ratio")
   parser.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads; default: os.cpu_count()")
+  parser.add_argument("--profile_top", type=int, default=0,
+                      help="also trace a few steps and print this many of the most expensive XLA ops")
   gin_args, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
   args = parser.parse_args(rest)
   if args.compare_torch:
@@ -249,7 +305,8 @@ def main(argv=None) -> dict:
   mesh = partitioning.make_mesh()
   host_batch = synthetic_batch(args.batch_size, args.seq_len, min(cfg.vocab_size, 32000), True)
   timed, state = time_train_step(cfg, mesh, partitioning.axis_rules(), host_batch, steps=args.steps,
-                                 warmup=args.warmup, num_microbatches=args.num_microbatches)
+                                 warmup=args.warmup, num_microbatches=args.num_microbatches,
+                                 profile_top=args.profile_top)
 
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"
@@ -262,17 +319,19 @@ def main(argv=None) -> dict:
       "device": f"{device.platform}:{getattr(device, 'device_kind', '')}", "num_devices": jax.device_count(),
       "host_machine": platform.machine(), "mesh": dict(mesh.shape),
       "params": cfg.num_params(), "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
-      "remat_policy": cfg.remat_policy, "batch_size": args.batch_size, "seq_len": args.seq_len,
+      "remat_policy": cfg.remat_policy, "attention": cfg.attention, "scan_layers": cfg.scan_layers,
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "batch_size": args.batch_size, "seq_len": args.seq_len,
       "num_microbatches": args.num_microbatches, "steps_timed": args.steps,
       "compile_seconds": timed["compile_seconds"], "step_seconds_median": step_time,
       "step_seconds_min": timed["step_seconds_min"], "tokens_per_second": timed["tokens_per_second"],
       "model_flops_per_step": flops, "matmul_size": size, "peak_flops_per_device_measured": peak,
       "mfu": flops / step_time / (peak * jax.device_count()),
       "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "final_loss": timed["final_loss"],
-      **{k: v for k, v in timed.items() if k.startswith("state_")},
+      **{k: v for k, v in timed.items() if k.startswith("state_") or k == "profile"},
   }
   rows = [("device", f"{result['device']} x{result['num_devices']}"), ("mesh", str(result["mesh"])),
           ("parameters", f"{result['params']:,}"), ("dtype", f"{cfg.dtype} (params {cfg.param_dtype})"),
+          ("layers / attention", f"{'scan' if cfg.scan_layers else 'unrolled'} / {cfg.attention}"),
           ("batch x seq", f"{args.batch_size} x {args.seq_len}"), ("compile", f"{timed['compile_seconds']:.1f} s"),
           ("step time (median)", f"{step_time * 1e3:.1f} ms"), ("tokens/s", f"{result['tokens_per_second']:,.0f}"),
           ("model TFLOP/step", f"{flops / 1e12:.3f}"),
@@ -281,6 +340,8 @@ def main(argv=None) -> dict:
           ("params + opt state / device", f"{timed['state_bytes_per_device_max'] / 2**20:.2f} MiB at most "
            f"(total {timed['state_bytes_total'] / 2**20:.2f} MiB / {jax.device_count()} = "
            f"{timed['state_bytes_even_split'] / 2**20:.2f} MiB; x{timed['state_per_device_over_even_split']:.3f})")]
+  if on_cpu and sys.platform == "linux":  # docs/models.md, "Speed on CPU"
+    rows.append(("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES") or "unset (glibc.malloc.hugetlb=1 is faster)"))
   if args.compare_torch:
     flan_jax_params = sum(x.size for x in jax.tree.leaves(state.params))
     del state
@@ -299,7 +360,10 @@ def main(argv=None) -> dict:
              ("PyTorch tokens/s", f"{torch_result['tokens_per_second']:,.0f}"),
              ("PyTorch parameters", f"{torch_result['params']:,}"),
              ("flan_jax / PyTorch", f"{result['ratio_vs_torch']:.2f}x tokens/s")]
-  return report(rows, result, args.output)
+  report(rows, result, args.output)
+  if "profile" in result:
+    print_profile(result["profile"])
+  return result
 
 
 def report(rows: list, result: dict, output: str) -> dict:

@@ -20,12 +20,19 @@ def test_benchmark_writes_consistent_figures(tmp_path):
   try:
     result = bench.main(["--gin_file=models/tiny.gin", "--gin_file", "mesh/cpu8.gin", "--batch_size=8",
                          "--seq_len=64", "--steps=2", "--warmup=1", "--matmul_size=256", f"--output={out}",
-                         "--gin.ModelConfig.remat_policy=full"])  # the binaries' gin flags
+                         "--gin.ModelConfig.remat_policy=full", "--profile_top=5"])  # the binaries' gin flags
   finally:
     gin.clear_config()
   saved = json.load(open(out))
   assert saved["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and saved["num_devices"] == 8
-  assert saved["remat_policy"] == "full"
+  assert saved["remat_policy"] == "full" and saved["scan_layers"] is False and saved["attention"] == "einsum"
+  # The profile splits op time into the forward pass, the backward pass and the rest, and names the top ops.
+  profile = saved["profile"]
+  assert profile["ms_per_step_by_phase"]["forward"] > 0 and profile["ms_per_step_by_phase"]["backward"] > 0
+  assert abs(sum(profile["ms_per_step_by_phase"].values()) - profile["ops_ms_per_step_summed"]) < 1e-6
+  assert len(profile["top_ops"]) == 5 and all(op["shape"] != "?" and op["source"] for op in profile["top_ops"])
+  assert [op["ms_per_step"] for op in profile["top_ops"]] == sorted((op["ms_per_step"] for op in profile["top_ops"]),
+                                                                    reverse=True)
   assert saved["tokens_per_second"] == 8 * 64 / saved["step_seconds_median"]
   peak = 8 * saved["peak_flops_per_device_measured"]
   expected_mfu = saved["model_flops_per_step"] / saved["step_seconds_median"] / peak
@@ -56,6 +63,24 @@ def test_benchmark_compares_with_torch(tmp_path):
   assert saved["ratio_vs_torch"] == saved["tokens_per_second"] / torch_result["tokens_per_second"]
   assert saved["params"] == saved["params_flan_jax"] == torch_result["params"]
   assert torch_result["architecture"] == "LlamaForCausalLM" and torch_result["final_loss"] > 0
+
+
+def test_ops_benchmark_times_the_same_kernels_in_both(tmp_path):
+  pytest.importorskip("torch")
+  spec = importlib.util.spec_from_file_location("benchmark_ops", os.path.join(ROOT, "scripts", "benchmark_ops.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "ops.json"
+  try:
+    bench.main(["--gin_file=models/tiny.gin", "--batch_size=2", "--seq_len=16", "--repeats=2", "--threads=1",
+                f"--output={out}"])
+  finally:
+    gin.clear_config()
+  kernels = json.load(open(out))["kernels"]
+  assert len(kernels) == 10 and "[32, 64] x [64, 192]" in kernels[1]["shape"]  # tiny: d_model 64, d_ff 192
+  for k in kernels:
+    assert k["jax_ms"] > 0 and k["torch_ms"] > 0 and k["jax_speed_vs_torch"] == k["torch_ms"] / k["jax_ms"]
+    assert k["relative_difference"] < 1e-5, k
 
 
 def test_resume_benchmark_restores_the_same_batch_as_skipping(tmp_path):

@@ -152,7 +152,10 @@ def test_unrolled_dropout_differs_per_layer_and_repeats_with_the_rng():
   model = Transformer(cfg)
   params = jax.tree.map(lambda x: getattr(x, "value", x), model.init(jax.random.key(0), tokens)["params"],
                         is_leaf=lambda x: hasattr(x, "names"))
-  run = lambda seed: model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(seed)})
+
+  def run(seed):
+    return model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(seed)})
+
   np.testing.assert_array_equal(run(3), run(3))
   assert not np.allclose(run(3), run(4))
   assert not np.allclose(run(3), model.apply({"params": params}, tokens))
