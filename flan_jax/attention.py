@@ -11,6 +11,9 @@
   the block scores in the backward pass from the saved log-sum-exp, so memory stays
   O(length * block). Key blocks that no query of a block can see (above the causal diagonal,
   outside the sliding window, in other segments) are skipped.
+- `splash`: the Pallas TPU splash-attention kernel (`splash_attention`), with a mask fixed at
+  compile time (causal, or causal within a sliding window) and'ed with the segment ids. It has no
+  per-example prefix, so it does not do prefix LM. `interpret=True` runs it on CPU, for tests.
 
 All of them compute the same function as the reference: causal by token index, bidirectional
 between prefix tokens (prefix LM), only within a segment (packing), and GQA where query head i
@@ -18,16 +21,19 @@ reads kv head i // (heads / kv_heads).
 """
 
 import functools
+import math
 from typing import NamedTuple, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from flan_jax.errors import UserError
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "blocked")
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "blocked", "splash")
 
 _NEG = float(jnp.finfo(jnp.float32).min)  # the score of a masked pair (finite, so no inf - inf)
 
@@ -38,11 +44,17 @@ class MaskInputs(NamedTuple):
   prefix: Optional[Array]  # bool: prefix tokens attend to each other both ways
 
 
-def check_backend(implementation: str) -> None:
-  """Raises a one-line UserError when `implementation` cannot run on this backend."""
+def check_backend(implementation: str, interpret: bool = False) -> None:
+  """Raises a one-line UserError when `implementation` cannot run on this backend.
+
+  interpret: a Pallas kernel ('splash') runs in interpret mode, which any backend can (slowly).
+  """
   if implementation == "cudnn" and jax.default_backend() != "gpu":
     raise UserError(f"ModelConfig.attention='cudnn' needs a GPU (the backend is {jax.default_backend()}); "
                     "use 'xla' or 'einsum'")
+  if implementation == "splash" and jax.default_backend() != "tpu" and not interpret:
+    raise UserError(f"ModelConfig.attention='splash' needs a TPU (the backend is {jax.default_backend()}); "
+                    "use 'blocked' or 'xla', or set ModelConfig.attention_interpret=True (slow, for tests)")
 
 
 def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional[Array], *, implementation: str,
@@ -229,3 +241,97 @@ def _blocked_bwd(block, sliding_window, residuals, d_out):
 
 
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)
+
+
+def splash_attention(query: Array, key: Array, value: Array, segment_ids: Optional[Array], *,
+                     sliding_window: Optional[int], block_size: int, interpret: bool = False) -> Array:
+  """The Pallas TPU splash-attention kernel: query [b, t, n, h], key/value [b, t, k, h] -> [b, t, n, h].
+
+  Key j is visible to query i when j <= i (and i - j < sliding_window) and, with segment ids
+  [b, t], when both have the same id (padding, id 0, attends to padding, as in the einsum). There
+  is no prefix LM: the kernel's mask is fixed when it is built, once per (length, heads, window,
+  block), and only the segment ids vary per example. GQA is native (query head i reads kv head
+  i // (n / k)), so K/V are not repeated. The kernel does not scale the scores, so the queries are
+  divided by sqrt(h) first. Every block (forward and backward) is min(block_size, t); t must be a
+  multiple of it, and it of 128. `interpret` runs the kernel in Pallas' interpreter (any backend,
+  slowly). A pallas_call cannot be partitioned automatically, so under a mesh of several devices
+  the kernel runs in a shard_map: batch split as the `activation_batch` rule says, heads as
+  `activation_heads` / `activation_kv_heads` say (each only where it divides evenly; the rest is
+  replicated).
+  """
+  check_backend("splash", interpret)
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+  b, t, n, h = query.shape
+  lanes = splash_kernel.NUM_LANES
+  block = min(block_size, t)
+  if block % lanes or t % block:
+    raise UserError(f"ModelConfig.attention='splash' needs the sequence length ({t}) to be a multiple of its block "
+                    f"(min(ModelConfig.attention_block_size={block_size}, length) = {block}), and the block a "
+                    f"multiple of {lanes}; pad the sequences or change attention_block_size")
+  scale = 1.0 / jnp.sqrt(h).astype(jnp.float32)
+  q = (query.astype(jnp.float32) * scale).astype(query.dtype).transpose(0, 2, 1, 3)  # [b, n, t, h]
+  k, v = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)  # [b, k, t, h]
+  args = (q, k, v) if segment_ids is None else (q, k, v, segment_ids.astype(jnp.int32))
+  run = functools.partial(_splash_local, sliding_window=sliding_window, block=block, interpret=interpret)
+  specs = _splash_specs(b, n, k.shape[1])
+  if specs is None:
+    out = run(*args)
+  else:
+    q_spec, kv_spec, seg_spec = specs
+    in_specs = (q_spec, kv_spec, kv_spec, seg_spec)[:len(args)]  # k/v have kv heads where q has heads
+    out = jax.shard_map(run, in_specs=in_specs, out_specs=q_spec, check_vma=False)(*args)
+  return out.transpose(0, 2, 1, 3)
+
+
+def _splash_local(q: Array, k: Array, v: Array, segment_ids: Optional[Array] = None, *,
+                  sliding_window: Optional[int], block: int, interpret: bool) -> Array:
+  """The kernel vmapped over the batch: q [b, n, t, h], k/v [b, k, t, h] (one device's shard)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+  sizes = splash_kernel.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                                   block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
+                                   block_kv_dq=block)
+  # The kernel object is made in every trace (its block tables become small constants of this one;
+  # cached, they would leak tracers out of autodiff's partial evaluation); the tables themselves are
+  # computed once per mask and block shape, in numpy, by the library's cache.
+  kernel = splash_kernel.make_splash_mha_single_device(_splash_mask(q.shape[2], q.shape[1], sliding_window),
+                                                      block_sizes=sizes, interpret=interpret)
+  if segment_ids is None:
+    return jax.vmap(kernel)(q, k, v)
+  return jax.vmap(kernel)(q, k, v, splash_kernel.SegmentIds(segment_ids, segment_ids))
+
+
+@functools.lru_cache(maxsize=16)
+def _splash_mask(length: int, heads: int, sliding_window: Optional[int]):
+  """The lazy mask (a splash MultiHeadMask) of one example [heads, length, length]: causal, or causal
+  within the window."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+  shape = (length, length)
+  if sliding_window is None:
+    mask = splash_mask.CausalMask(shape)
+  else:  # keys i - (window - 1) .. i
+    mask = splash_mask.LocalMask(shape, (sliding_window - 1, 0), offset=0)
+  return splash_mask.MultiHeadMask([mask] * heads)
+
+
+def _splash_specs(batch: int, heads: int, kv_heads: int) -> Optional[tuple[PartitionSpec, ...]]:
+  """shard_map specs (q [b, n, t, h], k/v [b, k, t, h], segment ids [b, t]) over the active mesh.
+
+  None when no mesh of more than one device is active. The batch splits over the mesh axes of the
+  `activation_batch` rule and the heads over those of `activation_heads`, when the latter are also
+  `activation_kv_heads`'s (so each shard keeps whole GQA groups) and every split divides evenly.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return None
+  # One name at a time: in one spec, flax would keep a mesh axis only for the first name that maps to it.
+  batch_axes, head_axes, kv_axes = (nn.logical_to_mesh_axes((name,))[0] for name in (
+      "activation_batch", "activation_heads", "activation_kv_heads"))
+  names = lambda axes: () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  size = lambda axes: math.prod(mesh.shape[a] for a in names(axes))
+  if batch % size(batch_axes):
+    batch_axes = None
+  if head_axes != kv_axes or heads % size(head_axes) or kv_heads % size(head_axes) or (
+      set(names(head_axes)) & set(names(batch_axes))):
+    head_axes = None
+  heads_spec = PartitionSpec(batch_axes, head_axes, None, None)
+  return heads_spec, heads_spec, PartitionSpec(batch_axes, None)

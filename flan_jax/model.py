@@ -67,10 +67,12 @@ class ModelConfig:
   # The parameters, checkpoints and results are the same either way.
   scan_layers: bool = True
   # Attention kernel for training and scoring: "einsum" (the reference), "xla" or "cudnn"
-  # (jax.nn.dot_product_attention) or "blocked" (flash-style, O(length * block) memory); see
-  # flan_jax/attention.py and docs/models.md. Decoding with the KV cache always uses einsum.
+  # (jax.nn.dot_product_attention), "blocked" (flash-style, O(length * block) memory) or "splash"
+  # (the Pallas TPU kernel; no prefix LM); see flan_jax/attention.py and docs/models.md. Decoding
+  # with the KV cache always uses einsum.
   attention: str = "einsum"
-  attention_block_size: int = 512  # query and key block length of "blocked"
+  attention_block_size: int = 512  # query and key block length of "blocked" and "splash" (capped at the length)
+  attention_interpret: bool = False  # run Pallas kernels ("splash") in interpret mode, for tests on CPU
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -86,6 +88,10 @@ class ModelConfig:
       raise UserError(f"ModelConfig.attention={self.attention!r}; choose one of {list(attention_lib.IMPLEMENTATIONS)}")
     if self.attention_block_size < 1:
       raise UserError(f"ModelConfig.attention_block_size={self.attention_block_size} must be positive")
+    if self.attention == "splash" and self.prefix_lm:
+      raise UserError("ModelConfig.attention='splash' cannot do prefix LM (its mask is fixed at compile time, not per "
+                      "example); set ModelConfig.prefix_lm = False (for causally pretrained models) or use "
+                      "attention='blocked'")
 
   def num_params(self) -> int:
     d, f, h = self.d_model, self.d_ff, self.head_dim
@@ -221,7 +227,7 @@ def cached_attention_mask(positions: Array, segment_ids: Array, prefix: Array, c
 
 
 # What Attention gets to mask with: a boolean mask [batch or 1, 1, 1, q, k] (einsum, xla, cudnn, and
-# the cache), None for plain causal attention (xla, cudnn), or the mask's inputs (blocked).
+# the cache), None for plain causal attention (xla, cudnn), or the mask's inputs (blocked, splash).
 MaskArg = Optional[Array | attention_lib.MaskInputs]
 
 
@@ -231,6 +237,8 @@ def attention_mask_arg(config: ModelConfig, length: int, segment_ids: Optional[A
   prefix = prefix_mask if config.prefix_lm else None
   if config.attention == "blocked":
     return attention_lib.MaskInputs(segment_ids, None if prefix is None else prefix.astype(bool))
+  if config.attention == "splash":  # causal (and window) is the kernel's own mask; prefix_lm is off
+    return attention_lib.MaskInputs(segment_ids, None)
   if config.attention != "einsum" and segment_ids is None and prefix is None:
     return None  # is_causal (and local_window_size) in jax.nn.dot_product_attention
   return attention_mask(length, segment_ids, prefix, config.sliding_window)
@@ -274,6 +282,10 @@ class Attention(nn.Module):
     if kernel == "blocked":
       out = attention_lib.blocked_attention(q, key, value, mask.segment_ids, mask.prefix,
                                             block_size=cfg.attention_block_size, sliding_window=cfg.sliding_window)
+      return jnp.einsum("btnh,nhd->btd", out, wo), None
+    if kernel == "splash":
+      out = attention_lib.splash_attention(q, key, value, mask.segment_ids, sliding_window=cfg.sliding_window,
+                                           block_size=cfg.attention_block_size, interpret=cfg.attention_interpret)
       return jnp.einsum("btnh,nhd->btd", out, wo), None
     if kernel in ("xla", "cudnn"):
       out = attention_lib.dot_product_attention(q, key, value, None if mask is None else mask[:, 0],

@@ -3,7 +3,9 @@
 Equal means forward outputs and gradients (w.r.t. q, k, v, and w.r.t. a tiny model's parameters)
 agree at float32 within TOL relative to the reference's largest magnitude, with packing (several
 segments and padding per row), the prefix-LM mask, GQA (4 heads, 2 kv heads) and, for the kernels,
-a sliding window; on one device and on an 8-device (data 2, fsdp 2, tensor 2) mesh.
+a sliding window; on one device and on an 8-device (data 2, fsdp 2, tensor 2) mesh. 'splash' (the
+Pallas TPU kernel, run here in interpret mode) has no prefix LM and needs 128-token blocks, so it
+has its own 256-token inputs.
 """
 
 import dataclasses
@@ -195,3 +197,119 @@ def test_unknown_attention_is_a_user_error():
     ModelConfig(attention="flash")
   with pytest.raises(UserError, match="attention_block_size=0 must be positive"):
     ModelConfig(attention="blocked", attention_block_size=0)
+
+
+# Splash (Pallas, run in interpret mode on CPU): its blocks must be multiples of 128 tokens, so it
+# has its own inputs: 4 rows (the mesh splits them 4 ways) of 256 tokens, two blocks of 128.
+ST, SH, SPLASH_BLOCK = 256, 32, 128
+SPLASH_SEGMENTS = np.array([[1] * 50 + [2] * 100 + [3] * 70 + [0] * 36,  # a segment across the block boundary
+                            [1] * 140 + [2] * 116,
+                            [1] * 256,
+                            [0] * 20 + [1] * 200 + [2] * 36])  # padding first: it attends to itself
+
+
+def splash(q, k, v, seg, prefix, window):
+  assert prefix is None
+  return attention.splash_attention(q, k, v, seg, sliding_window=window, block_size=SPLASH_BLOCK, interpret=True)
+
+
+@pytest.fixture(scope="module")
+def splash_qkv():
+  rng = np.random.default_rng(2)
+  shapes = [(4, ST, N, SH), (4, ST, K, SH), (4, ST, K, SH), (4, ST, N, SH)]
+  return tuple(jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
+
+
+def splash_and_reference_outputs(qkv, masks, mesh=None):
+  """(splash's, the einsum's) outputs and q/k/v gradients; splash jitted under `mesh` if given."""
+  q, k, v, cotangent = qkv
+  seg = jnp.asarray(SPLASH_SEGMENTS) if "packed" in masks else None
+  window = 40 if "window" in masks else None  # queries 128..166 of the second block reach back into the first
+
+  def outputs(fn):
+    fn = functools.partial(fn, seg=seg, prefix=None, window=window)
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
+    return jax.jit(lambda q, k, v: (fn(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)))
+
+  if mesh is None:
+    got = outputs(splash)(q, k, v)
+  else:
+    with partitioning.activate(mesh, partitioning.axis_rules()):
+      got = outputs(splash)(q, k, v)
+  return got, outputs(reference)(q, k, v)
+
+
+@pytest.mark.parametrize("masks", ["packed", "packed+window", "causal+window", "causal"])
+def test_splash_and_its_gradients_equal_the_einsum(splash_qkv, masks):
+  assert_close(*splash_and_reference_outputs(splash_qkv, masks))
+
+
+@pytest.mark.parametrize("masks", ["packed", "packed+window"])
+def test_splash_on_an_8_device_mesh_equals_the_einsum(splash_qkv, masks):
+  assert len(jax.devices()) == 8
+  mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+  with partitioning.activate(mesh, partitioning.axis_rules()):  # rows over data x fsdp, heads over tensor
+    specs = attention._splash_specs(4, N, K)
+    assert specs[0] == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)
+    q, k, v, _ = splash_qkv
+    program = str(jax.make_jaxpr(lambda q, k, v: splash(q, k, v, None, None, None))(q, k, v))
+  assert "shard_map" in program
+  assert_close(*splash_and_reference_outputs(splash_qkv, masks, mesh))
+
+
+def test_splash_builds_no_length_by_length_array(splash_qkv):
+  q, k, v, cotangent = splash_qkv
+  seg = jnp.asarray(SPLASH_SEGMENTS)
+  loss = lambda q, k, v: jnp.sum(splash(q, k, v, seg, None, 40) * cotangent)
+  text = str(jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v))
+  shapes = {tuple(int(d) for d in s.split(",")) for s in re.findall(r"\[(\d+(?:,\d+)*)\]", text)}
+  assert not [s for s in shapes if s.count(ST) >= 2], "a [.., T, T] array in splash attention's program"
+
+
+SPLASH_CONFIG = dataclasses.replace(CONFIG, head_dim=SH, attention="splash", prefix_lm=False, attention_interpret=True,
+                                    attention_block_size=SPLASH_BLOCK)
+
+
+@pytest.fixture(scope="module")
+def splash_model_batch():
+  rng = np.random.default_rng(3)
+  tokens = rng.integers(1, CONFIG.vocab_size, SPLASH_SEGMENTS.shape) * (SPLASH_SEGMENTS > 0)
+  positions = np.stack([np.concatenate([np.arange(n) for n in np.unique(row, return_counts=True)[1]])
+                        for row in SPLASH_SEGMENTS])  # every segment here is one run of ids
+  batch = {"tokens": tokens, "segment_ids": SPLASH_SEGMENTS, "positions": positions,
+           "prefix_mask": np.zeros_like(tokens)}
+  batch = {name: jnp.asarray(x) for name, x in batch.items()}
+  shapes = jax.eval_shape(Transformer(SPLASH_CONFIG).init, jax.random.key(0), batch["tokens"])["params"]
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.asarray((path[-1].key == "scale") + 0.3 * rng.normal(size=x.value.shape), jnp.float32),
+      shapes, is_leaf=lambda x: hasattr(x, "names"))
+  return params, batch
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_splash_model_loss_and_parameter_gradients_equal_the_einsum(splash_model_batch, on_mesh):
+  mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2) if on_mesh else None
+  want = model_outputs(dataclasses.replace(SPLASH_CONFIG, attention="einsum"), *splash_model_batch)
+  assert_close(model_outputs(SPLASH_CONFIG, *splash_model_batch, mesh=mesh), want)
+
+
+def test_splash_with_prefix_lm_is_a_one_line_error():
+  with pytest.raises(UserError, match="'splash' cannot do prefix LM") as e:
+    ModelConfig(attention="splash")  # prefix_lm defaults to True
+  message = str(e.value).split("\n  In call to configurable")[0]  # gin adds that line
+  assert "\n" not in message and "ModelConfig.prefix_lm = False" in message and "'blocked'" in message
+
+
+def test_splash_off_tpu_without_interpret_is_a_one_line_error(splash_model_batch):
+  params, batch = splash_model_batch
+  model = Transformer(dataclasses.replace(SPLASH_CONFIG, attention_interpret=False))
+  with pytest.raises(UserError, match="needs a TPU") as e:
+    model.apply({"params": params}, batch["tokens"])
+  assert "\n" not in str(e.value) and "attention_interpret=True" in str(e.value)
+
+
+def test_splash_length_not_a_multiple_of_the_block_is_a_user_error(splash_model_batch):
+  params, batch = splash_model_batch
+  model = Transformer(dataclasses.replace(SPLASH_CONFIG, attention_block_size=256))
+  with pytest.raises(UserError, match=r"sequence length \(192\) to be a multiple of its block"):
+    model.apply({"params": params}, batch["tokens"][:, :192])
