@@ -159,3 +159,18 @@ def test_unrolled_dropout_differs_per_layer_and_repeats_with_the_rng():
   np.testing.assert_array_equal(run(3), run(3))
   assert not np.allclose(run(3), run(4))
   assert not np.allclose(run(3), model.apply({"params": params}, tokens))
+
+
+@pytest.mark.parametrize("spec,contract", [("btd,df->btf", 1), ("btnh,nhd->btd", 2), ("btd,dnh->btnh", 1)])
+def test_dense_and_its_gradients_equal_the_einsum(spec, contract):
+  """model.dense writes out its backward pass (for XLA's CPU layouts); the numbers are the einsum's."""
+  x_dims, w_dims = spec.split("->")[0].split(",")
+  sizes = dict(b=2, t=5, d=6, f=7, n=3, h=4)
+  x = jax.random.normal(jax.random.key(0), tuple(sizes[c] for c in x_dims))
+  w = jax.random.normal(jax.random.key(1), tuple(sizes[c] for c in w_dims))
+  cotangent = jax.random.normal(jax.random.key(2), jnp.einsum(spec, x, w).shape)
+  ours = lambda x, w: jnp.sum(model_lib.dense(x, w, contract) * cotangent)
+  reference = lambda x, w: jnp.sum(jnp.einsum(spec, x, w) * cotangent)
+  np.testing.assert_allclose(model_lib.dense(x, w, contract), jnp.einsum(spec, x, w), rtol=1e-6, atol=1e-6)
+  for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(reference, (0, 1))(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
