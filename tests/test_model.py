@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -174,3 +175,18 @@ def test_dense_and_its_gradients_equal_the_einsum(spec, contract):
   np.testing.assert_allclose(model_lib.dense(x, w, contract), jnp.einsum(spec, x, w), rtol=1e-6, atol=1e-6)
   for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(reference, (0, 1))(x, w)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_dots_policies_keep_the_projection_outputs(capsys):
+  """dense is a dot product to the remat policies: the "dots" ones save its outputs, "full" recomputes them."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6))
+  ws = [jax.random.normal(jax.random.key(i), (6, 7)) for i in (1, 2)]
+
+  def saved_activations(policy):  # residuals shaped like a projection's output [2, 5, 7]
+    f = jax.checkpoint(lambda x, w1, w2: jnp.sum(jnp.tanh(model_lib.dense(x, w1)) * model_lib.dense(x, w2)),
+                       policy=model_lib.REMAT_POLICIES[policy])
+    jax.ad_checkpoint.print_saved_residuals(f, x, *ws)
+    return capsys.readouterr().out.count("f32[2,5,7]")
+
+  assert saved_activations("full") == 0
+  assert saved_activations("dots_no_batch") == saved_activations("dots") == 2
