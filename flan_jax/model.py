@@ -108,10 +108,11 @@ class ModelConfig:
 def dense(x: Array, w: Array, contract: int = 1) -> Array:
   """x [..., K...] times w [K..., N...] -> [..., N...], contracting x's last `contract` dims with w's first.
 
-  The same product as the einsum it replaces ("btd,df->btf", "btnh,nhd->btd"), with the backward pass
-  written out so that the weight gradient is computed as x^T g with x on the left. Autodiff puts g on
-  the left, and XLA's CPU backend then computes the elementwise gradient feeding g (SwiGLU's, for the
-  MLP) inside a transposed copy, in transposed order: several times slower than the product itself.
+  The product of jnp.einsum("btd,df->btf", x, w) (or "btnh,nhd->btd" with contract=2), with the
+  backward pass written out so that the weight gradient is computed as x^T g with x on the left.
+  Autodiff puts g on the left, and XLA's CPU backend then computes the elementwise gradient feeding g
+  (SwiGLU's, in the MLP) inside a transposed copy, in transposed order: several times slower than the
+  product itself (docs/models.md, "Speed on CPU").
   """
   return _dense_fwd(x, w, contract)[0]
 
