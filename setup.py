@@ -39,7 +39,9 @@ setuptools.setup(
         "babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", "pandas", "editdistance",
         "immutabledict",
     ],
-    # The tests build tiny Hugging Face models with transformers (PyTorch on the CPU) to compare with.
-    extras_require={"test": ["pytest>=8", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18"], "tpu": ["jax[tpu]"],
-                    "gpu": ["jax[cuda12]"]},
+    # The tests build tiny Hugging Face models with transformers (PyTorch on the CPU) to compare with,
+    # and run lm-evaluation-harness on them offline to hold the zero-shot scores to it.
+    extras_require={"test": ["pytest>=8", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18",
+                             "lm-eval[hf]>=0.4.13,<0.5"],
+                    "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
 )

@@ -38,12 +38,15 @@ def model_dir_of(path: str) -> str:
   return os.path.dirname(path) if os.path.basename(path) == SUBDIR else path
 
 
-def write_run_record(model_dir: str, config: ModelConfig, vocab) -> None:
-  """Records the model config and the vocabulary (with its tokenizer file) in MODEL_DIR."""
-  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+def write_run_record(model_dir: str, config: ModelConfig, vocab, example_format: Optional[dict] = None) -> None:
+  """Records the model config, the vocabulary (with its tokenizer file) and the example format
+  (formats.describe) in MODEL_DIR."""
+  from flan_jax import formats, vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   with open(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), "w") as f:
     json.dump(dataclasses.asdict(config), f, indent=2)
   os.replace(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), os.path.join(model_dir, MODEL_CONFIG))
+  if example_format is not None:  # first: a vocabulary recorded without a format means an older run's t5 format
+    formats.save(example_format, os.path.join(model_dir, VOCABULARY))
   vocabularies.save(vocab, os.path.join(model_dir, VOCABULARY))
 
 
@@ -60,6 +63,16 @@ def recorded_vocabulary(model_dir: str):
   from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   directory = os.path.join(model_dir, VOCABULARY)
   return vocabularies.load(directory) if os.path.isdir(directory) else None
+
+
+def recorded_format(model_dir: str) -> Optional[dict]:
+  """The example format a run recorded beside its vocabulary; a run that recorded a vocabulary but
+  no format (made before formats existed) used the `t5` format; None for a run with no record."""
+  from flan_jax import formats  # TensorFlow and seqio: imported where a vocabulary is needed
+  directory = os.path.join(model_dir, VOCABULARY)
+  if not os.path.isdir(directory):
+    return None
+  return formats.load(directory) or {"format": "t5"}
 
 
 def manager(directory: str, *, save_every: int = 1, keep: Optional[int] = None,

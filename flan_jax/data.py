@@ -18,7 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax import partitioning, vocabularies
+from flan_jax import formats, partitioning, vocabularies
 from flan_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -44,36 +44,68 @@ def vocabulary(name: str) -> seqio.Vocabulary:
   return vocab.resolve() if isinstance(vocab, vocabularies.RunVocabulary) else vocab
 
 
-def feature_converter(pack: bool, vocab: seqio.Vocabulary, with_task_index: bool = False) -> seqio.FeatureConverter:
-  """Loss on the targets only; PrefixLM features when the task has `inputs`.
+def feature_converter(pack: bool, vocab: seqio.Vocabulary, with_task_index: bool = False,
+                      example_format: Optional[str] = None) -> seqio.FeatureConverter:
+  """Loss on the targets only; PrefixLM features (the prompt is `inputs`).
 
-  Every example's decoder input starts with the vocabulary's BOS id (0 for the byte vocabulary),
-  as a pretrained Llama-family model expects. `with_task_index` keeps TASK_INDEX (PrefixLM only).
+  Every example's decoder input starts where `formats.decoder_start` says for the vocabulary and
+  the run's format: at BOS for a tokenizer that adds it, else at the prompt's own first token
+  (the byte vocabulary at 0). `with_task_index` keeps TASK_INDEX.
   """
-  kwargs = dict(pack=pack, loss_on_targets_only=True, bos_id=vocabularies.bos_id_or_zero(vocab))
-  return _TaskIndexConverter(**kwargs) if with_task_index else seqio.DecoderFeatureConverter(**kwargs)
+  name = example_format or formats.example_format()
+  return DecoderConverter(pack=pack, start_id=formats.decoder_start(vocab, name),
+                          empty_start_id=formats.empty_prompt_start(vocab), with_task_index=with_task_index)
 
 
-class _TaskIndexConverter(seqio.PrefixLMFeatureConverter):
-  """The PrefixLM features of `feature_converter`, plus TASK_INDEX packed along with the tokens.
+_START = "decoder_start"  # per token, 1 + the token its example's stream starts with (0 on padding)
 
-  seqio refuses pass-through features when packing, as one of its own length could pack differently.
-  This one is built from the concatenated tokens (the task's index + 1 wherever a token is nonzero,
-  which is what packing measures), so the examples pack exactly as without it and every other
-  feature is unchanged; after packing it is the index, and -1 on padding.
+
+class DecoderConverter(seqio.PrefixLMFeatureConverter):
+  """seqio's PrefixLM features (loss on targets only), with the stream's start token chosen.
+
+  `start_id` is the token put before every example (seqio's `bos_id`), or None: the example's
+  first prompt token starts it (an empty prompt starts at `empty_start_id`), as a decoder reads a
+  text that its tokenizer gives no BOS. `with_task_index` adds TASK_INDEX packed along with the
+  tokens: seqio refuses pass-through features when packing, as one of its own length could pack
+  differently, so both extra features are built from the concatenated tokens (nonzero wherever a
+  token is, which is what packing measures); the examples pack exactly as without them.
   """
 
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    self._passthrough_features = {TASK_INDEX: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
+  def __init__(self, *, start_id: Optional[int], empty_start_id: int = 0, with_task_index: bool = False,
+               pack: bool = True):
+    super().__init__(pack=pack, loss_on_targets_only=True, bos_id=0 if start_id is None else start_id)
+    self._from_prompt, self._empty_start_id = start_id is None, empty_start_id
+    if with_task_index:
+      self._passthrough_features = {TASK_INDEX: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
 
   def _concat_and_add_masks(self, features):
+    features = dict(features)
+    if self._from_prompt:
+      inputs = features["inputs"]
+      first = tf.cond(tf.size(inputs) > 0, lambda: inputs[0], lambda: tf.constant(self._empty_start_id, tf.int32))
+      features["inputs"] = inputs[1:]
     d = dict(super()._concat_and_add_masks(features))
-    d[TASK_INDEX] = tf.where(d["targets"] != 0, features[TASK_INDEX][0] + 1, 0)
+    if self._from_prompt:
+      d[_START] = tf.where(d["targets"] != 0, first + 1, 0)
+    if TASK_INDEX in self._passthrough_features:
+      d[TASK_INDEX] = tf.where(d["targets"] != 0, features[TASK_INDEX][0] + 1, 0)
     return d
 
+  def _concat_task_feature_lengths(self, task_feature_lengths):
+    lengths = dict(super()._concat_task_feature_lengths(task_feature_lengths))
+    if self._from_prompt:
+      lengths[_START] = lengths["targets"]
+    return lengths
+
   def _convert_example(self, features):
-    return {**super()._convert_example(features), TASK_INDEX: features[TASK_INDEX] - 1}
+    d = dict(super()._convert_example(features))
+    if self._from_prompt:
+      positions = features["targets_positions"] if self.pack else tf.range(tf.size(features["targets"]))
+      start = features[_START]
+      d["decoder_input_tokens"] = tf.where((positions == 0) & (start > 0), start - 1, d["decoder_input_tokens"])
+    if TASK_INDEX in self._passthrough_features:
+      d[TASK_INDEX] = features[TASK_INDEX] - 1
+    return d
 
 
 def task_names(mixture_or_task_name: str) -> list[str]:

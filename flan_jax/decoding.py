@@ -4,7 +4,7 @@ Batches are unpacked seqio decoder features: right-padded prompts whose prefix m
 """
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence, Union
 
 import gin
 import jax
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flan_jax.errors import UserError
 from flan_jax.model import Cache, Transformer, apply_to_features, init_cache
 
+StopIds = Union[int, Sequence[int]]  # the token(s) that end a row: EOS, and e.g. a chat model's end of turn
 NEG = -1e9  # the log-probability of a dead beam; finite, so sums and ratios of it stay finite
 
 
@@ -44,15 +45,21 @@ def _step(model: Transformer, params, cache: Cache, token: jax.Array,
   return logits[:, 0], cache
 
 
+def is_stop(token: jax.Array, eos_id) -> jax.Array:
+  """Whether each token ends its row: `eos_id` is one id or a sequence of them (EOS, end of turn)."""
+  return jnp.isin(token, jnp.asarray(eos_id, jnp.int32).reshape(-1))
+
+
 def _mask_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
   """-inf on the padded part of the output vocabulary (ids >= vocab_size)."""
   return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
 
 
-def _decode(model: Transformer, params, batch, choose, max_decode_length: int, eos_id: int) -> jax.Array:
+def _decode(model: Transformer, params, batch, choose, max_decode_length: int, eos_id: StopIds) -> jax.Array:
   """[batch, max_decode_length] tokens, choose(logits [batch, vocab], step) -> [batch] at each step.
 
-  Every row stops at its EOS (zeros after it); the loop ends when all rows have or at max length.
+  Every row stops at its first stop token (`eos_id`: one id or several; zeros after it); the loop
+  ends when all rows have stopped or at max length.
   """
   tokens = batch["decoder_input_tokens"]
   b, length = tokens.shape
@@ -65,17 +72,17 @@ def _decode(model: Transformer, params, batch, choose, max_decode_length: int, e
     i, token, cache, out, done = carry
     logits, cache = _step(model, params, cache, token, prompt_len + i - 1)
     token = jnp.where(done, 0, choose(logits, i))
-    return i + 1, token, cache, out.at[:, i].set(token), done | (token == eos_id)
+    return i + 1, token, cache, out.at[:, i].set(token), done | is_stop(token, eos_id)
 
   def not_finished(carry):
     i, _, _, _, done = carry
     return (i < max_decode_length) & ~jnp.all(done)
 
-  carry = (1, token, cache, out, token == eos_id)
+  carry = (1, token, cache, out, is_stop(token, eos_id))
   return jax.lax.while_loop(not_finished, step, carry)[3]
 
 
-def greedy_decode(model: Transformer, params, batch, *, max_decode_length: int, eos_id: int,
+def greedy_decode(model: Transformer, params, batch, *, max_decode_length: int, eos_id: StopIds,
                   vocab_size: int) -> jax.Array:
   """[batch, max_decode_length] greedy continuations of each prompt, zero after EOS.
 
@@ -103,7 +110,7 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
 
 
 def sample_decode(model: Transformer, params, batch, rng: jax.Array, *, max_decode_length: int,
-                  eos_id: int, vocab_size: int, temperature: float = 1.0, top_k: int = 0,
+                  eos_id: StopIds, vocab_size: int, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
   """[batch, max_decode_length] sampled continuations of each prompt, zero after EOS.
 
@@ -121,7 +128,7 @@ def sample_decode(model: Transformer, params, batch, rng: jax.Array, *, max_deco
   return _decode(model, params, batch, choose, max_decode_length, eos_id)
 
 
-def beam_search(model: Transformer, params, batch, *, max_decode_length: int, eos_id: int,
+def beam_search(model: Transformer, params, batch, *, max_decode_length: int, eos_id: StopIds,
                 vocab_size: int, num_beams: int = 4,
                 length_penalty: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """(best continuation [batch, max_decode_length], zero after EOS; its score [batch]).
@@ -186,7 +193,7 @@ def _top(k: int, scores: jax.Array, *values: jax.Array):
                            for v in values)
 
 
-def _beam_step(state: _BeamState, logits: jax.Array, i, eos_id: int, vocab_size: int,
+def _beam_step(state: _BeamState, logits: jax.Array, i, eos_id: StopIds, vocab_size: int,
                length_penalty: float) -> _BeamState:
   """Extends the live beams with their tokens of step i; logits: [b * beams, vocab]."""
   b, beams = state.live_lp.shape
@@ -196,7 +203,7 @@ def _beam_step(state: _BeamState, logits: jax.Array, i, eos_id: int, vocab_size:
   lp, idx = jax.lax.top_k(candidates, 2 * beams)  # [b, 2 * beams], best first
   origin, token = idx // vocab, (idx % vocab).astype(jnp.int32)
   seqs = jnp.take_along_axis(state.live_seqs, origin[:, :, None], axis=1).at[:, :, i].set(token)
-  eos = token == eos_id
+  eos = is_stop(token, eos_id)
   norm = _length_norm(i + 1, length_penalty)
   in_top = jnp.arange(2 * beams) < beams  # as in Hugging Face, an EOS counts only among the best beams
   finished = jnp.where(eos & in_top, lp / norm, NEG)
@@ -238,7 +245,7 @@ def _best_beam(model, params, batch, **kwargs) -> jax.Array:
   return beam_search(model, params, batch, **kwargs)[0]
 
 
-def greedy_decode_reference(model: Transformer, params, batch, *, max_decode_length: int, eos_id: int,
+def greedy_decode_reference(model: Transformer, params, batch, *, max_decode_length: int, eos_id: StopIds,
                             vocab_size: int) -> jax.Array:
   """greedy_decode without a cache: recomputes the whole buffer at every step (the tests' reference).
 
@@ -262,7 +269,7 @@ def greedy_decode_reference(model: Transformer, params, batch, *, max_decode_len
     out = out.at[:, i].set(token)
     write = prompt_len + i
     buf = buf.at[rows, jnp.minimum(write, length - 1)].set(jnp.where(write < length, token, buf[rows, length - 1]))
-    return i + 1, buf, out, done | (token == eos_id)
+    return i + 1, buf, out, done | is_stop(token, eos_id)
 
   def not_finished(carry):  # stop as soon as every row has produced EOS
     i, _, _, done = carry

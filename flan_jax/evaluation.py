@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import checkpointing, decoding, partitioning, pretrained, task_info, vocabularies
+from flan_jax import checkpointing, decoding, formats, partitioning, pretrained, task_info, vocabularies
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
 from flan_jax import predictions as predictions_lib
@@ -138,6 +138,7 @@ class _Job:
   rules: tuple
   evaluators: dict = dataclasses.field(default_factory=dict)
   vocab_record: Optional[dict] = None
+  format_record: Optional[dict] = None
 
   def evaluator(self, split: str) -> seqio.Evaluator:
     if split not in self.evaluators:
@@ -170,11 +171,13 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
     model_config = (pretrained.pretrained_model_config(path) if is_pretrained
                     else checkpointing.recorded_model_config(model_dir) or ModelConfig())
   _follow_vocabulary(job, path)
+  _follow_format(job, path)
   model = Transformer(model_config)
   target = partitioning.sharded_param_structs(model, job.mesh, job.rules)
   vocab = data_lib.vocabulary(job.name)
+  stop_ids = formats.stop_ids(vocab, job.format_record["format"])
   runners = (_BatchRunner(functools.partial(
-      decoding.decoder(), model, max_decode_length=job.lengths["targets"], eos_id=vocab.eos_id,
+      decoding.decoder(), model, max_decode_length=job.lengths["targets"], eos_id=stop_ids,
       vocab_size=vocab.vocab_size), job.mesh, job.rules, job.batch_size),
              _BatchRunner(functools.partial(decoding.score_targets, model), job.mesh, job.rules, job.batch_size))
   reports, done = [], set()
@@ -238,7 +241,7 @@ def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, sp
     examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
     out = outputs[task.name]
     if seqio.metrics.ModelOutputType.SCORE in out:
-      content_free = _content_free(score, examples, vocab, job.lengths)
+      content_free = _content_free(score, examples, vocab, job.lengths, job.format_record["format"])
       task_records = predictions_lib.scoring_records(
           examples, out[seqio.metrics.ModelOutputType.SCORE], content_free, lineage, job.normalization)
       metrics[task.name]["accuracy"] = predictions_lib.accuracy(task_records)
@@ -249,6 +252,7 @@ def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, sp
     records += task_records
   report = {"checkpoint_path": os.path.abspath(path), "run": run, "step": step,
             "mixture_or_task_name": job.name, "split": split, "normalization": job.normalization,
+            "example_format": job.format_record["format"],
             "metrics": metrics, "average": average(metrics)}
   if jax.process_index() == 0:
     os.makedirs(output_dir, exist_ok=True)
@@ -271,9 +275,19 @@ def _count(ds) -> int:
   return n if n >= 0 else sum(1 for _ in ds)
 
 
+def answer_text(task_name: str, text: str, delimiter: str) -> str:
+  """A decoded continuation as an answer: cut at the task's stop strings, without the delimiter the
+  prompt format puts before a target, and without surrounding whitespace."""
+  text = formats.cut_at_stop(task_name, text)
+  return (text[len(delimiter):] if delimiter and text.startswith(delimiter) else text).strip()
+
+
 def _postprocessed(task: seqio.Task, vocab, tokens, examples) -> list:
   """Decoded predictions after the task's postprocessor, as seqio's metrics see them."""
   texts = [vocab.decode([int(t) for t in row]) for row in tokens]
+  if formats.example_format() != "t5":
+    texts = [answer_text(task.name, text, predictions_lib.text(ex.get(formats.DELIMITER, b"")))
+             for text, ex in zip(texts, examples)]
   if not task.postprocess_fn:
     return texts
   return [task.postprocess_fn(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
@@ -287,13 +301,16 @@ def _targets(task: seqio.Task, examples) -> list:
   return [task.postprocess_fn(text, example=ex, is_target=True) for text, ex in zip(texts, examples)]
 
 
-def _content_free(score: "_BatchRunner", examples, vocab, lengths: Mapping[str, int]) -> dict[str, float]:
-  """Each distinct option's log-likelihood after an empty prompt (BOS only): the calibration term."""
+def _content_free(score: "_BatchRunner", examples, vocab, lengths: Mapping[str, int],
+                  example_format: str) -> dict[str, float]:
+  """Each distinct option's log-likelihood after an empty prompt (the start token only): the
+  calibration term."""
   options = {}
   for row in examples:
     options.setdefault(predictions_lib.text(row["targets_pretokenized"]), row["targets"])
   length = lengths["inputs"] + lengths["targets"]
-  bos = vocabularies.bos_id_or_zero(vocab)
+  bos = formats.decoder_start(vocab, example_format)
+  bos = formats.empty_prompt_start(vocab) if bos is None else bos
   rows = {k: np.zeros((len(options), length), np.int32) for k in (
       "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_causal_attention")}
   for i, ids in enumerate(options.values()):
@@ -343,6 +360,21 @@ def _follow_vocabulary(job: _Job, checkpoint_path: str) -> None:
     vocabularies.set_default(start)
   vocabularies.check_same(vocabularies.describe(start), data_lib.vocabulary(job.name), checkpoint_path)
   job.vocab_record = vocabularies.describe(start)
+
+
+def _follow_format(job: _Job, checkpoint_path: str) -> None:
+  """Format examples as the checkpoint's run did (a pretrained model: as gin says, else 'prompt');
+  one chosen in gin, or used by an earlier run of this command, must be the same one."""
+  vocab = data_lib.vocabulary(job.name)
+  recorded = None if pretrained.is_pretrained(checkpoint_path) else checkpointing.recorded_format(
+      checkpointing.model_dir_of(checkpoint_path))
+  if recorded is not None and not formats.is_configured() and job.format_record is None:
+    formats.set_default(recorded["format"])
+  current = formats.describe(formats.example_format(), vocab)
+  for earlier, where in ((recorded, checkpoint_path), (job.format_record, "an earlier checkpoint of this eval")):
+    if earlier is not None:
+      formats.check_same(earlier, current, where)
+  job.format_record = current
 
 
 def _value(v) -> float:

@@ -445,7 +445,8 @@ def _token_id(meta: _Metadata, name: str, tokens: list[str]) -> int | None:
 
 
 def _tokenizer_config(meta: _Metadata, tokens: list[str], target: str) -> dict:
-  """tokenizer_config.json: the tokenizer class, its special tokens and (SentencePiece) BOS/EOS use."""
+  """tokenizer_config.json: the tokenizer class, its special tokens, (SentencePiece) BOS/EOS use and
+  the chat template. (A byte-level BPE tokenizer.json adds BOS itself where the file says so.)"""
   spm = target.endswith(".model")
   config = {"tokenizer_class": "LlamaTokenizer" if spm else "PreTrainedTokenizerFast"}
   for field, name in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
@@ -456,6 +457,9 @@ def _tokenizer_config(meta: _Metadata, tokens: list[str], target: str) -> dict:
   if spm:
     config["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", True))
     config["add_eos_token"] = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+  template = meta.get("tokenizer.chat_template", None)
+  if template:
+    config["chat_template"] = template
   return config
 
 

@@ -30,10 +30,12 @@ class Lineage:
 def normalized(log_likelihood: float, num_tokens: int, text: str, content_free: float) -> dict[str, float]:
   """An option's score under every normalisation.
 
-  none: the summed log-likelihood of its tokens (EOS included); per_token: divided by that
-  number of tokens; per_char: divided by the option's length in characters; calibrated: minus
-  the option's log-likelihood after an empty prompt (only BOS), which removes the model's prior
-  for the option itself.
+  none: the summed log-probability of its continuation tokens given the prompt (the delimiter's
+  tokens included, no EOS; the `t5` format scores the option's EOS too), lm-evaluation-harness's
+  `acc`; per_token: divided by that number of tokens; per_char: divided by the option's own length
+  in characters, without the delimiter, exactly as lm-evaluation-harness 0.4's `acc_norm` divides
+  (`len(choice)`); calibrated: minus the option's log-likelihood after an empty prompt (the start
+  token only), which removes the model's prior for the option itself.
   """
   return {"none": log_likelihood, "per_token": log_likelihood / max(num_tokens, 1),
           "per_char": log_likelihood / max(len(text), 1), "calibrated": log_likelihood - content_free}

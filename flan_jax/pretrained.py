@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 import resource
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import flax.linen as nn
 import gin
@@ -340,7 +340,8 @@ def peak_host_memory_gib() -> float:
 
 # --- Export. ----------------------------------------------------------------------------------------
 
-def hf_config(config: ModelConfig, *, bos_id: Optional[int], eos_id: Optional[int], dtype: str) -> dict:
+def hf_config(config: ModelConfig, *, bos_id: Optional[int], eos_id: Union[int, Sequence[int], None],
+              dtype: str) -> dict:
   """config.json for our config: Qwen2 if it has q/k/v biases, Mistral if it has a window, else Llama."""
   arch, model_type = "LlamaForCausalLM", "llama"
   if config.qkv_bias:
@@ -386,7 +387,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def export(params: Any, config: ModelConfig, output_dir: str, *, dtype: str = "bfloat16",
-           bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+           bos_id: Optional[int] = None, eos_id: Union[int, Sequence[int], None] = None,
            max_shard_bytes: int = 5 * 2 ** 30) -> list[str]:
   """Writes a Hugging Face model directory (weights and configs); returns the safetensors files."""
   np_dtype = jnp.dtype(dtype)
@@ -418,10 +419,12 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
                       mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[tuple] = None) -> list[str]:
   """Exports a flan_jax checkpoint (or a pretrained model) as a Hugging Face model directory.
 
-  The model config and vocabulary are the ones the run recorded; the tokenizer file is copied
-  with a tokenizer_config.json, so `transformers.AutoTokenizer` loads it too.
+  The model config, vocabulary and example format are the ones the run recorded; the tokenizer
+  file is copied with a tokenizer_config.json (whether it adds BOS, its chat template), so
+  `transformers.AutoTokenizer` loads it and prompts as the run was trained, and generation stops
+  at the tokens the run's decodes stop at (EOS, and a chat model's end of turn).
   """
-  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax import formats, vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   if not checkpoint_path:
     raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
   if not output_dir:
@@ -443,7 +446,11 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
   step, params = restore_params(checkpoint_path, model_config, mesh, rules, target)
   vocab = starting_vocabulary(checkpoint_path)
   bos = vocabularies.bos_id_or_zero(vocab) if vocab is not None else None
-  eos = vocab.eos_id if vocab is not None else None
+  eos = None
+  if vocab is not None:
+    recorded = None if is_pretrained(checkpoint_path) else checkpointing.recorded_format(model_dir)
+    stops = list(formats.stop_ids(vocab, (recorded or {"format": formats.DEFAULT})["format"]))
+    eos = stops if len(stops) > 1 else vocab.eos_id
   files = export(params, model_config, output_dir, dtype=dtype, bos_id=bos, eos_id=eos,
                  max_shard_bytes=int(max_shard_gb * 2 ** 30))
   if jax.process_index() == 0:
@@ -463,9 +470,11 @@ def _save_tokenizer(vocab, output_dir: str) -> None:
     token, tokenizer_class = vocab.tokenizer.id_to_token, "PreTrainedTokenizerFast"
   else:
     token, tokenizer_class = vocab.tokenizer.id_to_piece, "LlamaTokenizer"
-  config = {"tokenizer_class": tokenizer_class, "model_max_length": 1 << 20}
+  config = {"tokenizer_class": tokenizer_class, "model_max_length": 1 << 20, "add_bos_token": record["add_bos"]}
   for name in ("bos", "eos"):
     if record[f"{name}_id"] is not None:
       config[f"{name}_token"] = token(record[f"{name}_id"])
+  if getattr(vocab, "chat_template", None):
+    config["chat_template"] = vocab.chat_template
   with open(os.path.join(output_dir, "tokenizer_config.json"), "w") as f:
     json.dump(config, f, indent=2)

@@ -30,6 +30,7 @@ from flan_jax import (  # noqa: E402
     checkpointing,
     contamination,
     evaluation,
+    formats,
     pretrained,
     study_report,
     task_info,
@@ -336,9 +337,10 @@ def run_job(job: Job) -> None:
         raise SystemExit(0)
     else:
       evaluation.evaluate()
-  finally:  # a job's settings end with it: its gin config, and a vocabulary the eval took from a checkpoint
+  finally:  # a job's settings end with it: its gin config, the vocabulary and format an eval took from a checkpoint
     gin.clear_config()
     vocabularies.set_default(None)
+    formats.set_default(None)
 
 
 # Reporting.

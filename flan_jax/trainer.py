@@ -18,7 +18,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flan_jax import accounting, checkpointing, errors, optimizers, partitioning, pretrained, run_lock, vocabularies
+from flan_jax import (
+  accounting,
+  checkpointing,
+  errors,
+  formats,
+  optimizers,
+  partitioning,
+  pretrained,
+  run_lock,
+  vocabularies,
+)
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
 from flan_jax.errors import DiskFullError, UserError
@@ -97,6 +107,7 @@ def train(model_dir: Optional[str] = None, *,
     pretrained.check_config(model_config, pretrained.pretrained_model_config(initial_checkpoint_path),
                             initial_checkpoint_path)
   vocab = _check_vocab(mixture_or_task_name, model_config, model_dir, initial_checkpoint_path)
+  example_format = _check_format(vocab, model_dir)
 
   is_main = jax.process_index() == 0
   os.makedirs(model_dir, exist_ok=True)
@@ -108,7 +119,7 @@ def train(model_dir: Optional[str] = None, *,
         os.path.join(model_dir, checkpointing.SUBDIR), save_every=checkpoint_period, keep=checkpoints_to_keep,
         keep_period=keep_period, async_save=async_checkpointing)))
     if is_main:
-      checkpointing.write_run_record(model_dir, model_config, vocab)
+      checkpointing.write_run_record(model_dir, model_config, vocab, example_format)
     restored = checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs,
                                             on_damaged_checkpoint)
     if restored:
@@ -234,6 +245,15 @@ def _log(is_main: bool, message: str) -> None:
 def _write_operative_config(model_dir: str) -> None:
   with open(os.path.join(model_dir, "config.gin"), "w") as f:
     f.write(gin.operative_config_str())
+
+
+def _check_format(vocab, model_dir: str) -> dict:
+  """The record of the run's example format, after checking it is the one the run so far used."""
+  current = formats.describe(formats.example_format(), vocab)
+  recorded = checkpointing.recorded_format(model_dir)
+  if recorded is not None:
+    formats.check_same(recorded, current, model_dir)
+  return current
 
 
 def _check_vocab(name: str, config: ModelConfig, model_dir: str, initial_checkpoint_path: Optional[str]):

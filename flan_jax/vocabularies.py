@@ -20,6 +20,9 @@ import tensorflow as tf
 from flan_jax.errors import UserError
 
 RECORD = "vocabulary.json"  # what save() writes beside a checkpoint
+CHAT_TEMPLATE = "chat_template.jinja"  # the tokenizer's chat template, where it has one
+TOKENIZER_CONFIG = "tokenizer_config.json"
+IDENTITY = ("kind", "vocab_size", "bos_id", "eos_id", "sha256", "add_bos")  # what must match on resume
 FILES = {"huggingface": "tokenizer.json", "sentencepiece": "tokenizer.model"}
 CONFIGS = ("config.json", "generation_config.json")  # where a model directory keeps its bos/eos ids
 # Token strings taken as BOS / EOS when neither the caller nor a config gives the id.
@@ -95,10 +98,19 @@ def decode_tf_with(decode: Callable[[list[int]], str], ids) -> tf.Tensor:
 
 class _SpecialIds:
   """What the two file-backed vocabularies share: the BOS, EOS and UNK ids they were built with
-  (set in __init__), and equality by tokenizer file hash and special ids."""
+  (set in __init__), whether the tokenizer adds BOS itself (`add_bos`), the chat template and the
+  other ids that end a generation (`stop_ids`), and equality by tokenizer file hash and special ids."""
   _bos_id: Optional[int]
   _eos_id: Optional[int]
   _unk_id: Optional[int]
+  add_bos: bool
+  chat_template: Optional[str]
+  stop_ids: tuple
+
+  def _set_extras(self, add_bos: Optional[bool], chat_template: Optional[str], stop_ids: Sequence[int]):
+    self.add_bos = bool(self._adds_bos() if add_bos is None else add_bos) and self._bos_id is not None
+    self.chat_template = chat_template or None
+    self.stop_ids = tuple(int(i) for i in stop_ids)
 
   @property
   def bos_id(self) -> Optional[int]:
@@ -134,7 +146,8 @@ class HuggingFaceVocabulary(_SpecialIds, seqio.Vocabulary):
 
   kind = "huggingface"
 
-  def __init__(self, tokenizer_file: str, bos_id: Optional[int] = None, eos_id: Optional[int] = None):
+  def __init__(self, tokenizer_file: str, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+               add_bos: Optional[bool] = None, chat_template: Optional[str] = None, stop_ids: Sequence[int] = ()):
     super().__init__(extra_ids=0)
     self.tokenizer_file = os.path.abspath(tokenizer_file)
     self.sha256 = file_sha256(tokenizer_file)
@@ -145,6 +158,19 @@ class HuggingFaceVocabulary(_SpecialIds, seqio.Vocabulary):
     self._unk_id = _hf_unk_id(tok)
     ids = tok.get_vocab(with_added_tokens=True).values()
     self._size = max(tok.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
+    self._set_extras(add_bos, chat_template, stop_ids)
+
+  def _adds_bos(self) -> bool:
+    """Whether the tokenizer's post-processor puts BOS in front of a text."""
+    ids = self.tokenizer.encode("a", add_special_tokens=True).ids
+    return bool(ids) and ids[0] == self._bos_id and ids != self._encode("a")
+
+  def token_text(self, token_id: int) -> Optional[str]:
+    return self.tokenizer.id_to_token(token_id)
+
+  @property
+  def special_ids(self) -> set:
+    return {i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
 
   @property
   def tokenizer(self):
@@ -200,7 +226,8 @@ class SentencePieceVocabulary(_SpecialIds, seqio.SentencePieceVocabulary):
 
   kind = "sentencepiece"
 
-  def __init__(self, model_file: str, bos_id: Optional[int] = None, eos_id: Optional[int] = None):
+  def __init__(self, model_file: str, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+               add_bos: Optional[bool] = None, chat_template: Optional[str] = None, stop_ids: Sequence[int] = ()):
     super().__init__(os.path.abspath(model_file), extra_ids=0)
     self.sha256 = file_sha256(model_file)
     try:
@@ -211,6 +238,20 @@ class SentencePieceVocabulary(_SpecialIds, seqio.SentencePieceVocabulary):
     self._bos_id = bos_id if bos_id is not None else _present(tok.bos_id())
     self._eos_id = eos_id if eos_id is not None else _present(tok.eos_id())
     self._unk_id = _present(tok.unk_id())
+    self._set_extras(add_bos, chat_template, stop_ids)
+
+  def _adds_bos(self) -> bool:
+    return True  # Llama's SentencePiece tokenizers add BOS unless tokenizer_config.json says otherwise
+
+  def token_text(self, token_id: int) -> Optional[str]:
+    return self.tokenizer.id_to_piece(token_id)
+
+  @property
+  def special_ids(self) -> set:
+    return {i for i in range(self._base_vocab_size) if self.tokenizer.is_control(i)}
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [list(ids) for ids in self.tokenizer.encode(texts)]
 
   @property
   def tokenizer_file(self) -> str:
@@ -230,7 +271,7 @@ CLASSES = {"huggingface": HuggingFaceVocabulary, "sentencepiece": SentencePieceV
 
 
 def _identity(vocab) -> tuple:
-  return vocab.sha256, vocab.bos_id, vocab.eos_id
+  return vocab.sha256, vocab.bos_id, vocab.eos_id, vocab.add_bos
 
 
 def _present(token_id: int) -> Optional[int]:
@@ -258,9 +299,16 @@ def _hf_unk_id(tok) -> Optional[int]:
 def _config_id(directory: str, key: str) -> Optional[int]:
   """`key` from config.json (or its text_config), else generation_config.json; a list gives its first.
 
-  Chat models often list several EOS ids (e.g. end-of-text and end-of-turn); seqio appends one
-  EOS, so the first listed is the one used for training targets and to cut decodes.
+  Chat models often list several EOS ids (e.g. end-of-text and end-of-turn); the first listed is
+  the one that ends training targets, and all of them end a decode (`_config_ids`).
   """
+  ids = _config_ids(directory, key)
+  return ids[0] if ids else None
+
+
+def _config_ids(directory: str, key: str) -> list[int]:
+  """Every id listed under `key` in config.json and generation_config.json, in that order."""
+  out = []
   for name in CONFIGS:
     path = os.path.join(directory, name)
     if not os.path.isfile(path):
@@ -269,25 +317,53 @@ def _config_id(directory: str, key: str) -> Optional[int]:
       config = json.load(f)
     for section in (config, config.get("text_config") or {}):
       value = section.get(key)
-      if isinstance(value, list):
-        value = value[0] if value else None
-      if value is not None:
-        return int(value)
-  return None
+      for token_id in value if isinstance(value, list) else [value]:
+        if token_id is not None and int(token_id) not in out:
+          out.append(int(token_id))
+  return out
+
+
+def _tokenizer_config(directory: str) -> tuple[Optional[bool], Optional[str]]:
+  """(add_bos_token, chat_template) as a Hugging Face model directory gives them (None: not given).
+
+  The template is chat_template.jinja, else tokenizer_config.json's `chat_template` (a string, or
+  a list of named templates of which 'default' is used), else chat_template.json.
+  """
+  config = {}
+  path = os.path.join(directory, TOKENIZER_CONFIG)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  template = config.get("chat_template")
+  if isinstance(template, list):
+    template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+  jinja = os.path.join(directory, CHAT_TEMPLATE)
+  if os.path.isfile(jinja):
+    with open(jinja, encoding="utf-8") as f:
+      template = f.read()
+  elif template is None and os.path.isfile(os.path.join(directory, "chat_template.json")):
+    with open(os.path.join(directory, "chat_template.json"), encoding="utf-8") as f:
+      template = json.load(f).get("chat_template")
+  add_bos = config.get("add_bos_token")
+  return (None if add_bos is None else bool(add_bos)), template
 
 
 def from_directory(path: str) -> seqio.Vocabulary:
   """The vocabulary of a Hugging Face model directory, or of one written by `save`.
 
   tokenizer.json is preferred to tokenizer.model; BOS/EOS ids come from config.json, then
-  generation_config.json, then the tokenizer's own special tokens.
+  generation_config.json, then the tokenizer's own special tokens; whether BOS is added and the
+  chat template from tokenizer_config.json (else the tokenizer itself decides BOS).
   """
   if os.path.isfile(os.path.join(path, RECORD)):
     return load(path)
   for kind, name in FILES.items():
     file = os.path.join(path, name)
     if os.path.isfile(file):
-      return CLASSES[kind](file, _config_id(path, "bos_token_id"), _config_id(path, "eos_token_id"))
+      add_bos, template = _tokenizer_config(path)
+      eos_ids = _config_ids(path, "eos_token_id")
+      return CLASSES[kind](file, _config_id(path, "bos_token_id"), eos_ids[0] if eos_ids else None,
+                           add_bos=add_bos, chat_template=template, stop_ids=eos_ids[1:])
   raise UserError(f"{path} has no tokenizer.json or tokenizer.model; point at a Hugging Face model "
                   "directory that includes its tokenizer")
 
@@ -308,6 +384,8 @@ def describe(vocab: seqio.Vocabulary) -> dict:
   """A JSON-able record of `vocab`: kind, vocab_size, bos_id, eos_id and the tokenizer file's sha256."""
   if isinstance(vocab, RunVocabulary):
     vocab = vocab.resolve()
+  extras = {"add_bos": bool(getattr(vocab, "add_bos", False)),
+            "stop_ids": list(getattr(vocab, "stop_ids", ()) or ())}
   if isinstance(vocab, seqio.ByteVocabulary):
     kind, sha256 = "byte", None
   elif isinstance(vocab, (HuggingFaceVocabulary, SentencePieceVocabulary)):
@@ -318,11 +396,12 @@ def describe(vocab: seqio.Vocabulary) -> dict:
     raise UserError(f"cannot record a {type(vocab).__name__}: use a byte, Hugging Face or "
                     "SentencePiece vocabulary (see flan_jax.vocabularies)")
   return {"kind": kind, "vocab_size": int(vocab.vocab_size), "bos_id": _optional_id(vocab, "bos_id"),
-          "eos_id": _optional_id(vocab, "eos_id"), "sha256": sha256}
+          "eos_id": _optional_id(vocab, "eos_id"), "sha256": sha256, **extras}
 
 
 def save(vocab: seqio.Vocabulary, directory: str) -> None:
-  """Writes vocabulary.json (describe()) and a copy of the tokenizer file into `directory`."""
+  """Writes vocabulary.json (describe()), a copy of the tokenizer file and its chat template (if
+  any) into `directory`."""
   record = describe(vocab)
   if isinstance(vocab, RunVocabulary):
     vocab = vocab.resolve()
@@ -333,9 +412,18 @@ def save(vocab: seqio.Vocabulary, directory: str) -> None:
     if not (os.path.exists(target) and os.path.samefile(source, target)):
       shutil.copyfile(source, target + ".tmp")
       os.replace(target + ".tmp", target)
+  template = getattr(vocab, "chat_template", None)
+  if template:
+    _write_text(os.path.join(directory, CHAT_TEMPLATE), template)
   path = os.path.join(directory, RECORD)
   with open(path + ".tmp", "w") as f:
     json.dump(record, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def _write_text(path: str, text: str) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
   os.replace(path + ".tmp", path)
 
 
@@ -352,7 +440,13 @@ def load(directory: str) -> Optional[seqio.Vocabulary]:
   if kind not in FILES:
     raise UserError(f"{path} records an unknown vocabulary kind {kind!r}; expected byte, huggingface "
                     "or sentencepiece")
-  vocab = CLASSES[kind](os.path.join(directory, FILES[kind]), record["bos_id"], record["eos_id"])
+  template = None
+  if os.path.isfile(os.path.join(directory, CHAT_TEMPLATE)):
+    with open(os.path.join(directory, CHAT_TEMPLATE), encoding="utf-8") as f:
+      template = f.read()
+  vocab = CLASSES[kind](os.path.join(directory, FILES[kind]), record["bos_id"], record["eos_id"],
+                        add_bos=record.get("add_bos"), chat_template=template,
+                        stop_ids=record.get("stop_ids", ()))
   if vocab.sha256 != record["sha256"]:
     raise UserError(f"{vocab.tokenizer_file} is not the tokenizer recorded in {path} (sha256 differs); "
                     "restore the file saved with the checkpoint")
@@ -362,13 +456,14 @@ def load(directory: str) -> Optional[seqio.Vocabulary]:
 def _summary(record: dict) -> str:
   sha = f", sha256 {record['sha256'][:12]}" if record.get("sha256") else ""
   return (f"{record.get('kind')} (size {record.get('vocab_size')}, bos {record.get('bos_id')}, "
-          f"eos {record.get('eos_id')}{sha})")
+          f"eos {record.get('eos_id')}, adds bos {record.get('add_bos')}{sha})")
 
 
 def check_same(recorded: dict, current: seqio.Vocabulary, where: str) -> None:
   """Raises UserError when `current` is not the vocabulary `recorded` by describe()."""
+  keys = [k for k in IDENTITY if k in recorded]  # records older than `add_bos` lack it
   now = describe(current)
-  if now != recorded:
+  if any(now.get(k) != recorded.get(k) for k in keys):
     raise UserError(f"{where} was made with the vocabulary {_summary(recorded)} but this run uses "
                     f"{_summary(now)}; bind run_vocabulary.vocabulary to the matching vocabulary")
 

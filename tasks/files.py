@@ -37,15 +37,19 @@ class FileTaskError(UserError):
 
 
 def templates_of(templates: Sequence[TemplateLike]) -> list[Template]:
-  """Strings are input templates with target "{answer}"; pairs are (inputs, targets)."""
+  """Strings are input templates with target "{answer}"; pairs are (inputs, targets), triples
+  (inputs, targets, delimiter)."""
   out = []
   for t in templates:
     if isinstance(t, Template):
       out.append(t)
     elif isinstance(t, str):
       out.append(Template(t))
-    else:
+    elif len(t) in (2, 3):
       out.append(Template(*t))
+    else:
+      raise templates_lib.TemplateError(f"template {t!r}: give a prompt string, or (prompt, target) or "
+                          "(prompt, target, delimiter)")
   return out
 
 
@@ -126,12 +130,14 @@ def _dataset_fn(split, shuffle_files, seed=None, *, columns):
 def file_task(name: str, paths: Paths, templates: Sequence[TemplateLike], kind: str,
               answer_field: str = ANSWER_FIELD, options_field: Optional[str] = None,
               options_separator: str = "|", metrics: Sequence[str] = ("accuracy",),
-              cluster: str = "user") -> str:
+              cluster: str = "user", delimiter: Optional[str] = None, stop: Sequence[str] = ()) -> str:
   """Registers an instruction task read from files; returns its name.
 
   `paths` is one file (used for every split) or {split: file}. Templates name the file's fields;
   `{answer}` is the `answer_field` column and `{options_}` lists the `options_field` column (a
-  JSON list, or text split on `options_separator`).
+  JSON list, or text split on `options_separator`). `delimiter` goes between prompt and target
+  where a template sets none (default: a space unless the prompt ends in whitespace); `stop`
+  strings cut decoded answers.
   """
   templates = templates_of(templates)
   split_paths = {s: paths for s in SPLITS} if isinstance(paths, str) else dict(paths)
@@ -151,7 +157,7 @@ def file_task(name: str, paths: Paths, templates: Sequence[TemplateLike], kind: 
   templates_lib.validate(f"{name} (from {split_paths['train']})", templates, columns_available)
   base = instruction.InstructionDataset(
       name=name, cluster=cluster, source=None, fields=tuple(sorted(needed)), templates=templates,
-      metric_fns=tuple(METRICS[m] for m in metrics))
+      metric_fns=tuple(METRICS[m] for m in metrics), delimiter=delimiter, stop=tuple(stop))
   instruction.check(base)
   columns, sizes = {}, {}
   for split, path in split_paths.items():
@@ -167,7 +173,7 @@ def file_task(name: str, paths: Paths, templates: Sequence[TemplateLike], kind: 
     seqio.TaskRegistry.remove(task)  # registering again (e.g. gin re-evaluating) replaces it
   instruction.register(instruction.InstructionDataset(
       name=name, cluster=cluster, source=source, fields=base.fields, templates=templates,
-      metric_fns=base.metric_fns))
+      metric_fns=base.metric_fns, delimiter=delimiter, stop=base.stop))
   return name
 
 

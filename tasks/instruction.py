@@ -15,7 +15,7 @@ from t5.data import preprocessors as t5_pre
 from t5.evaluation import metrics as t5_metrics
 import tensorflow as tf
 
-from flan_jax import task_info
+from flan_jax import formats, task_info
 from flan_tasks import templates as templates_lib
 from flan_tasks.vocab import output_features
 
@@ -38,6 +38,8 @@ class InstructionDataset:
   to_fields: Optional[Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]] = None
   metric_fns: Sequence[Callable] = (t5_metrics.accuracy,)
   filter_fn: Optional[Callable[[Mapping[str, tf.Tensor]], tf.Tensor]] = None  # keep if True
+  delimiter: Optional[str] = None  # between prompt and target where a template sets none (None: the rule)
+  stop: Sequence[str] = ()  # strings that end a decoded answer (the first one found cuts it)
 
   @property
   def has_options(self) -> bool:
@@ -53,9 +55,9 @@ def _fields(ex, to_fields):
   return dict(to_fields(ex)) if to_fields else dict(ex)
 
 
-def _format(ex, to_fields, templates, seed):
-  ex = templates_lib.apply_random_template(_fields(ex, to_fields), templates, seed)
-  return {"inputs": ex["inputs"], "targets": ex["targets"]}
+def _format(ex, to_fields, templates, seed, delimiter):
+  ex = templates_lib.apply_random_template(_fields(ex, to_fields), templates, seed, delimiter)
+  return {k: ex[k] for k in ("inputs", "targets", formats.DELIMITER)}
 
 
 def add_example_ids(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -64,7 +66,7 @@ def add_example_ids(ds: tf.data.Dataset) -> tf.data.Dataset:
                             num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _rank_classification(ds, to_fields, templates, seed):
+def _rank_classification(ds, to_fields, templates, seed, delimiter):
   """One example per option: the chosen template's input, and the option as the answer.
 
   t5 numbers the source examples in order: `idx` is [example_id, option index].
@@ -76,20 +78,21 @@ def _rank_classification(ds, to_fields, templates, seed):
     index = templates_lib.choose_template(ex, len(templates), seed)
     options = ex[templates_lib.OPTIONS_FIELD]
     as_options = dict(ex, answer=options)
-    inputs = tf.stack([templates_lib.render(t.inputs, ex) for t in templates])
+    prompts = [templates_lib.render(t.inputs, ex) for t in templates]
     targets = tf.stack([templates_lib.render(t.targets, as_options) for t in templates])
     return {
-        "inputs": tf.fill(tf.shape(options), tf.gather(inputs, index)),
+        "inputs": tf.fill(tf.shape(options), tf.gather(tf.stack(prompts), index)),
         "targets": tf.gather(targets, index),
         "is_correct": tf.equal(options, ex[templates_lib.ANSWER_FIELD]),
         task_info.EXAMPLE_ID: example_id,
+        formats.DELIMITER: tf.gather(templates_lib.delimiters(templates, prompts, delimiter), index),
     }
 
   ds = add_example_ids(ds).map(expand, num_parallel_calls=tf.data.AUTOTUNE)
   return t5_pre.rank_classification(
       ds, inputs_fn=operator.itemgetter("inputs"), targets_fn=operator.itemgetter("targets"),
       is_correct_fn=operator.itemgetter("is_correct"),
-      passthrough_feature_keys=[task_info.EXAMPLE_ID])
+      passthrough_feature_keys=[task_info.EXAMPLE_ID, formats.DELIMITER])
 
 
 def _filtered(dataset: InstructionDataset) -> list[Callable]:
@@ -100,15 +103,14 @@ def _filtered(dataset: InstructionDataset) -> list[Callable]:
 
 def _formatter(dataset: InstructionDataset, templates, seed: int) -> Callable:
   return seqio.map_over_dataset(functools.partial(
-      _format, to_fields=dataset.to_fields, templates=tuple(templates), seed=seed))
-
-
-_TOKENIZE = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+      _format, to_fields=dataset.to_fields, templates=tuple(templates), seed=seed,
+      delimiter=dataset.delimiter))
 
 
 def _record(name: str, dataset: InstructionDataset, template: Optional[int], kind: str) -> str:
   task_info.register(name, dataset=dataset.name, cluster=dataset.cluster, template=template,
                      kind=kind)
+  formats.set_stop_strings(name, dataset.stop)
   return name
 
 
@@ -122,11 +124,12 @@ def add_generative_task(name: str, dataset: InstructionDataset,
   "generative" (evaluation) task numbers its examples (`example_id`), a "train" task does not.
   """
   numbered = [add_example_ids] if kind == "generative" else []
+  tokenize = formats.preprocessor("generate" if kind == "generative" else "train")
   seqio.TaskRegistry.add(
       name,
       source=dataset.source,
       preprocessors=(_filtered(dataset) + [_formatter(dataset, templates, seed)] + numbered
-                     + _TOKENIZE),
+                     + [tokenize]),
       output_features=output_features(),
       metric_fns=list(dataset.metric_fns if metric_fns is None else metric_fns),
   )
@@ -142,7 +145,8 @@ def add_scoring_task(name: str, dataset: InstructionDataset,
       source=dataset.source,
       preprocessors=_filtered(dataset) + [
           functools.partial(_rank_classification, to_fields=dataset.to_fields,
-                            templates=tuple(templates), seed=seed)] + _TOKENIZE,
+                            templates=tuple(templates), seed=seed, delimiter=dataset.delimiter),
+          formats.preprocessor("score")],
       output_features=output_features(),
       postprocess_fn=t5_post.rank_classification,
       metric_fns=[t5_metrics.rank_classification],
@@ -163,7 +167,8 @@ def add_fewshot_task(name: str, dataset: InstructionDataset, template: templates
       preprocessors=[
           functools.partial(seqio.experimental.fewshot_preprocessor, targets_prefix="\n",
                             example_separator="\n\n"),
-      ] + _TOKENIZE,
+          formats.preprocessor("generate"),
+      ],
       output_features=output_features(),
       metric_fns=list(dataset.metric_fns),
   )
@@ -225,6 +230,7 @@ def register(dataset: InstructionDataset, seed: int = TEMPLATE_SEED) -> list[str
 def check(dataset: InstructionDataset) -> None:
   """Raises TemplateError when a template names a missing field or none asks for the answer."""
   templates_lib.validate(dataset.name, dataset.templates, dataset.fields)
+  formats.check_delimiter(dataset.delimiter, f"task {dataset.name}")
   if not dataset.answer_templates:
     raise templates_lib.TemplateError(
         f"task {dataset.name}: needs at least one template whose target is {{answer}}")

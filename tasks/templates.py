@@ -3,14 +3,17 @@
 A template is a pair of format strings, one for the model input and one for the target, with
 `{field}` placeholders naming string features of an example. The special placeholder
 `{options_}` renders the example's `options` feature as an "OPTIONS:" block, one option a line.
+A decoder reads `prompt + delimiter + target`; the delimiter is the template's own, else its
+dataset's, else a space unless the prompt ends in whitespace (flan_jax.formats).
 """
 
 import dataclasses
 import string
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from flan_jax import formats
 from flan_jax.errors import UserError
 
 OPTIONS_PLACEHOLDER = "options_"
@@ -26,6 +29,16 @@ class TemplateError(UserError):
 class Template:
   inputs: str
   targets: str = "{answer}"
+  delimiter: Optional[str] = None  # between the prompt and the target; None: the default rule
+
+  def __post_init__(self):
+    if not isinstance(self.inputs, str) or not isinstance(self.targets, str):
+      raise TemplateError(f"template {self.inputs!r} -> {self.targets!r}: the prompt and the target must "
+                          "be strings")
+    if not _names(self.targets) and not self.targets.strip():
+      raise TemplateError(f"template {self.inputs[:40]!r}: the target is empty; give it a field, "
+                          "such as '{answer}'")
+    formats.check_delimiter(self.delimiter, f"template {self.inputs[:40]!r}")
 
   @property
   def asks_for_answer(self) -> bool:
@@ -123,13 +136,21 @@ def choose_template(example: Mapping[str, tf.Tensor], num_templates: int, seed: 
   return tf.strings.to_hash_bucket_strong(key, num_templates, [seed, 0x5EED])
 
 
+def delimiters(templates: Sequence[Template], prompts: Sequence[tf.Tensor],
+               default: Optional[str] = None) -> tf.Tensor:
+  """Each template's delimiter for its rendered prompt: its own, else `default`, else the rule."""
+  return tf.stack([formats.tf_delimiter(prompt, t.delimiter if t.delimiter is not None else default)
+                   for t, prompt in zip(templates, prompts)])
+
+
 def apply_random_template(example: Mapping[str, tf.Tensor], templates: Sequence[Template],
-                          seed: int) -> dict[str, tf.Tensor]:
-  """Renders one seeded-random template per example into `inputs` and `targets`."""
+                          seed: int, delimiter: Optional[str] = None) -> dict[str, tf.Tensor]:
+  """Renders one seeded-random template per example into `inputs`, `targets` and the delimiter."""
   index = choose_template(example, len(templates), seed)
-  inputs = tf.stack([render(t.inputs, example) for t in templates])
+  prompts = [render(t.inputs, example) for t in templates]
   targets = tf.stack([render(t.targets, example) for t in templates])
   out = dict(example)
-  out.update(inputs=tf.gather(inputs, index), targets=tf.gather(targets, index),
+  out.update(inputs=tf.gather(tf.stack(prompts), index), targets=tf.gather(targets, index),
              template_index=tf.cast(index, tf.int32))
+  out[formats.DELIMITER] = tf.gather(delimiters(templates, prompts, delimiter), index)
   return out

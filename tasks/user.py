@@ -47,12 +47,13 @@ def _to_fields(ex, fields, answer, options):
 def tfds_task(name: str, tfds_name: str, templates: Sequence[files.TemplateLike],
               fields: Mapping[str, str], answer: str, options: Optional[Sequence[str]] = None,
               splits: Optional[Mapping[str, str]] = None, metrics: Sequence[str] = ("accuracy",),
-              cluster: str = "user") -> str:
+              cluster: str = "user", delimiter: Optional[str] = None, stop: Sequence[str] = ()) -> str:
   """Registers an instruction task over a TFDS dataset ("name[/config]:version"); returns its name.
 
   `fields` maps template field names to feature paths ("question/stem"); `answer` is the
   feature holding the target text, or a class label when `options` (the label texts, in label
-  order) is given. `splits` maps seqio splits to TFDS splits or slices.
+  order) is given. `splits` maps seqio splits to TFDS splits or slices; `delimiter` and `stop` as
+  in `files.file_task`.
   """
   source = seqio.TfdsDataSource(
       tfds_name, splits=dict(splits or {"train": "train", "validation": "validation"}))
@@ -64,7 +65,7 @@ def tfds_task(name: str, tfds_name: str, templates: Sequence[files.TemplateLike]
       templates=files.templates_of(templates),
       to_fields=functools.partial(_to_fields, fields=dict(fields), answer=answer,
                                   options=tuple(options or ())),
-      metric_fns=tuple(files.METRICS[m] for m in metrics)))
+      metric_fns=tuple(files.METRICS[m] for m in metrics), delimiter=delimiter, stop=tuple(stop)))
   return name
 
 

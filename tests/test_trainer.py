@@ -9,8 +9,9 @@ import pytest
 import seqio
 
 from flan_jax import data as data_lib
-from flan_jax import optimizers, partitioning, trainer
+from flan_jax import formats, optimizers, partitioning, trainer, vocabularies
 import flan_tasks  # noqa: F401
+from tests import tiny_pretrained
 from tests.conftest import TINY
 
 TASK = "embedded_no_sentiment"
@@ -31,13 +32,26 @@ def make(mesh_shape, lr=1e-3):
   return s, trainer.compile_train_step(s, tx, schedule), tx, schedule
 
 
-def test_packed_loss_equals_examples_one_by_one():
+@pytest.fixture
+def bpe_without_bos(tmp_path):
+  """A BPE tokenizer that adds no BOS: each example's stream starts at its prompt's own first token."""
+  tiny_pretrained.train_tokenizer().save(str(tmp_path / "tokenizer.json"))
+  vocabularies.set_default(vocabularies.from_directory(str(tmp_path)))
+  yield
+  vocabularies.set_default(None)
+
+
+@pytest.mark.parametrize("tokenizer", ["bytes", "bpe_without_bos"])
+def test_packed_loss_equals_examples_one_by_one(tokenizer, request):
+  if tokenizer != "bytes":
+    request.getfixturevalue(tokenizer)
   s, _, _, _ = make((1, 1, 1))
   state = s.init(jax.random.key(0))
   loss = jax.jit(functools.partial(trainer.loss_fn, model=s.model, z_loss=0.0, dropout_rng=None))
   ds = functools.partial(seqio.get_dataset, mixture_or_task_name="embedded_parity", task_feature_lengths=LENGTHS,
                          dataset_split="train", shuffle=False, use_cached=False)
   vocab = data_lib.vocabulary("embedded_parity")
+  assert (formats.decoder_start(vocab, "prompt") is None) == (tokenizer != "bytes")
   packed = next(ds(feature_converter=data_lib.feature_converter(True, vocab)).batch(2).as_numpy_iterator())
   singles = {}
   for ex in ds(feature_converter=data_lib.feature_converter(False, vocab)).take(64).as_numpy_iterator():
