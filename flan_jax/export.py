@@ -5,9 +5,9 @@ from flan_jax import cli
 
 cli.import_tensorflow_quietly()
 
-# pretrained imports vocabularies only where it needs one; import it before gin parses the flags, so its
-# configurables exist then (gin refuses new ones once the config is locked).
-from flan_jax import pretrained, vocabularies  # noqa: E402,F401
+# pretrained imports vocabularies and formats only where it needs them; import them before gin parses the
+# flags, so their configurables exist then (gin refuses new ones once the config is locked).
+from flan_jax import formats, pretrained, vocabularies  # noqa: E402,F401
 
 
 def main(flags: cli.Flags) -> None:
