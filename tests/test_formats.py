@@ -19,6 +19,7 @@ from flan_jax.model import Transformer
 import flan_tasks  # noqa: F401
 from flan_tasks import files, templates
 from tests import tiny_pretrained
+from tests.test_binaries import run_main
 from tests.test_pretrained import _run_ok
 
 torch = pytest.importorskip("torch")
@@ -231,7 +232,7 @@ def test_chat_training_example_is_the_rendered_conversation(setup, clean):
 
 @pytest.fixture(scope="module")
 def tuned_chat(setup, tmp_path_factory):
-  """A 1-step chat-format run from the BOS + chat-template model, and its export."""
+  """A 1-step chat-format run from the BOS + chat-template model: (run, its export, the base model)."""
   from flan_jax import export, train
   models, _ = setup
   base = tmp_path_factory.mktemp("chat_run")
@@ -247,7 +248,7 @@ def tuned_chat(setup, tmp_path_factory):
   finally:
     vocabularies.set_default(None)
     formats.set_default(None)
-  return model_dir, out
+  return model_dir, out, models["chat_bos"]
 
 
 def _our_greedy(checkpoint: str, task: str, fmt: str, n: int) -> list[list[int]]:
@@ -294,7 +295,7 @@ def _their_greedy(directory: str, prompts, chat: bool) -> list[list[int]]:
 
 
 def test_exported_chat_run_generates_what_flan_jax_decodes(tuned_chat, clean):
-  model_dir, out = tuned_chat
+  model_dir, out, _ = tuned_chat
   assert formats.load(os.path.join(model_dir, checkpointing.VOCABULARY))["format"] == "chat"
   config = json.load(open(os.path.join(out, "tokenizer_config.json")))
   assert config["chat_template"] == CHAT_BOS and config["add_bos_token"] is True
@@ -312,14 +313,24 @@ def test_prompt_format_generates_what_transformers_generates(setup, kind, clean)
   assert ours == _their_greedy(models[kind], prompts, chat=False)
 
 
-def test_resuming_or_evaluating_in_another_format_is_one_line(tuned_chat, tmp_path, clean):
-  model_dir, _ = tuned_chat
+def test_resuming_or_evaluating_in_another_format_is_one_line(tuned_chat, tmp_path, clean, capsys):
+  model_dir = tuned_chat[0]
   gin.bind_parameter("example_format.name", "prompt")
   with pytest.raises(UserError, match="made with the example format 'chat' but this run asks for 'prompt'"):
     evaluation.evaluate(model_dir, mixture_or_task_name="fj_mc_scoring_t0", task_feature_lengths=LENGTHS,
                         split="validation", batch_size=8, output_dir=str(tmp_path),
                         mesh=partitioning.make_mesh(devices=jax.devices()[:1]))
   assert not os.listdir(tmp_path)
+  # Resuming the run in another format: one line, exit 2, the run's records untouched.
+  from flan_jax import train
+  record = open(os.path.join(model_dir, checkpointing.VOCABULARY, formats.RECORD)).read()
+  code, err = run_main(train, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={tuned_chat[2]}",
+                               f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=fj_mc",
+                               f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
+                               "--gin.example_format.name='prompt'"], capsys)
+  assert code == 2 and "made with the example format 'chat' but this run asks for 'prompt'" in err
+  assert len(err.strip().splitlines()) == 1
+  assert open(os.path.join(model_dir, checkpointing.VOCABULARY, formats.RECORD)).read() == record
 
 
 def test_chat_without_a_template_is_one_line(setup, tmp_path, clean):
