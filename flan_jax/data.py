@@ -44,15 +44,14 @@ def vocabulary(name: str) -> seqio.Vocabulary:
   return vocab.resolve() if isinstance(vocab, vocabularies.RunVocabulary) else vocab
 
 
-def feature_converter(pack: bool, vocab: seqio.Vocabulary, with_task_index: bool = False,
-                      example_format: Optional[str] = None) -> seqio.FeatureConverter:
+def feature_converter(pack: bool, vocab: seqio.Vocabulary, with_task_index: bool = False) -> seqio.FeatureConverter:
   """Loss on the targets only; PrefixLM features (the prompt is `inputs`).
 
   Every example's decoder input starts where `formats.decoder_start` says for the vocabulary and
   the run's format: at BOS for a tokenizer that adds it, else at the prompt's own first token
   (the byte vocabulary at 0). `with_task_index` keeps TASK_INDEX.
   """
-  name = example_format or formats.example_format()
+  name = formats.example_format()
   return DecoderConverter(pack=pack, start_id=formats.decoder_start(vocab, name),
                           empty_start_id=formats.empty_prompt_start(vocab), with_task_index=with_task_index)
 

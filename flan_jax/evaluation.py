@@ -366,8 +366,7 @@ def _follow_format(job: _Job, checkpoint_path: str) -> None:
   """Format examples as the checkpoint's run did (a pretrained model: as gin says, else 'prompt');
   one chosen in gin, or used by an earlier run of this command, must be the same one."""
   vocab = data_lib.vocabulary(job.name)
-  recorded = None if pretrained.is_pretrained(checkpoint_path) else checkpointing.recorded_format(
-      checkpointing.model_dir_of(checkpoint_path))
+  recorded = pretrained.starting_format(checkpoint_path)
   if recorded is not None and not formats.is_configured() and job.format_record is None:
     formats.set_default(recorded["format"])
   current = formats.describe(formats.example_format(), vocab)

@@ -31,13 +31,9 @@ ROLES = ("train", "score", "generate")
 # The delimiter between prompt and target.
 
 
-def default_delimiter(prompt: str) -> str:
-  """lm-evaluation-harness's convention: a space, unless the prompt is empty or ends in whitespace."""
-  return "" if not prompt or prompt[-1] in " \n\t" else " "
-
-
 def tf_delimiter(prompt: tf.Tensor, delimiter: Optional[str]) -> tf.Tensor:
-  """`delimiter`, or where it is None the default for the rendered prompt (in a tf.data graph)."""
+  """`delimiter`, or where it is None lm-evaluation-harness's convention for the rendered prompt (in a
+  tf.data graph): a space, unless the prompt is empty or ends in whitespace."""
   if delimiter is not None:
     return tf.constant(delimiter)
   ends_in_space = tf.strings.regex_full_match(prompt, r"(?s)(.*[ \n\t])?")

@@ -333,6 +333,11 @@ def starting_vocabulary(path: str):
   return checkpointing.recorded_vocabulary(checkpointing.model_dir_of(path))
 
 
+def starting_format(path: str) -> Optional[dict]:
+  """The example format a flan_jax run recorded (checkpointing.recorded_format); None for a pretrained model."""
+  return None if is_pretrained(path) else checkpointing.recorded_format(checkpointing.model_dir_of(path))
+
+
 def peak_host_memory_gib() -> float:
   """This process's peak resident memory so far (Linux reports kilobytes)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
@@ -448,8 +453,7 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
   bos = vocabularies.bos_id_or_zero(vocab) if vocab is not None else None
   eos = None
   if vocab is not None:
-    recorded = None if is_pretrained(checkpoint_path) else checkpointing.recorded_format(model_dir)
-    stops = list(formats.stop_ids(vocab, (recorded or {"format": formats.DEFAULT})["format"]))
+    stops = list(formats.stop_ids(vocab, (starting_format(checkpoint_path) or {"format": formats.DEFAULT})["format"]))
     eos = stops if len(stops) > 1 else vocab.eos_id
   files = export(params, model_config, output_dir, dtype=dtype, bos_id=bos, eos_id=eos,
                  max_shard_bytes=int(max_shard_gb * 2 ** 30))

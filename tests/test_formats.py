@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 from flan_jax import checkpointing, decoding, evaluation, formats, partitioning, pretrained, vocabularies
 from flan_jax import data as data_lib
@@ -353,8 +354,9 @@ def test_bad_templates_are_one_line(make, message):
 
 
 def test_default_delimiter_and_lm_eval_split():
-  assert formats.default_delimiter("Answer:") == " "
-  assert [formats.default_delimiter(p) for p in ("Answer:\n", "A: ", "")] == ["", "", ""]
+  default = lambda prompt: formats.tf_delimiter(tf.constant(prompt), None).numpy().decode()
+  assert default("Answer:") == " "
+  assert [default(p) for p in ("Answer:\n", "A: ", "")] == ["", "", ""]
   encode = lambda texts: [[ord(c) for c in t] for t in texts]
   assert formats.split_ids(encode, "Answer: ", "Paris") == ([ord(c) for c in "Answer:"], [ord(c) for c in " Paris"])
 
