@@ -7,13 +7,15 @@ Flags: `--gin_file=PATH` (repeatable; looked up in the working directory, then u
 bounds how long the other hosts wait before they exit when one host dies (default 100).
 
 Exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad input or a run that cannot go on as
-asked (one line on stderr says what to change), 3 the loss diverged, 4 another host of the job died,
-5 the disk filled up; anything else is a bug, with its traceback.
+asked (one line on stderr says what to change; also a path that cannot be read or written), 3 the loss
+diverged, 4 another host of the job died, 5 the disk filled up, 130 stopped by Ctrl-C (SIGINT); anything
+else is a bug, with its traceback.
 """
 
 import ast
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -25,6 +27,18 @@ import gin
 from flan_jax.errors import DiskFullError, UserError, chain, first_line
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+def _interrupted_while_starting(kind, value, tb) -> None:
+  """Ctrl-C before `run` starts (the binaries import TensorFlow and JAX at module level) is one line too; Python
+  then ends the process by SIGINT, which a shell reports as 130."""
+  if issubclass(kind, KeyboardInterrupt):
+    print("error: interrupted (Ctrl-C) while starting; nothing was written", file=sys.stderr, flush=True)
+    return
+  _python_excepthook(kind, value, tb)
+
+
+_python_excepthook, sys.excepthook = sys.excepthook, _interrupted_while_starting
 
 
 @dataclasses.dataclass
@@ -205,12 +219,19 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     code, message = 3, first_line(e)
   except DiskFullError as e:  # names the step and the last complete checkpoint
     code, message = 5, first_line(e)
+  except KeyboardInterrupt:
+    code, message = 130, ("interrupted (Ctrl-C); results and checkpoints are written whole or not at all, so "
+                          "rerun the same command to go on")
   except Exception as e:
     if _peer_failure(e):
       code, message = 4, (f"a collective failed, most likely because another host of this job died; see its "
                           f"log ({first_line(e)[:200]})")
-    else:
+    elif _user_error_in(e) is not None:
       code, message = 2, _user_error_in(e)
+    elif _os_error(e, (errno.ENOSPC,)) is not None:  # the trainer names its step; the other binaries get this
+      code, message = 5, _disk_full_message(_os_error(e, (errno.ENOSPC,)))
+    else:
+      code, message = 2, None if _os_error(e, _PATH_ERRORS) is None else _path_message(_os_error(e, _PATH_ERRORS))
       if message is None:  # a bug: its traceback, with the library logs that led to it
         held.replay()
         raise
@@ -236,6 +257,35 @@ def _without_closed_loop_noise(unraisable) -> None:
 def _peer_failure(e: BaseException) -> bool:
   import jax
   return jax.process_count() > 1 and isinstance(e, jax.errors.JaxRuntimeError)
+
+
+# Errors of the environment, not of flan_jax: a path that is missing, unreadable or on a read-only disk.
+_PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+
+
+def _os_error(e: BaseException, codes: Sequence[int]) -> Optional[OSError]:
+  """The first OSError with one of `codes` among the exception and its causes (libraries wrap them)."""
+  for seen in chain(e):
+    if isinstance(seen, OSError) and seen.errno in codes:
+      return seen
+  if errno.ENOSPC in codes and any("No space left on device" in str(seen) for seen in chain(e)):
+    return OSError(errno.ENOSPC, "No space left on device")  # tensorstore and orbax keep only the text
+  return None
+
+
+def _disk_full_message(e: OSError) -> str:
+  where = f" while writing {e.filename}" if e.filename else ""
+  return (f"no space left on device{where}; nothing half-written is kept (finished results are). Free some "
+          "space and rerun the same command")
+
+
+def _path_message(e: OSError) -> str:
+  path = f" {e.filename}" if e.filename else ""
+  fixes = {errno.ENOENT: "check the path", errno.ENOTDIR: "check the path",
+           errno.EISDIR: "pass a file, not a directory",
+           errno.EEXIST: "a file is in the way of a directory: pass a directory path"}
+  fix = fixes.get(e.errno, "check its permissions or choose another path")
+  return f"{e.strerror or first_line(e)}:{path}; {fix}"
 
 
 def _user_error_in(e: BaseException) -> Optional[str]:

@@ -10,6 +10,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from flan_jax import settings
 from flan_jax.errors import UserError
 from flan_jax.model import Cache, Transformer, apply_to_features, init_cache
 
@@ -228,6 +229,12 @@ def decoder(method: str = "greedy", *, temperature: float = 1.0, top_k: int = 0,
   Returns fn(model, params, batch, *, max_decode_length, eos_id, vocab_size) -> tokens, like
   greedy_decode. Sampling uses the same key for every batch, so an eval repeats exactly.
   """
+  settings.number("decoder.temperature", temperature, low=0, low_open=True)
+  settings.integer("decoder.top_k", top_k, minimum=0)
+  settings.number("decoder.top_p", top_p, low=0, high=1, low_open=True)
+  settings.integer("decoder.seed", seed, minimum=0)
+  settings.integer("decoder.num_beams", num_beams)
+  settings.number("decoder.length_penalty", length_penalty)
   if method == "greedy":
     return greedy_decode
   if method == "sample":

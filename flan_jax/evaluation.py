@@ -7,7 +7,6 @@ the trainer.
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -17,7 +16,17 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import checkpointing, decoding, formats, partitioning, pretrained, task_info, vocabularies
+from flan_jax import (
+  checkpointing,
+  decoding,
+  files,
+  formats,
+  partitioning,
+  pretrained,
+  settings,
+  task_info,
+  vocabularies,
+)
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
 from flan_jax import predictions as predictions_lib
@@ -104,6 +113,7 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
     raise UserError(f"evaluate.normalization={normalization!r}; choose one of "
                     f"{', '.join(predictions_lib.NORMALIZATIONS)}")
   data_lib.check_task_name(mixture_or_task_name)
+  _check_settings(task_feature_lengths, batch_size, num_examples, all_steps, follow_seconds, split)
   splits = [split] if isinstance(split, str) else list(split)
   names = list(run_names) if run_names else [_run_name(p) for p in paths]
   if len(names) != len(paths) or len(set(names)) != len(names):
@@ -123,6 +133,19 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   for name, path, directory in zip(names, paths, output_dirs):
     reports += _evaluate_run(job, name, path, model_config, directory, all_steps, follow_seconds)
   return reports
+
+
+def _check_settings(task_feature_lengths, batch_size, num_examples, all_steps, follow_seconds, split) -> None:
+  """Refuses a wrong type or value of a numeric setting of `evaluate` in one line, before anything compiles."""
+  settings.feature_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
+  settings.integer("EVAL_BATCH_SIZE", batch_size)
+  settings.integer("evaluate.num_examples", num_examples, allow_none=True)
+  settings.boolean("evaluate.all_steps", all_steps)
+  settings.number("evaluate.follow_seconds", follow_seconds, low=0)
+  names = [split] if isinstance(split, str) else split
+  if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) and n for n in names)):
+    raise UserError(f"EVAL_SPLITS={split!r} must be a split name or a non-empty list of them; "
+                    "pass --gin.EVAL_SPLITS=\"['validation']\"")
 
 
 @dataclasses.dataclass
@@ -255,16 +278,16 @@ def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, sp
             "example_format": job.format_record["format"],
             "metrics": metrics, "average": average(metrics)}
   if jax.process_index() == 0:
+    # The metrics file is written last: its presence says the step is evaluated (`_evaluated`), and
+    # each file is renamed into place only when whole, so a write cut short leaves no result behind.
     os.makedirs(output_dir, exist_ok=True)
     result = _result_path(output_dir, job.name, split, step, "eval")
     predictions_lib.write_jsonl(records, _result_path(output_dir, job.name, split, step, "predictions"))
-    with open(result + ".tmp", "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(result + ".tmp", result)
     with metrics_lib.MetricsWriter(output_dir, enabled=True, name="eval") as writer:  # TensorBoard too
       scalars = {f"{task}/{name}": v for task, values in metrics.items() for name, v in values.items()}
       scalars.update({f"average/{name}": v for name, v in report["average"].items()})
       writer.write_scalars(step, scalars, prefix=f"{job.name}/{split}")
+    files.write_json(result, report)
     print(format_table(report), flush=True)
     print(f"wrote {result} and its predictions", flush=True)
   return report

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from flan_jax import attention as attention_lib
+from flan_jax import lora as lora_lib
+from flan_jax import settings
 from flan_jax.errors import UserError
 
 Array = jax.Array
@@ -32,6 +34,7 @@ REMAT_POLICIES = {
 
 
 ROPE_SCALINGS = ("none", "linear", "llama3")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @gin.configurable
@@ -76,6 +79,7 @@ class ModelConfig:
   attention_interpret: bool = False  # run Pallas kernels ("splash") in interpret mode, for tests on CPU
 
   def __post_init__(self):
+    self._check_types()
     if self.num_heads % self.num_kv_heads:
       raise UserError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of ModelConfig.num_kv_heads="
                       f"{self.num_kv_heads}; choose heads that divide evenly")
@@ -87,12 +91,32 @@ class ModelConfig:
       raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
     if self.attention not in attention_lib.IMPLEMENTATIONS:
       raise UserError(f"ModelConfig.attention={self.attention!r}; choose one of {list(attention_lib.IMPLEMENTATIONS)}")
-    if self.attention_block_size < 1:
-      raise UserError(f"ModelConfig.attention_block_size={self.attention_block_size} must be positive")
     if self.attention == "splash" and self.prefix_lm:
       raise UserError("ModelConfig.attention='splash' cannot do prefix LM (its mask is fixed at compile time, not per "
                       "example); set ModelConfig.prefix_lm = False (for causally pretrained models) or use "
                       "attention='blocked'")
+
+  def _check_types(self) -> None:
+    """Each field's type and range (gin passes whatever it is given), as one line naming the field."""
+    block = self.attention_block_size
+    if not (isinstance(block, int) and not isinstance(block, bool) and block >= 1):
+      kind = "" if isinstance(block, int) and not isinstance(block, bool) else f" (a {type(block).__name__})"
+      raise UserError(f"ModelConfig.attention_block_size={block!r}{kind} must be positive (an integer block "
+                      "length); pass --gin.ModelConfig.attention_block_size=<n>")
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
+                 "rope_original_max_position", "max_position_embeddings"):
+      settings.integer(f"ModelConfig.{name}", getattr(self, name))
+    settings.integer("ModelConfig.sliding_window", self.sliding_window, allow_none=True)
+    for name in ("rope_theta", "rope_scaling_factor", "norm_eps"):
+      settings.number(f"ModelConfig.{name}", getattr(self, name), low=0, low_open=True)
+    for name in ("rope_low_freq_factor", "rope_high_freq_factor"):
+      settings.number(f"ModelConfig.{name}", getattr(self, name), low=0)
+    settings.number("ModelConfig.dropout_rate", self.dropout_rate, low=0, high=1, high_open=True)
+    for name in ("qkv_bias", "prefix_lm", "tie_embeddings", "scan_layers", "attention_interpret"):
+      settings.boolean(f"ModelConfig.{name}", getattr(self, name))
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise UserError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {list(DTYPES)}")
 
   def num_params(self) -> int:
     d, f, h = self.d_model, self.d_ff, self.head_dim
@@ -140,6 +164,21 @@ def _init(scale: float = 0.02):
 def constrain(x: Array, *names: Optional[str]) -> Array:
   """Pins an activation's sharding by logical axis names (a no-op without axis rules)."""
   return nn.with_logical_constraint(x, names)
+
+
+def linear(module: nn.Module, x: Array, name: str, shape: tuple, axes: tuple, contract: int = 1, *,
+           lora: Optional[lora_lib.LoraConfig] = None, deterministic: bool = True) -> Array:
+  """x [..., K...] times the projection `name` [shape] (its first `contract` dims are K), plus the low-rank
+  update of its adapter when `lora` targets it (flan_jax/lora.py)."""
+  cfg = module.config
+  dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+  y = dense(x, lora_lib.kernel_param(module, name, shape, axes, _init(), pdtype, lora).astype(dtype), contract)
+  if lora is None or not lora.adapts(name):
+    return y
+  a, b = lora_lib.adapter_params(module, name, shape, axes, contract, lora, pdtype)
+  if lora.dropout > 0:
+    x = nn.Dropout(lora.dropout, deterministic=deterministic, name=f"{name}_lora_dropout")(x)
+  return y + dense(dense(x, a.astype(dtype), contract), b.astype(dtype)) * jnp.asarray(lora.scale, dtype)
 
 
 class RMSNorm(nn.Module):
@@ -283,6 +322,8 @@ class Attention(nn.Module):
   allows, and the new keys and values come back as [batch, kv_heads, length, head_dim] for the cache.
   """
   config: ModelConfig
+  lora: Optional[lora_lib.LoraConfig] = None
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array, mask: MaskArg, positions: Array, kv: Optional[tuple[Array, Array]] = None,
@@ -295,13 +336,15 @@ class Attention(nn.Module):
       return self.param(name, nn.with_logical_partitioning(init, axes), shape, pdtype).astype(dtype)
 
     def project(name, heads, heads_axis):  # [b, t, heads, h], plus a bias if the config has one
-      out = dense(x, weight(f"w{name}", (d, heads, h), ("embed", heads_axis, "head_dim")))
+      out = linear(self, x, f"w{name}", (d, heads, h), ("embed", heads_axis, "head_dim"), lora=self.lora,
+                   deterministic=self.deterministic)
       if cfg.qkv_bias:
         out = out + weight(f"b{name}", (heads, h), (heads_axis, "head_dim"), nn.initializers.zeros)
       return out
 
     q, key, value = project("q", n, "heads"), project("k", k, "kv_heads"), project("v", k, "kv_heads")
-    wo = weight("wo", (n, h, d), ("heads", "head_dim", "embed"))
+    output = lambda out: linear(self, out, "wo", (n, h, d), ("heads", "head_dim", "embed"), 2, lora=self.lora,
+                                deterministic=self.deterministic)  # [b, t, n, h] -> [b, t, d]
     inv_freq = rotary_frequencies(cfg)
     q = apply_rotary(q, positions, inv_freq)
     key = apply_rotary(key, positions, inv_freq)
@@ -312,15 +355,15 @@ class Attention(nn.Module):
     if kernel == "blocked":
       out = attention_lib.blocked_attention(q, key, value, mask.segment_ids, mask.prefix,
                                             block_size=cfg.attention_block_size, sliding_window=cfg.sliding_window)
-      return dense(out, wo, 2), None
+      return output(out), None
     if kernel == "splash":
       out = attention_lib.splash_attention(q, key, value, mask.segment_ids, sliding_window=cfg.sliding_window,
                                            block_size=cfg.attention_block_size, interpret=cfg.attention_interpret)
-      return dense(out, wo, 2), None
+      return output(out), None
     if kernel in ("xla", "cudnn"):
       out = attention_lib.dot_product_attention(q, key, value, None if mask is None else mask[:, 0],
                                                 implementation=kernel, sliding_window=cfg.sliding_window)
-      return dense(out, wo, 2), None
+      return output(out), None
     if kv is None and cfg.attention != "einsum":  # initializing: the einsum needs the dense mask
       mask = attention_mask(x.shape[1], None, None, cfg.sliding_window)
     kv_dims, new_kv = "bskh", None
@@ -336,30 +379,29 @@ class Attention(nn.Module):
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
     out = jnp.einsum(f"bkgts,{kv_dims}->btkgh", probs, value).reshape(b, t, n, h)
-    return dense(out, wo, 2), new_kv
+    return output(out), new_kv
 
 
 class MLP(nn.Module):
   config: ModelConfig
+  lora: Optional[lora_lib.LoraConfig] = None
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
-    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-
-    def weight(name, shape, axes):
-      return self.param(name, nn.with_logical_partitioning(_init(), axes), shape, pdtype).astype(dtype)
-
-    gate = dense(x, weight("w_gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp")))
-    up = dense(x, weight("w_up", (cfg.d_model, cfg.d_ff), ("embed", "mlp")))
+    project = functools.partial(linear, self, lora=self.lora, deterministic=self.deterministic)
+    gate = project(x, "w_gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    up = project(x, "w_up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
     hidden = constrain(nn.silu(gate) * up, "activation_batch", "activation_length", "activation_mlp")
-    return dense(hidden, weight("w_down", (cfg.d_ff, cfg.d_model), ("mlp", "embed")))
+    return project(hidden, "w_down", (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
 
 
 class Block(nn.Module):
   """One pre-norm transformer layer; shaped as a scan body: (carry, args) -> (carry, new kv or None)."""
   config: ModelConfig
   deterministic: bool = True
+  lora: Optional[lora_lib.LoraConfig] = None
 
   @nn.compact
   def __call__(self, x: Array, mask: MaskArg, positions: Array, kv: Optional[tuple[Array, Array]] = None,
@@ -367,15 +409,17 @@ class Block(nn.Module):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name=name)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-    attn, kv = Attention(cfg, name="attn")(norm("attn_norm")(x), mask, positions, kv, index)
+    attn, kv = Attention(cfg, self.lora, self.deterministic, name="attn")(norm("attn_norm")(x), mask, positions, kv,
+                                                                          index)
     x = x + drop(attn)
-    x = x + drop(MLP(cfg, name="mlp")(norm("mlp_norm")(x)))
+    x = x + drop(MLP(cfg, self.lora, self.deterministic, name="mlp")(norm("mlp_norm")(x)))
     x = constrain(x, "activation_batch", "activation_length", "activation_embed")
     return x, kv
 
 
 class Transformer(nn.Module):
   config: ModelConfig
+  lora: Optional[lora_lib.LoraConfig] = None  # low-rank adapters on the projections (flan_jax/lora.py)
 
   @nn.compact
   def __call__(self, tokens: Array, *, segment_ids: Optional[Array] = None,
@@ -414,11 +458,11 @@ class Transformer(nn.Module):
       layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                        in_axes=in_axes, length=cfg.num_layers,
                        metadata_params={nn.PARTITION_NAME: "layers"})
-      x, new_kv = layers(cfg, deterministic, name="layers")(x, *args)
+      x, new_kv = layers(cfg, deterministic, self.lora, name="layers")(x, *args)
     else:
       dropout_rngs = [None if deterministic else self.make_rng("dropout") for _ in range(cfg.num_layers)]
       x, new_kv = unrolled_layers(cfg, self.variables["params"]["layers"], x, mask, positions, kv,
-                                  None if cache is None else cache.index, dropout_rngs)
+                                  None if cache is None else cache.index, dropout_rngs, self.lora)
     x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
 
     if cfg.tie_embeddings:
@@ -439,13 +483,15 @@ class Transformer(nn.Module):
 
 def unrolled_layers(cfg: ModelConfig, stacked: Mapping, x: Array, mask: MaskArg, positions: Array,
                     kv: Optional[tuple[Array, Array]], index: Optional[Array],
-                    dropout_rngs: list) -> tuple[Array, Optional[tuple[Array, Array]]]:
+                    dropout_rngs: list,
+                    lora: Optional[lora_lib.LoraConfig] = None) -> tuple[Array, Optional[tuple[Array, Array]]]:
   """The scan of Transformer's layers as a loop: layer i runs Block on slice i of the stacked parameters
   (and of the cache's keys and values); returns (x, the new keys and values stacked as the scan stacks them)."""
 
   def layer(params, x, kv, rng):
     rngs = {} if rng is None else {"dropout": rng}
-    return Block(cfg, rng is None, parent=None).apply({"params": params}, x, mask, positions, kv, index, rngs=rngs)
+    return Block(cfg, rng is None, lora, parent=None).apply({"params": params}, x, mask, positions, kv, index,
+                                                            rngs=rngs)
 
   if cfg.remat_policy != "none":
     layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy])

@@ -4,6 +4,7 @@ import gin
 import jax.numpy as jnp
 import optax
 
+from flan_jax import settings
 from flan_jax.errors import UserError
 
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
@@ -19,6 +20,10 @@ def make_schedule(total_steps: int, learning_rate: float = 1e-3, schedule: str =
   """
   if schedule not in SCHEDULES:
     raise UserError(f"make_schedule.schedule={schedule!r} is not a schedule; choose one of {', '.join(SCHEDULES)}")
+  settings.integer("TRAIN_STEPS", total_steps)  # finetune.gin binds make_schedule.total_steps = %TRAIN_STEPS
+  settings.number("LEARNING_RATE", learning_rate, low=0, low_open=True)
+  settings.integer("make_schedule.warmup_steps", warmup_steps, minimum=0)
+  settings.number("make_schedule.end_fraction", end_fraction, low=0, high=1)
   warmup = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
   decay_steps = max(total_steps - warmup_steps, 1)
   end = learning_rate * end_fraction
@@ -41,6 +46,11 @@ def make_optimizer(schedule: optax.Schedule, name: str = "adamw", weight_decay: 
                    b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
                    clip_norm: float | None = 1.0) -> optax.GradientTransformation:
   """AdamW or Adafactor (FLAN's choice), after optional global-norm clipping."""
+  settings.number("make_optimizer.weight_decay", weight_decay, low=0)
+  settings.number("make_optimizer.b1", b1, low=0, high=1, high_open=True)
+  settings.number("make_optimizer.b2", b2, low=0, high=1, high_open=True)
+  settings.number("make_optimizer.eps", eps, low=0, low_open=True)
+  settings.number("make_optimizer.clip_norm", clip_norm, low=0, allow_none=True)
   if name == "adamw":
     tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
   elif name == "adafactor":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from flan_jax import settings
 from flan_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -39,6 +40,7 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    ("lora_rank", None),  # a LoRA adapter's rank dimension (flan_jax/lora.py): small, kept whole
 )
 
 
@@ -56,14 +58,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
   (GPU nodes), keeping fsdp and tensor inside a slice where the interconnect is fast.
   """
   devices = list(devices if devices is not None else jax.devices())
+  settings.integer("make_mesh.data", data, allow=(-1,))
+  for name, size in (("fsdp", fsdp), ("tensor", tensor), ("dcn_data", dcn_data)):
+    settings.integer(f"make_mesh.{name}", size)
   if data == -1:
     if len(devices) % (fsdp * tensor * dcn_data):
       raise UserError(f"{len(devices)} devices do not divide into fsdp={fsdp} x tensor={tensor} "
-                       f"x dcn_data={dcn_data}")
+                      f"x dcn_data={dcn_data}; choose make_mesh sizes whose product divides {len(devices)}")
     data = len(devices) // (fsdp * tensor * dcn_data)
   if data * fsdp * tensor * dcn_data != len(devices):
     raise UserError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} x dcn_data={dcn_data} "
-                     f"needs {data * fsdp * tensor * dcn_data} devices; there are {len(devices)}")
+                    f"needs {data * fsdp * tensor * dcn_data} devices; there are {len(devices)}: choose sizes whose "
+                    "product is that, or make_mesh.data=-1 for every device the others leave")
   if dcn_data > 1:
     # The slow links are between slices (TPU multislice) or, within one slice, between processes.
     one_slice = len({getattr(d, "slice_index", 0) for d in devices}) == 1

@@ -6,10 +6,11 @@ with its task, dataset, cluster, template, example id, prompt, options and their
 
 import dataclasses
 import json
-import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from flan_jax import files
 
 NORMALIZATIONS = ("none", "per_token", "per_char", "calibrated")
 
@@ -89,10 +90,10 @@ def accuracy(records: Iterable[Mapping[str, Any]]) -> float:
 
 
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str) -> None:
-  with open(path + ".tmp", "w") as f:
+  """One JSON line per record; the file appears only once complete (flan_jax.files)."""
+  with files.replacing(path) as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
-  os.replace(path + ".tmp", path)
 
 
 def _record(lineage: Lineage, kind: str, example_id: int, prompt: str, prediction, target, correct,

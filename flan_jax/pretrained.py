@@ -8,6 +8,7 @@ safetensors with an index, generation_config.json and the tokenizer, one layer's
 import dataclasses
 import json
 import os
+import re
 import resource
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
 
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax import checkpointing, partitioning, safetensors_io
+from flan_jax import checkpointing, partitioning, safetensors_io, settings
+from flan_jax import files as files_lib
 from flan_jax.errors import UserError
 from flan_jax.model import ModelConfig, Transformer
 
@@ -316,9 +318,15 @@ def _block_reader(m: Mapping, source: TensorSource, shape: tuple[int, ...], dtyp
 
 def restore_params(path: str, config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple,
                    param_structs: Any) -> tuple[int, Any]:
-  """(step, parameters) from a flan_jax checkpoint, or from a pretrained model (step 0)."""
+  """(step, parameters) from a flan_jax checkpoint, or from a pretrained model (step 0).
+
+  A LoRA run's checkpoint gives its adapters merged into its base (flan_jax/adapters.py).
+  """
   if is_pretrained(path):
     return 0, load_params(open_pretrained(path), mesh, rules, config)
+  from flan_jax import adapters  # imports this module
+  if adapters.read_record(checkpointing.model_dir_of(path)) is not None:
+    return adapters.restore_merged(path, config, mesh, rules, param_structs)
   return checkpointing.restore_params(path, param_structs)
 
 
@@ -394,7 +402,11 @@ def _to_host(x: jax.Array) -> np.ndarray:
 def export(params: Any, config: ModelConfig, output_dir: str, *, dtype: str = "bfloat16",
            bos_id: Optional[int] = None, eos_id: Union[int, Sequence[int], None] = None,
            max_shard_bytes: int = 5 * 2 ** 30) -> list[str]:
-  """Writes a Hugging Face model directory (weights and configs); returns the safetensors files."""
+  """Writes a Hugging Face model directory (weights and configs); returns the safetensors files.
+
+  config.json, which makes a directory a model (`is_pretrained`), is written last and renamed into place
+  whole, so an export cut short never looks like a model.
+  """
   np_dtype = jnp.dtype(dtype)
   is_main = jax.process_index() == 0
   if is_main:
@@ -402,10 +414,10 @@ def export(params: Any, config: ModelConfig, output_dir: str, *, dtype: str = "b
   files = safetensors_io.write_sharded(hf_tensors(params, config, np_dtype), output_dir,
                                        _planned_sizes(config, np_dtype), max_shard_bytes, write=is_main)
   if is_main:
-    with open(os.path.join(output_dir, "config.json"), "w") as f:
-      json.dump(hf_config(config, bos_id=bos_id, eos_id=eos_id, dtype=str(np_dtype)), f, indent=2)
-    with open(os.path.join(output_dir, "generation_config.json"), "w") as f:
-      json.dump({"bos_token_id": bos_id, "eos_token_id": eos_id}, f, indent=2)
+    files_lib.write_json(os.path.join(output_dir, "generation_config.json"),
+                         {"bos_token_id": bos_id, "eos_token_id": eos_id})
+    files_lib.write_json(os.path.join(output_dir, "config.json"),
+                         hf_config(config, bos_id=bos_id, eos_id=eos_id, dtype=str(np_dtype)))
   return files
 
 
@@ -421,30 +433,56 @@ def _planned_sizes(config: ModelConfig, dtype) -> list[tuple[str, int]]:
 def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED, *,
                       dtype: str = "bfloat16", max_shard_gb: float = 5.0,
                       model_config: Optional[ModelConfig] = None,
-                      mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[tuple] = None) -> list[str]:
+                      mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[tuple] = None,
+                      adapter: bool = False, export_format: str = "huggingface",
+                      overwrite: bool = False) -> list[str]:
   """Exports a flan_jax checkpoint (or a pretrained model) as a Hugging Face model directory.
 
   The model config, vocabulary and example format are the ones the run recorded; the tokenizer
   file is copied with a tokenizer_config.json (whether it adds BOS, its chat template), so
   `transformers.AutoTokenizer` loads it and prompts as the run was trained, and generation stops
   at the tokens the run's decodes stop at (EOS, and a chat model's end of turn).
+  `export_format="gguf"` writes one llama.cpp file instead (flan_jax/gguf_export.py). `overwrite` allows
+  a non-empty OUTPUT_DIR: the export replaces the files it writes (and a previous export's weights and
+  tokenizer files it would not write again) and leaves everything else there alone.
   """
   from flan_jax import formats, vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   if not checkpoint_path:
     raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
   if not output_dir:
     raise UserError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=<directory for the Hugging Face model>")
-  if dtype not in ("bfloat16", "float16", "float32"):
-    raise UserError(f"export dtype {dtype!r} is not supported; use bfloat16, float16 or float32")
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
-    raise UserError(f"OUTPUT_DIR {output_dir} is not empty; choose a new directory")
+  allowed = {"huggingface": ("bfloat16", "float16", "float32"), "gguf": ("bfloat16", "float16", "float32", "q8_0")}
+  if export_format not in allowed:
+    raise UserError(f"EXPORT_FORMAT {export_format!r} is not supported; use 'huggingface' or 'gguf'")
+  if dtype not in allowed[export_format]:
+    raise UserError(f"export dtype {dtype!r} is not supported for EXPORT_FORMAT {export_format!r}; use "
+                    f"{', '.join(allowed[export_format])}")
+  settings.number("export_checkpoint.max_shard_gb", max_shard_gb, low=0, low_open=True)
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise UserError(f"OUTPUT_DIR {output_dir} is a file; pass a directory")
+  if not overwrite and os.path.isdir(output_dir) and os.listdir(output_dir):
+    raise UserError(f"OUTPUT_DIR {output_dir} is not empty; choose a new directory, or pass --gin.OVERWRITE=True "
+                    "to replace the files an earlier export wrote there")
+  if adapter and export_format != "huggingface":
+    raise UserError("EXPORT_ADAPTER=True writes a PEFT directory; drop EXPORT_FORMAT='gguf' or EXPORT_ADAPTER")
   model_dir = checkpointing.model_dir_of(checkpoint_path)
+  if adapter:  # a LoRA run's adapters alone, as a PEFT directory
+    from flan_jax import adapters
+    if is_pretrained(checkpoint_path) or adapters.read_record(model_dir) is None:
+      raise UserError(f"EXPORT_ADAPTER=True needs a LoRA run's checkpoint; {checkpoint_path} records no LoRA base "
+                      f"({adapters.RECORD}): export it without EXPORT_ADAPTER")
+    return [adapters.export_adapter(checkpoint_path, output_dir, mesh or partitioning.make_mesh(),
+                                    rules or partitioning.axis_rules())]
   if model_config is None:
     model_config = (pretrained_model_config(checkpoint_path) if is_pretrained(checkpoint_path)
                     else checkpointing.recorded_model_config(model_dir))
   if model_config is None:
     raise UserError(f"{model_dir} records no model config (model_config.json); include its gin/models/*.gin "
                     "and bind export_checkpoint.model_config = @ModelConfig()")
+  if export_format == "gguf":
+    from flan_jax import gguf_export
+    return [gguf_export.export_checkpoint(checkpoint_path, output_dir, model_config, dtype=dtype, mesh=mesh,
+                                          rules=rules)]
   mesh = mesh or partitioning.make_mesh()
   rules = rules or partitioning.axis_rules()
   target = partitioning.sharded_param_structs(Transformer(model_config), mesh, rules)
@@ -460,9 +498,31 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
   if jax.process_index() == 0:
     if vocab is not None and vocabularies.describe(vocab)["kind"] != "byte":
       _save_tokenizer(vocab, output_dir)
+    if overwrite:
+      _remove_stale_export_files(output_dir, files, vocab)
     print(f"exported step {step} of {checkpoint_path} to {output_dir} ({len(files)} safetensors file(s), "
           f"{dtype})", flush=True)
   return files
+
+
+def _remove_stale_export_files(output_dir: str, written: list[str], vocab) -> None:
+  """After an export over an earlier one: removes the earlier export's weights and tokenizer files that
+  this one did not write (a loader would prefer a stale model.safetensors or tokenizer.json to the new
+  files). Only names an export writes are candidates; nothing else in the directory is touched."""
+  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  kind = vocabularies.describe(vocab)["kind"] if vocab is not None else "byte"
+  keep = set(written) | ({safetensors_io.INDEX} if len(written) > 1 else set())
+  if kind in vocabularies.FILES:
+    keep |= {vocabularies.FILES[kind], vocabularies.RECORD, vocabularies.TOKENIZER_CONFIG}
+    if getattr(vocab, "chat_template", None):
+      keep.add(vocabularies.CHAT_TEMPLATE)
+  owned = {safetensors_io.SINGLE, safetensors_io.INDEX, vocabularies.RECORD, vocabularies.TOKENIZER_CONFIG,
+           vocabularies.CHAT_TEMPLATE, *vocabularies.FILES.values()}
+  for name in os.listdir(output_dir):
+    if name not in keep and (name in owned or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name)):
+      path = os.path.join(output_dir, name)
+      if os.path.isfile(path) and not os.path.islink(path):
+        os.remove(path)
 
 
 def _save_tokenizer(vocab, output_dir: str) -> None:

@@ -4,14 +4,14 @@
 """
 
 import argparse
-import json
+import errno
 import os
 import re
 import sys
 from typing import Optional, Sequence
 
-from flan_jax import reporting
-from flan_jax.errors import UserError
+from flan_jax import files, reporting
+from flan_jax.errors import DiskFullError, UserError
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -56,15 +56,17 @@ def write_outputs(report: dict, output_dir: str) -> list[str]:
   try:
     return _write(report, output_dir)
   except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise DiskFullError(f"no space left on device while writing the report in --output_dir {output_dir}; free "
+                          "some space and rerun the same command") from e
     raise UserError(f"cannot write to --output_dir {output_dir}: {e.strerror or e}") from e
 
 
 def _write(report: dict, output_dir: str) -> list[str]:
   os.makedirs(output_dir, exist_ok=True)
   paths = [os.path.join(output_dir, name) for name in ("report.json", "report.md", "clusters.png", "templates.png")]
-  with open(paths[0], "w") as f:
-    json.dump(report, f, indent=2)
-  with open(paths[1], "w") as f:
+  files.write_json(paths[0], report)
+  with files.replacing(paths[1]) as f:
     f.write(reporting.markdown(report))
   reporting.plot_clusters(report, paths[2])
   reporting.plot_templates(report, paths[3])
@@ -87,6 +89,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except UserError as e:
     print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
     return 2
+  except DiskFullError as e:
+    print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+    return 5
   print(reporting.markdown_summary(report))
   print()
   for path in paths:

@@ -4,6 +4,7 @@ Reading memory-maps each file and copies only the slices asked for, so a host to
 blocks its devices hold; no pickle is ever loaded. Bfloat16 is read and written through ml_dtypes.
 """
 
+import errno
 import json
 import os
 import struct
@@ -12,6 +13,7 @@ from typing import Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
+from flan_jax import files as files_lib
 from flan_jax.errors import UserError
 
 INDEX = "model.safetensors.index.json"
@@ -30,6 +32,15 @@ def read_header(path: str) -> dict:
     raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__})") from e
   header["__data_start__"] = 8 + size
   return header
+
+
+def _check_size(path: str, header: dict) -> None:
+  """Refuses a file shorter than its header says (a copy or download cut short)."""
+  ends = [entry["data_offsets"][1] for name, entry in header.items() if not name.startswith("__")]
+  expected, size = header["__data_start__"] + max(ends, default=0), os.path.getsize(path)
+  if size < expected:
+    raise UserError(f"{path} is truncated: {size} bytes, its header describes {expected}; copy or download it "
+                    "again")
 
 
 class SafetensorsDirectory:
@@ -53,6 +64,8 @@ class SafetensorsDirectory:
       raise UserError(f"{directory}: shard {missing[0]} named in {INDEX} is missing"
                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     self._headers = {f: read_header(os.path.join(directory, f)) for f in files}
+    for f, header in self._headers.items():
+      _check_size(os.path.join(directory, f), header)
     self._where = {name: f for f, header in self._headers.items() for name in header
                    if not name.startswith("__")}
 
@@ -124,11 +137,17 @@ def write_sharded(tensors: Iterator[tuple[str, np.ndarray]], directory: str, siz
       pending[name] = np.ascontiguousarray(value)
     if write:
       path = os.path.join(directory, names[k])
-      save_file(pending, path + ".tmp", metadata={"format": "pt"})
-      os.replace(path + ".tmp", path)
+      try:
+        save_file(pending, files_lib.temporary(path), metadata={"format": "pt"})
+        os.replace(files_lib.temporary(path), path)
+      except BaseException as e:
+        if os.path.exists(files_lib.temporary(path)):
+          os.remove(files_lib.temporary(path))
+        if "No space left on device" in str(e):  # safetensors raises its own error type, with the OS's text
+          raise OSError(errno.ENOSPC, "No space left on device", path) from e
+        raise
     pending = {}
   if write and len(shards) > 1:
     index = {"metadata": {"total_size": sum(size for _, size in sizes)}, "weight_map": file_of}
-    with open(os.path.join(directory, INDEX), "w") as f:
-      json.dump(index, f, indent=2)
+    files_lib.write_json(os.path.join(directory, INDEX), index)  # after every shard, renamed into place whole
   return names

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flan_jax import lora as lora_lib
 from flan_jax import partitioning
 from flan_jax.model import ModelConfig, Transformer, apply_to_features
 
@@ -67,8 +68,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
   return jnp.sum(loss * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
-def loss_fn(params, batch, *, model: Transformer, z_loss: float, dropout_rng: Optional[jax.Array]):
-  """Summed loss over target tokens, and (weight, correct) for normalising and metrics."""
+def loss_fn(params, batch, *, model: Transformer, z_loss: float, dropout_rng: Optional[jax.Array],
+            frozen: Any = None):
+  """Summed loss over target tokens, and (weight, correct) for normalising and metrics.
+
+  With `frozen` (a LoRA run's base), `params` are the adapters alone, and the gradient is theirs.
+  """
+  if frozen is not None:
+    params = lora_lib.join(frozen, params)
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
   logits = apply_to_features(model, params, batch, deterministic=dropout_rng is None, rngs=rngs)
   loss, weight, correct = cross_entropy(logits, batch["decoder_target_tokens"],
@@ -76,13 +83,14 @@ def loss_fn(params, batch, *, model: Transformer, z_loss: float, dropout_rng: Op
   return loss, (weight, correct)
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Transformer,
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], frozen: Any = None, *, model: Transformer,
                tx: optax.GradientTransformation, schedule: optax.Schedule, num_microbatches: int = 1,
                z_loss: float = 0.0, dropout_seed: Optional[int] = None) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch, accumulating gradients over microbatches.
 
   Gradients are of the summed token loss and are divided by the total number of target tokens
-  at the end, so k microbatches give the same update as one batch k times larger.
+  at the end, so k microbatches give the same update as one batch k times larger. In a LoRA run
+  `state.params` are the adapters and `frozen` the base, which has no gradient or optimizer state.
   """
   dropout_rng = None
   if dropout_seed is not None:
@@ -91,7 +99,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Tran
 
   def micro(i, mb):
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-    (loss, (weight, correct)), grads = grad_fn(state.params, mb, model=model, z_loss=z_loss, dropout_rng=rng)
+    (loss, (weight, correct)), grads = grad_fn(state.params, mb, model=model, z_loss=z_loss, dropout_rng=rng,
+                                               frozen=frozen)
     return grads, jnp.stack([loss, weight, correct])
 
   if num_microbatches == 1:
@@ -128,6 +137,13 @@ class Setup:
   state_shardings: TrainState
   batch_sharding: jax.sharding.NamedSharding
   init: Callable[[jax.Array], TrainState]
+  # A LoRA run's frozen base (flan_jax/lora.py): its shapes and shardings; None for full fine-tuning.
+  frozen_shapes: Any = None
+  frozen_shardings: Any = None
+
+  @property
+  def sharded_frozen_structs(self) -> Any:
+    return partitioning.with_shardings(self.frozen_shapes, self.frozen_shardings)
 
   @property
   def sharded_param_structs(self) -> Any:
@@ -141,11 +157,20 @@ class Setup:
 
 
 def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.GradientTransformation,
-          seq_len: int = 8) -> Setup:
-  """Works out every shape and sharding of the train state without allocating it."""
-  model = Transformer(config)
-  init_boxed = partitioning.param_init_fn(model, seq_len)
+          seq_len: int = 8, lora: Optional[lora_lib.LoraConfig] = None) -> Setup:
+  """Works out every shape and sharding of the train state without allocating it.
+
+  With `lora`, the state's parameters are the adapters; the frozen base is kept apart (Setup.frozen_*),
+  to be loaded from the base model and passed to the step.
+  """
+  model = Transformer(config, lora)
+  init_all = partitioning.param_init_fn(model, seq_len)
+  init_boxed = init_all if lora is None else (lambda rng: lora_lib.split(init_all(rng))[0])
   param_shapes, param_shardings = partitioning.param_shapes_and_shardings(init_boxed, mesh, rules)
+  frozen_shapes = frozen_shardings = None
+  if lora is not None:
+    frozen_shapes, frozen_shardings = partitioning.param_shapes_and_shardings(
+        lambda rng: lora_lib.split(init_all(rng))[1], mesh, rules)
   opt_shapes = jax.eval_shape(tx.init, param_shapes)
   opt_shardings = partitioning.state_shardings_like(opt_shapes, param_shapes, param_shardings, mesh)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
@@ -163,24 +188,24 @@ def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.
       return init(rng)
 
   return Setup(model, mesh, rules, state_shapes, state_shardings,
-               partitioning.batch_sharding(mesh, rules), init_fn)
+               partitioning.batch_sharding(mesh, rules), init_fn, frozen_shapes, frozen_shardings)
 
 
 def compile_train_step(s: Setup, tx, schedule, **step_kwargs) -> Callable:
   """The jitted step with explicit shardings; the mesh and rules are active when it traces."""
   step = jax.jit(functools.partial(train_step, model=s.model, tx=tx, schedule=schedule, **step_kwargs),
-                 in_shardings=(s.state_shardings, s.batch_sharding),
+                 in_shardings=(s.state_shardings, s.batch_sharding, s.frozen_shardings),
                  out_shardings=(s.state_shardings, partitioning.replicated(s.mesh)),
                  donate_argnums=(0,))
 
-  def run(state, batch):
+  def run(state, batch, frozen=None):
     with partitioning.activate(s.mesh, s.rules):
-      return step(state, batch)
+      return step(state, batch, frozen)
 
-  def compiled_text(state, batch) -> str:
+  def compiled_text(state, batch, frozen=None) -> str:
     """The optimised HLO of the step for these arguments' shapes (for profiles)."""
     with partitioning.activate(s.mesh, s.rules):
-      return step.lower(state, batch).compile().as_text()
+      return step.lower(state, batch, frozen).compile().as_text()
 
   run.compiled_text = compiled_text
   return run

@@ -12,6 +12,7 @@ directory, so a rerun skips it (and an interrupted training job resumes from its
 
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import sys
@@ -30,6 +31,7 @@ from flan_jax import (  # noqa: E402
     checkpointing,
     contamination,
     evaluation,
+    files,
     formats,
     pretrained,
     study_report,
@@ -327,7 +329,11 @@ def run_job(job: Job) -> None:
   """Runs the binary's function in this process, under the job's own gin configuration."""
   gin.clear_config()
   bindings = [f"{k} = {v!r}" for k, v in job.bindings]
-  gin.parse_config_files_and_bindings(list(job.gin_files), bindings, finalize_config=True)
+  logging.disable(logging.ERROR)  # gin logs every search-path miss before it finds a file
+  try:
+    gin.parse_config_files_and_bindings(list(job.gin_files), bindings, finalize_config=True)
+  finally:
+    logging.disable(logging.NOTSET)
   try:
     if job.kind == "train":
       state = trainer.train()
@@ -399,10 +405,9 @@ def _read_json(path: str) -> Optional[Any]:
 
 
 def _write_json(path: str, value: Any) -> None:
+  """Whole or not at all (flan_jax.files): a done.json cut short must not mark its job finished."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, value)
 
 
 def main(flags: cli.Flags) -> None:

@@ -5,14 +5,14 @@ Reads each evaluated cell's zero-shot predictions with `reporting` (it never run
 
 import collections
 import dataclasses
-import json
+import errno
 import os
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from flan_jax import reporting
-from flan_jax.errors import UserError, first_line
+from flan_jax import files, reporting
+from flan_jax.errors import DiskFullError, UserError, first_line
 
 CONDITIONS = ("base", "instructions", "notemplate", "datasetname")
 TUNED = "instructions"
@@ -622,13 +622,15 @@ def write(manifest: Mapping, output_dir: str, settings: reporting.Settings = rep
   report = build(manifest, settings)
   try:
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "report.json"), "w") as f:
-      json.dump(report, f, indent=2)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
+    files.write_json(os.path.join(output_dir, "report.json"), report)
+    with files.replacing(os.path.join(output_dir, "report.md")) as f:
       f.write(markdown(report))
     for name, figure in report["figures"].items():
       if figure["file"]:
         PLOTS[name](report, os.path.join(output_dir, figure["file"]))
   except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise DiskFullError(f"no space left on device while writing the study report in {output_dir}; the finished "
+                          "jobs are kept: free some space and rerun the same command") from e
     raise UserError(f"cannot write the study report to {output_dir}: {e.strerror or e}") from e
   return report

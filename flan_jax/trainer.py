@@ -20,6 +20,7 @@ import optax
 
 from flan_jax import (
   accounting,
+  adapters,
   checkpointing,
   errors,
   formats,
@@ -27,11 +28,13 @@ from flan_jax import (
   partitioning,
   pretrained,
   run_lock,
+  settings,
   vocabularies,
 )
 from flan_jax import data as data_lib
 from flan_jax import metrics as metrics_lib
 from flan_jax.errors import DiskFullError, UserError
+from flan_jax.lora import LoraConfig
 from flan_jax.model import ModelConfig, Transformer  # noqa: F401
 from flan_jax.step import Setup, TrainState, compile_train_step, cross_entropy, loss_fn, setup, train_step  # noqa: F401
 
@@ -80,13 +83,17 @@ def train(model_dir: Optional[str] = None, *,
           z_loss: float = 0.0,
           seed: int = 0,
           log_every: int = 10,
-          async_checkpointing: bool = True) -> TrainState:
+          async_checkpointing: bool = True,
+          lora: Optional[LoraConfig] = None) -> TrainState:
   """Trains to `train_steps`, resuming from the newest checkpoint in `model_dir` if there is one.
 
   The run's gin files bind `mesh`, `rules`, `learning_rate_schedule` and `optimizer` (to
   `@make_mesh()`, `@axis_rules()`, `@make_schedule()` and `@make_optimizer()`), so the operative
   config written to `model_dir` shows them; a Python caller may pass the objects or leave them None
   for those configurables' gin or default settings.
+
+  With `lora` (`@LoraConfig()`, gin/runs/finetune_lora.gin) the base from `initial_checkpoint_path` stays
+  frozen and only low-rank adapters are trained; checkpoints hold the adapters and their optimizer state.
   """
   if not model_dir:
     raise UserError("MODEL_DIR is not set: pass --gin.MODEL_DIR=/path/to/run (checkpoints and logs go there)")
@@ -98,8 +105,10 @@ def train(model_dir: Optional[str] = None, *,
   if not (isinstance(task_feature_lengths, Mapping) and set(task_feature_lengths) == {"inputs", "targets"}):
     raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} is not a dict of 'inputs' and 'targets' "
                     "lengths; pass --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 128, 'targets': 32}\"")
+  _check_settings(task_feature_lengths, train_steps, batch_size, checkpoint_period, checkpoints_to_keep, keep_period,
+                  num_microbatches, z_loss, seed, log_every, async_checkpointing)
   seq_len = sum(task_feature_lengths.values())
-  s = setup(model_config, mesh, rules, tx, seq_len)
+  s = setup(model_config, mesh, rules, tx, seq_len, lora)
   if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
     raise UserError(f"BATCH_SIZE={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)} and by num_microbatches={num_microbatches}")
@@ -108,6 +117,7 @@ def train(model_dir: Optional[str] = None, *,
                             initial_checkpoint_path)
   vocab = _check_vocab(mixture_or_task_name, model_config, model_dir, initial_checkpoint_path)
   example_format = _check_format(vocab, model_dir)
+  base_record = None if lora is None else adapters.check_base(model_dir, initial_checkpoint_path, lora, model_config)
 
   is_main = jax.process_index() == 0
   os.makedirs(model_dir, exist_ok=True)
@@ -120,6 +130,8 @@ def train(model_dir: Optional[str] = None, *,
         keep_period=keep_period, async_save=async_checkpointing)))
     if is_main:
       checkpointing.write_run_record(model_dir, model_config, vocab, example_format)
+      if base_record is not None:
+        adapters.write_record(model_dir, base_record)
     restored = checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs,
                                             on_damaged_checkpoint)
     if restored:
@@ -129,17 +141,25 @@ def train(model_dir: Optional[str] = None, *,
       _log(is_main, f"resumed from step {step} in {model_dir}")
     else:
       state = s.init(jax.random.key(seed))
-      if initial_checkpoint_path:
+      if initial_checkpoint_path and lora is None:
         began = time.time()
         loaded_step, params = pretrained.restore_params(initial_checkpoint_path, model_config, mesh, rules,
                                                         s.sharded_param_structs)
         state = state.replace(params=params)
         _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
              f"{time.time() - began:.1f}s; peak host memory {pretrained.peak_host_memory_gib():.2f} GiB")
+    frozen = None
+    if lora is not None:  # the frozen base: read again at every start, checked against the run's record
+      began = time.time()
+      frozen = adapters.load_frozen(initial_checkpoint_path, model_config, lora, mesh, rules, s.sharded_frozen_structs)
+      _log(is_main, f"froze the base {base_record['path']} ({lora.base_quantization} weights) in "
+           f"{time.time() - began:.1f}s; training rank-{lora.rank} adapters on {', '.join(lora.targets)} "
+           f"({sum(x.size for x in jax.tree.leaves(s.state_shapes.params)):,} parameters)")
     start = progress["step"] = int(state.step)
 
+    dropout = model_config.dropout_rate > 0 or (lora is not None and lora.dropout > 0)
     step_fn = compile_train_step(s, tx, schedule, num_microbatches=num_microbatches, z_loss=z_loss,
-                                 dropout_seed=seed + 1 if model_config.dropout_rate > 0 else None)
+                                 dropout_seed=seed + 1 if dropout else None)
     inputs, tally = _input_iterator(model_dir, start, mixture_or_task_name, task_feature_lengths, batch_size, seed,
                                     is_main)
     batches = (data_lib.to_global(tally.count(local), s.batch_sharding) for local in inputs)  # counted, untagged
@@ -151,7 +171,7 @@ def train(model_dir: Optional[str] = None, *,
     with _StopSignal() as stop, metrics_lib.MetricsWriter(model_dir, enabled=is_main) as writer:
       for step in range(start + 1, train_steps + 1):  # `step` is the step this iteration completes
         progress["step"] = step
-        state, metrics = step_fn(state, next(batches))
+        state, metrics = step_fn(state, next(batches), frozen)
         if previous is not None:
           _report(writer, throughput, *previous, every=log_every)
         previous = (step, metrics)
@@ -174,6 +194,22 @@ def train(model_dir: Optional[str] = None, *,
         _report(writer, throughput, *previous, every=1)
       mngr.wait_until_finished()
     return state
+
+
+def _check_settings(task_feature_lengths, train_steps, batch_size, checkpoint_period, checkpoints_to_keep,
+                    keep_period, num_microbatches, z_loss, seed, log_every, async_checkpointing) -> None:
+  """Refuses a wrong type or value of a numeric setting of `train` in one line, before anything compiles."""
+  settings.feature_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
+  settings.integer("TRAIN_STEPS", train_steps)
+  settings.integer("BATCH_SIZE", batch_size)
+  settings.integer("CHECKPOINT_PERIOD", checkpoint_period)
+  settings.integer("CHECKPOINTS_TO_KEEP", checkpoints_to_keep, allow_none=True)
+  settings.integer("KEEP_PERIOD", keep_period, allow_none=True)
+  settings.integer("train.num_microbatches", num_microbatches)
+  settings.number("train.z_loss", z_loss, low=0)
+  settings.integer("train.seed", seed, minimum=0)
+  settings.integer("train.log_every", log_every)
+  settings.boolean("train.async_checkpointing", async_checkpointing)
 
 
 def _input_iterator(model_dir: str, start: int, name: str, lengths: Mapping[str, int], batch_size: int,

@@ -13,23 +13,28 @@ TINY = ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin"]
 LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 16}"
 
 
-def binary(name, *args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+def binary(name, *args, timeout=300, env=None):
+  env = dict(env or os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
   return subprocess.run([sys.executable, "-m", f"flan_jax.{name}", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+  """A 4-step run of the train binary, left to its default compilation cache (under XDG_CACHE_HOME, here a
+  fresh directory), so that one run also shows the binaries keep a persistent cache."""
   model_dir = str(tmp_path_factory.mktemp("run"))
+  cache_home = str(tmp_path_factory.mktemp("xdg_cache"))
+  env = dict(os.environ, XDG_CACHE_HOME=cache_home, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache would win
   out = binary("train", *TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
-               "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", LENGTHS)
+               "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", LENGTHS, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
-  return model_dir, out
+  return model_dir, out, cache_home
 
 
 def test_train_binary_saves_checkpoints_and_config(trained):
-  model_dir, out = trained
+  model_dir, out, _ = trained
   assert "step 4/4" in out.stdout
   assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["2", "4"]
   config = open(os.path.join(model_dir, "config.gin")).read()
@@ -39,7 +44,7 @@ def test_train_binary_saves_checkpoints_and_config(trained):
 
 
 def test_operative_config_shows_mesh_rules_schedule_and_optimizer(trained):
-  model_dir, _ = trained
+  model_dir, _, _ = trained
   config = open(os.path.join(model_dir, "config.gin")).read()
   for binding in ("train.mesh = @make_mesh()", "train.rules = @axis_rules()",
                   "train.learning_rate_schedule = @make_schedule()", "train.optimizer = @make_optimizer()",
@@ -50,7 +55,7 @@ def test_operative_config_shows_mesh_rules_schedule_and_optimizer(trained):
 
 
 def test_eval_binary_writes_real_metrics(trained):
-  model_dir, _ = trained
+  model_dir, _, _ = trained
   out = binary("eval", "--gin_file=runs/eval.gin", "--gin_file=models/tiny.gin",
                f"--gin.CHECKPOINT_PATH={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli",
                LENGTHS, "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8")
@@ -159,8 +164,12 @@ def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
             "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", LENGTHS,
             "--gin.train.log_every=1"]
 
-  straight = binary("train", *args(tmp_path / "straight"))
-  assert straight.returncode == 0, straight.stderr[-2000:]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  # The uninterrupted run goes on beside the one to kill (independent processes and directories), so
+  # their start-ups overlap.
+  straight_err = open(tmp_path / "straight.err", "w+")
+  straight = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *args(tmp_path / "straight")], cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=straight_err, text=True)
 
   kill_at = random.Random().randint(5, 7)  # by step 5 the save of step 2 has completed
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
@@ -172,6 +181,8 @@ def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
       break
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL, f"killed at step {kill_at}"
+  with straight_err:
+    assert straight.wait(timeout=300) == 0, (straight_err.seek(0), straight_err.read()[-2000:])
   again = binary("train", *args(tmp_path / "killed"))
   assert again.returncode == 0, again.stderr[-2000:]
   assert "resumed from step" in again.stdout, (kill_at, again.stdout[:500])
@@ -195,12 +206,6 @@ def test_gin_values_that_are_not_literals_are_strings(value, binding):
   assert flags.gin_bindings == [f"X = {binding}"]
 
 
-def test_the_binaries_keep_a_persistent_compilation_cache(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="", XDG_CACHE_HOME=str(tmp_path),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache would win
-  out = subprocess.run([sys.executable, "-m", "flan_jax.train", *TINY, f"--gin.MODEL_DIR={tmp_path / 'run'}",
-                        "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4",
-                        LENGTHS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert os.listdir(tmp_path / "flan_jax" / "jax"), "nothing was cached"
+def test_the_binaries_keep_a_persistent_compilation_cache(trained):
+  _, _, cache_home = trained  # the train binary ran with no JAX_COMPILATION_CACHE_DIR set
+  assert os.listdir(os.path.join(cache_home, "flan_jax", "jax")), "nothing was cached"

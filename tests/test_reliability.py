@@ -186,27 +186,38 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
   assert read("left.txt").split() == ["6"]  # the half-written step was cleaned up, nothing else left
 
 
-def test_sigterm_saves_at_the_next_step_and_exits_0(tmp_path):
+@pytest.fixture(scope="module")
+def sigterm_run(tmp_path_factory):
+  """The train binary sent SIGTERM at step 3, started in a directory that holds a user's own tasks.py
+  (which must not shadow the collection: imported, it would end the run before step 1)."""
+  cwd = tmp_path_factory.mktemp("user_cwd")
+  (cwd / "tasks.py").write_text('raise SystemExit("the user\'s tasks.py was imported")\n')
+  model_dir = cwd / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  proc = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *TRAIN, f"--gin.MODEL_DIR={tmp_path}",
+  proc = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *TRAIN, f"--gin.MODEL_DIR={model_dir}",
                            "--gin.TRAIN_STEPS=200", "--gin.CHECKPOINT_PERIOD=100", "--gin.train.log_every=1"],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  seen = []
   for line in proc.stdout:
+    seen.append(line)
     if line.startswith("step 3/"):
       proc.send_signal(signal.SIGTERM)
       break
   rest = proc.stdout.read()
-  assert proc.wait(timeout=120) == 0
-  saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  return proc.wait(timeout=120), "".join(seen), rest, model_dir
+
+
+def test_sigterm_saves_at_the_next_step_and_exits_0(sigterm_run):
+  code, seen, rest, model_dir = sigterm_run
+  assert "step 3/200" in seen, seen[-3000:]
+  assert code == 0
+  saved = sorted(int(d) for d in os.listdir(model_dir / "checkpoints") if d.isdigit())
   assert len(saved) == 1 and 3 <= saved[0] < 200 and f"saved step {saved[0]}" in rest, rest
 
 
-def test_a_users_tasks_module_does_not_shadow_the_collection(tmp_path):
-  (tmp_path / "tasks.py").write_text('raise SystemExit("the user\'s tasks.py was imported")\n')
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
-  out = subprocess.run([sys.executable, "-m", "flan_jax.train", *TRAIN, f"--gin.MODEL_DIR={tmp_path / 'run'}",
-                        "--gin.TRAIN_STEPS=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0 and "step 1/1" in out.stdout, out.stderr[-3000:]
+def test_a_users_tasks_module_does_not_shadow_the_collection(sigterm_run):
+  code, seen, _, _ = sigterm_run  # the run started in the directory with the user's tasks.py
+  assert code == 0 and "step 1/200" in seen, seen[-3000:]
 
 
 def test_the_binaries_import_no_collection_the_gin_files_do():

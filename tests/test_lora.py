@@ -1,0 +1,269 @@
+"""Tests for flan_jax/lora.py and adapters.py: LoRA on a frozen base, int8 base, adapter-only checkpoints,
+merged and PEFT export."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax import adapters, optimizers, partitioning
+from flan_jax import data as data_lib
+from flan_jax import lora as lora_lib
+from flan_jax import step as step_lib
+from flan_jax.errors import UserError
+from flan_jax.model import ModelConfig, Transformer
+import flan_tasks  # noqa: F401
+from tests import tiny_pretrained
+from tests.conftest import TINY
+from tests.test_pretrained import _run_ok
+
+LENGTHS = {"inputs": 96, "targets": 24}
+LORA = lora_lib.LoraConfig(rank=4, alpha=8.0)
+
+
+@pytest.fixture(scope="module")
+def data():
+  ds = data_lib.get_dataset("embedded_no_sentiment", LENGTHS, "train", 8, seed=3)
+  return [b for _, b in zip(range(2), ds.as_numpy_iterator())]
+
+
+@pytest.fixture(scope="module")
+def base():
+  return nn.unbox(Transformer(TINY).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+
+
+def run(config, lora, base, data, mesh_shape=(1, 1, 1), num_microbatches=1, steps=None):
+  devices = jax.devices()[: int(np.prod(mesh_shape))]
+  mesh, rules = partitioning.make_mesh(*mesh_shape, devices=devices), partitioning.axis_rules()
+  schedule = optimizers.make_schedule(100, learning_rate=1e-2)
+  tx = optimizers.make_optimizer(schedule)
+  s = step_lib.setup(config, mesh, rules, tx, sum(LENGTHS.values()), lora)
+  fn = step_lib.compile_train_step(s, tx, schedule, num_microbatches=num_microbatches)
+  state = s.init(jax.random.key(1))
+  frozen = None
+  if lora is not None:
+    frozen = jax.device_put(lora_lib.freeze(base, lora), s.frozen_shardings)
+  else:
+    state = state.replace(params=jax.device_put(jax.tree.map(jnp.copy, base), s.state_shardings.params))
+  losses = []
+  for b in data[:steps]:
+    state, metrics = fn(state, data_lib.to_global(b, s.batch_sharding), frozen)
+    losses.append(float(metrics["loss"]))
+  return s, state, losses
+
+
+@pytest.fixture(scope="module")
+def reference(base, data):
+  return run(TINY, LORA, base, data)
+
+
+def test_step_zero_loss_is_the_base_models_and_only_adapters_train(reference, base, data):
+  s, state, losses = reference
+  _, _, full_losses = run(TINY, None, base, data, steps=1)
+  assert losses[0] == full_losses[0]  # B starts at zero: the adapted model is the base
+  assert np.any(np.asarray(state.params["layers"]["attn"]["wq_lora_b"]) != 0)  # the adapters did train
+  names = {"/".join(p) for p in __import__("flax").traverse_util.flatten_dict(state.params)}
+  assert names and all(n.endswith(("_lora_a", "_lora_b")) for n in names)
+  assert len(names) == 2 * 7 * 1  # q, k, v, o, gate, up, down: A and B each
+  adam = state.opt_state[1][0]
+  assert jax.tree.structure(adam.mu) == jax.tree.structure(state.params)
+  assert lora_lib.count(state.params) < 0.2 * TINY.num_params()
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2)])
+def test_sharded_lora_matches_one_device(reference, base, data, mesh_shape):
+  _, ref_state, ref_losses = reference
+  s, state, losses = run(TINY, LORA, base, data, mesh_shape)
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+  a = state.params["layers"]["mlp"]["w_up_lora_a"]
+  np.testing.assert_allclose(a, ref_state.params["layers"]["mlp"]["w_up_lora_a"], atol=1e-5)
+  # The frozen base is placed by the same rules as in full fine-tuning; the adapters follow them too.
+  assert s.frozen_shardings["layers"]["mlp"]["w_up"].spec == partitioning.sharded_param_structs(
+      Transformer(TINY), s.mesh, s.rules)["layers"]["mlp"]["w_up"].sharding.spec
+  assert a.addressable_shards[0].data.shape[1] == TINY.d_model // mesh_shape[1]
+
+
+def test_unrolled_remat_and_microbatches_match(reference, base, data):
+  _, ref_state, ref_losses = reference
+  config = ModelConfig(**{**TINY.__dict__, "scan_layers": False, "remat_policy": "full"})
+  _, state, losses = run(config, LORA, base, data, num_microbatches=4)
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+  for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_dropout_on_the_adapter_input_is_seeded(base, data):
+  lora = lora_lib.LoraConfig(rank=4, dropout=0.5)
+  mesh, rules = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]), partitioning.axis_rules()
+  schedule = optimizers.make_schedule(10, learning_rate=1e-2)
+  tx = optimizers.make_optimizer(schedule)
+  s = step_lib.setup(TINY, mesh, rules, tx, sum(LENGTHS.values()), lora)
+  frozen = lora_lib.freeze(base, lora)
+  batch = data_lib.to_global(data[0], s.batch_sharding)
+  seeded = [step_lib.compile_train_step(s, tx, schedule, dropout_seed=seed) for seed in (7, 7, 8)]
+  results = [fn(s.init(jax.random.key(1)), batch, frozen)[0].params for fn in seeded]
+  leaf = lambda p: np.asarray(p["layers"]["attn"]["wq_lora_b"])
+  np.testing.assert_array_equal(leaf(results[0]), leaf(results[1]))
+  assert not np.array_equal(leaf(results[0]), leaf(results[2]))
+
+
+def test_int8_base_bounds_the_logit_error_and_saves_memory(base):
+  lora = lora_lib.LoraConfig(rank=4, base_quantization="int8")
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 24)))
+  ref = Transformer(TINY).apply({"params": base}, tokens)
+  frozen = lora_lib.freeze(base, lora)
+  adapters_ = lora_lib.split(nn.unbox(Transformer(TINY, lora).init(jax.random.key(1), tokens)["params"]))[0]
+  out = Transformer(TINY, lora).apply({"params": lora_lib.join(frozen, adapters_)}, tokens)
+  error = float(jnp.max(jnp.abs(out - ref)))
+  assert 0 < error < 0.01 * float(jnp.max(jnp.abs(ref)))
+  kernels = lambda tree: sum(x.nbytes for p, x in __import__("flax").traverse_util.flatten_dict(tree).items()
+                             if p[-1] in lora_lib.HF_MODULES or p[-1].endswith(lora_lib.SCALE_SUFFIX))
+  assert kernels(frozen) < 0.3 * kernels(base)  # int8 plus one float32 scale per 16 values (head_dim 16)
+  # Merging dequantizes: the merged plain model computes what the adapted model on the int8 base does.
+  merged = lora_lib.merge(frozen, adapters_, lora)
+  np.testing.assert_allclose(Transformer(TINY).apply({"params": merged}, tokens), out, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rank=0), "LoraConfig.rank=0"),
+    (dict(targets=["q", "attention"]), "names \\['attention'\\]"),
+    (dict(base_quantization="nf3"), "base_quantization='nf3'"),
+    (dict(rank=65), "larger than the wq projection"),
+])
+def test_bad_lora_settings_are_one_line(kwargs, message):
+  with pytest.raises(UserError, match=message):
+    lora_lib.check(lora_lib.LoraConfig(**kwargs), TINY)
+
+
+# --- Through the binaries: a LoRA run on an imported Hugging Face model, resumed, evaluated, exported. ---
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+HF_LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 16}"
+
+
+def _train(hf_dir, model_dir, *extra):
+  from flan_jax import train
+  _run_ok(train, ["--gin_file=runs/finetune_hf.gin", "--gin_file=runs/finetune_lora.gin", f"--gin.PRETRAINED={hf_dir}",
+                  f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", HF_LENGTHS,
+                  "--gin.BATCH_SIZE=8", "--gin.LORA_RANK=4", "--gin.LEARNING_RATE=1e-2",
+                  "--gin.make_schedule.warmup_steps=0", "--gin.make_schedule.schedule='constant'",
+                  "--gin.ModelConfig.dtype='float32'",
+                  "--gin.ModelConfig.remat_policy='none'", "--gin.CHECKPOINT_PERIOD=2", *extra])
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("lora")
+  hf_dir = str(root / "base")
+  hf = tiny_pretrained.build("llama", hf_dir)
+  model_dir = str(root / "run")
+  _train(hf_dir, model_dir, "--gin.TRAIN_STEPS=2")
+  _train(hf_dir, model_dir, "--gin.TRAIN_STEPS=4")  # resumed from step 2
+  straight = str(root / "straight")
+  _train(hf_dir, straight, "--gin.TRAIN_STEPS=4")
+  return hf_dir, hf, model_dir, straight
+
+
+def test_checkpoints_hold_adapters_and_resume_exactly(lora_run):
+  hf_dir, _, model_dir, straight = lora_run
+  record = json.load(open(os.path.join(model_dir, adapters.RECORD)))
+  assert record["path"] == os.path.abspath(hf_dir) and len(record["hash"]) == 64 and record["lora"]["rank"] == 4
+  mesh, rules = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]), partitioning.axis_rules()
+  step, resumed, _, _ = adapters.restore_adapters(model_dir, mesh, rules)
+  _, once, _, _ = adapters.restore_adapters(straight, mesh, rules)
+  assert step == 4
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(once)):
+    np.testing.assert_array_equal(x, y)
+  # The checkpoint holds only the adapters: far smaller than the base model's weights.
+  ckpt = os.path.join(model_dir, "checkpoints", "4")
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ckpt) for f in fs)
+  weights = sum(os.path.getsize(os.path.join(hf_dir, f)) for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
+  assert size < weights
+
+
+def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, tmp_path):
+  from flan_jax import export as export_binary
+  from flan_jax import pretrained
+  hf_dir, _, model_dir, _ = lora_run
+  out = str(tmp_path / "merged")
+  _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+                          f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_DTYPE='float32'"])
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  mesh, rules = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]), partitioning.axis_rules()
+  config = pretrained.pretrained_model_config(hf_dir)
+  _, trained, record, lora = adapters.restore_adapters(model_dir, mesh, rules)
+  frozen = lora_lib.freeze(pretrained.load_params(pretrained.open_pretrained(hf_dir)), lora)
+  tokens = np.random.default_rng(2).integers(3, config.vocab_size, (2, 12))
+  ours = np.asarray(Transformer(config, lora).apply({"params": lora_lib.join(frozen, trained)}, tokens))
+  base = np.asarray(Transformer(config).apply({"params": pretrained.load_params(pretrained.open_pretrained(hf_dir))},
+                                              tokens))
+  assert np.max(np.abs(ours - base)) > 1e-3  # the adapters changed the model
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
+def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
+  peft = pytest.importorskip("peft")
+  from flan_jax import export as export_binary
+  hf_dir, hf, model_dir, _ = lora_run
+  out = str(tmp_path / "adapter")
+  _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+                          f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_ADAPTER=True"])
+  assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+  merged_dir = str(tmp_path / "merged")
+  _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+                          f"--gin.OUTPUT_DIR={merged_dir}", "--gin.EXPORT_DTYPE='float32'"])
+  base = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+  with_adapter = peft.PeftModel.from_pretrained(base, out).eval()
+  merged = transformers.AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+  tokens = torch.tensor(np.random.default_rng(3).integers(3, hf.config.vocab_size, (2, 12)))
+  with torch.no_grad():
+    np.testing.assert_allclose(with_adapter(tokens).logits.numpy(), merged(tokens).logits.numpy(), atol=1e-4)
+
+
+def test_lora_eval_scores_the_merged_model(lora_run):
+  from flan_jax import eval as eval_binary
+  from flan_jax import vocabularies
+  _, _, model_dir, _ = lora_run
+  try:
+    _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+                          "--gin.MIXTURE_OR_TASK_NAME=embedded_color_nli_scoring_t0", HF_LENGTHS,
+                          "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8"])
+  finally:
+    vocabularies.set_default(None)
+  report = json.load(open(os.path.join(model_dir, "eval_embedded_color_nli_scoring_t0_validation_step4.json")))
+  assert list(report["metrics"]) == ["embedded_color_nli_scoring_t0"]
+
+
+def test_lora_base_errors_are_one_line(lora_run, tmp_path, capsys):
+  import gin
+
+  from flan_jax import cli, train
+  hf_dir, _, model_dir, _ = lora_run
+  other = str(tmp_path / "other")
+  tiny_pretrained.build("llama", other, seed=1)
+  capsys.readouterr()  # transformers' progress bars while saving it
+  cases = [
+      (["--gin_file=runs/finetune_hf.gin", "--gin_file=runs/finetune_lora.gin", f"--gin.PRETRAINED={other}",
+        f"--gin.MODEL_DIR={model_dir}", "--gin.LORA_RANK=4", "--gin.TRAIN_STEPS=6"], "is not the one"),
+      (["--gin_file=runs/finetune_hf.gin", "--gin_file=runs/finetune_lora.gin", f"--gin.PRETRAINED={hf_dir}",
+        f"--gin.MODEL_DIR={model_dir}", "--gin.LORA_RANK=8", "--gin.TRAIN_STEPS=6"], "other LoRA settings"),
+      (["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin", "--gin_file=runs/finetune_lora.gin",
+        f"--gin.MODEL_DIR={tmp_path / 'scratch'}"], "INITIAL_CHECKPOINT_PATH"),
+  ]
+  before = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
+  for argv, message in cases:
+    gin.clear_config()
+    with pytest.raises(SystemExit) as exit_info:
+      cli.run(train.main, argv + ["--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", HF_LENGTHS, "--gin.BATCH_SIZE=8"])
+    gin.clear_config()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+  assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == before
