@@ -41,7 +41,7 @@ setuptools.setup(
     ],
     # The tests build tiny Hugging Face models with transformers (PyTorch on the CPU) to compare with,
     # and run lm-evaluation-harness on them offline to hold the zero-shot scores to it.
-    extras_require={"test": ["pytest>=8", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18",
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18",
                              "lm-eval[hf]>=0.4.13,<0.5"],
                     "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
 )
