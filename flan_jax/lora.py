@@ -114,15 +114,15 @@ def dequantize(q: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 
 def kernel_param(module: nn.Module, name: str, shape: tuple, axes: tuple, init, pdtype,
-                 lora: Optional[LoraConfig]) -> jax.Array:
-  """A projection's kernel [shape]: a float parameter, or int8 values and their scales for a quantized base."""
+                 lora: Optional[LoraConfig]) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """A projection's kernel [shape]: a float parameter, or (int8 values, float32 scales) for a quantized base."""
   if lora is None or not lora.quantized:
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, pdtype)
   block = block_size(lora, shape[-1])
   q = module.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape, jnp.int8)
   scale = module.param(name + SCALE_SUFFIX, nn.with_logical_partitioning(nn.initializers.ones, axes[:-1] + (None,)),
                        shape[:-1] + (shape[-1] // block,), jnp.float32)
-  return dequantize(q, scale, pdtype)
+  return q, scale
 
 
 def adapter_params(module: nn.Module, name: str, shape: tuple, axes: tuple, contract: int, lora: LoraConfig,
@@ -204,3 +204,30 @@ def merge(frozen: Any, adapters: Any, lora: LoraConfig) -> dict:
 
 def count(tree: Any) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def adapter_count(config, lora: LoraConfig) -> int:
+  """Parameters of the adapters LoRA adds to a ModelConfig: rank x (fan in + fan out) per target and layer."""
+  total = 0
+  for kernel, (shape, contract) in kernel_shapes(config).items():
+    if lora.adapts(kernel):
+      total += lora.rank * (math.prod(shape[:contract]) + math.prod(shape[contract:]))
+  return config.num_layers * total
+
+
+def train_state_bytes(config, lora: Optional[LoraConfig] = None) -> dict[str, int]:
+  """The bytes a run holds besides activations, from the config's shapes alone (AdamW: two moments per trained
+  parameter, in the parameters' dtype). Keys: base (frozen weights; 0 for full fine-tuning), params (trained),
+  grads, opt_state, total. Divide by the number of fsdp devices for one device's share."""
+  width = jnp.dtype(config.param_dtype).itemsize
+  if lora is None:
+    trained, base = config.num_params(), 0
+  else:
+    trained, base = adapter_count(config, lora), config.num_params() * width
+    if lora.quantized:  # a projection's values in int8, plus one float32 scale per block of its last axis
+      for shape, _ in kernel_shapes(config).values():
+        size = math.prod(shape)
+        base += config.num_layers * (size * (1 - width) + 4 * size // block_size(lora, shape[-1]))
+  params = trained * width
+  return {"base": base, "params": params, "grads": params, "opt_state": 2 * params,
+          "total": base + 4 * params}

@@ -166,13 +166,22 @@ def constrain(x: Array, *names: Optional[str]) -> Array:
   return nn.with_logical_constraint(x, names)
 
 
+@functools.partial(jax.checkpoint, static_argnums=(3, 4))
+def dense_int8(x: Array, q: Array, scale: Array, dtype: jnp.dtype, contract: int = 1) -> Array:
+  """dense(x, w) for w = dequantize(q, scale) in `dtype`, keeping q and scale for the backward pass instead of
+  w, which is dequantized again there (XLA drops the recomputed product, which the backward pass does not use):
+  an int8 base then never holds every layer's float weights at once."""
+  return dense(x, lora_lib.dequantize(q, scale, dtype), contract)
+
+
 def linear(module: nn.Module, x: Array, name: str, shape: tuple, axes: tuple, contract: int = 1, *,
            lora: Optional[lora_lib.LoraConfig] = None, deterministic: bool = True) -> Array:
   """x [..., K...] times the projection `name` [shape] (its first `contract` dims are K), plus the low-rank
   update of its adapter when `lora` targets it (flan_jax/lora.py)."""
   cfg = module.config
   dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-  y = dense(x, lora_lib.kernel_param(module, name, shape, axes, _init(), pdtype, lora).astype(dtype), contract)
+  w = lora_lib.kernel_param(module, name, shape, axes, _init(), pdtype, lora)
+  y = dense_int8(x, *w, dtype, contract) if isinstance(w, tuple) else dense(x, w.astype(dtype), contract)
   if lora is None or not lora.adapts(name):
     return y
   a, b = lora_lib.adapter_params(module, name, shape, axes, contract, lora, pdtype)

@@ -14,6 +14,10 @@ Memory: the peak in use, and per device the parameters and optimizer state it ho
 its shards of the initialised arrays) beside total / devices, which fsdp should reach.
 Prints a table and writes the figures as JSON (--output). Needs JAX, not TensorFlow or seqio.
 
+--lora_rank=N times LoRA at rank N (LoraConfig's other settings from gin) on a float base and on an int8 base
+beside full fine-tuning of the same model, each in a process of its own so that each peak is its own, and
+prints them side by side with the bytes flan_jax.lora.train_state_bytes computes from the shapes.
+
 --compare_torch also times the same model in PyTorch (transformers' LlamaForCausalLM from the
 config flan_jax exports, float32, torch.optim.AdamW with flan_jax's optimizer settings and
 gradient clipping) on the same batch shape, and reports flan_jax tokens/s over PyTorch's.
@@ -29,6 +33,7 @@ import platform
 import re
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +41,7 @@ from typing import Iterator, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flax import traverse_util  # noqa: E402
 import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -43,6 +49,7 @@ import numpy as np  # noqa: E402
 
 # No TensorFlow or seqio on this path (tests/test_benchmark.py checks): it runs where only JAX is installed.
 from flan_jax import cli, optimizers, partitioning, pretrained  # noqa: E402
+from flan_jax import lora as lora_lib  # noqa: E402
 from flan_jax import step as step_lib  # noqa: E402
 from flan_jax.errors import UserError, first_line  # noqa: E402
 from flan_jax.model import ModelConfig  # noqa: E402
@@ -62,9 +69,15 @@ def measure_peak_flops(dtype: str, size: int, repeats: int = 10) -> float:
   return 2 * size**3 / best
 
 
-def model_flops_per_step(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+def model_flops_per_step(cfg: ModelConfig, batch: int, seq_len: int,
+                         lora: Optional[lora_lib.LoraConfig] = None) -> float:
+  """Training FLOPs of a step: 2 per matmul parameter and token forward, 4 backward (the input's gradient and
+  the weight's); a frozen base's weights get no gradient (2 backward), its adapters the full 6."""
   matmul_params = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
-  dense = 6 * matmul_params * batch * seq_len
+  if lora is None:
+    dense = 6 * matmul_params * batch * seq_len
+  else:
+    dense = (4 * matmul_params + 6 * lora_lib.adapter_count(cfg, lora)) * batch * seq_len
   # QK^T and PV: 2 matmuls x 2 FLOPs x T^2 x heads x head_dim per layer forward; x3 for training.
   attention = 12 * cfg.num_layers * batch * seq_len**2 * cfg.num_heads * cfg.head_dim
   return dense + attention
@@ -81,9 +94,28 @@ def synthetic_batch(batch: int, seq_len: int, vocab: int, half_prefix: bool) -> 
   return out
 
 
+def random_frozen_base(s: step_lib.Setup, seed: int = 0) -> dict:
+  """A random frozen base of a LoRA setup's shapes, each leaf made on its devices in its sharding: no host copy,
+  and no float copy of an int8 base (the peak is the run's, not a loader's)."""
+  flat_shapes, flat_shardings = (traverse_util.flatten_dict(t) for t in (s.frozen_shapes, s.frozen_shardings))
+  out = {}
+  for i, (path, struct) in enumerate(flat_shapes.items()):
+    if struct.dtype == jnp.int8:
+      make = lambda key, st=struct: jax.random.randint(key, st.shape, -127, 128, jnp.int8)
+    elif str(path[-1]).endswith(lora_lib.SCALE_SUFFIX):
+      make = lambda key, st=struct: jnp.full(st.shape, 0.02 / 127, st.dtype)
+    elif "norm" in "/".join(map(str, path)):
+      make = lambda key, st=struct: jnp.ones(st.shape, st.dtype)
+    else:
+      make = lambda key, st=struct: (0.02 * jax.random.normal(key, st.shape)).astype(st.dtype)
+    out[path] = jax.jit(make, out_shardings=flat_shardings[path])(jax.random.key(seed + i))
+  return traverse_util.unflatten_dict(out)
+
+
 def time_train_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, host_batch: dict, *, steps: int,
                     warmup: int, num_microbatches: int = 1, feed: Optional[Iterator[dict]] = None,
-                    profile_top: int = 0) -> tuple[dict, step_lib.TrainState]:
+                    profile_top: int = 0,
+                    lora: Optional[lora_lib.LoraConfig] = None) -> tuple[dict, step_lib.TrainState]:
   """Compiles the sharded train step for `host_batch`'s shape and times `steps` steps after `warmup`.
 
   Returns (the figures, the final train state). The state's memory is measured after init from the
@@ -91,14 +123,20 @@ def time_train_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, hos
   With `feed` (host-local batches of the same shape) it then times `steps` more steps that take their
   batches from it, as the trainer's loop does: the next batch is read while the step before runs.
   With `profile_top`, it then profiles a few steps (profile_ops) into result["profile"].
+  With `lora`, the state holds the adapters, and a random frozen base of the model's shapes (int8 if lora
+  says so) is passed to every step; its bytes are reported apart (frozen_bytes_*).
   """
   schedule = optimizers.make_schedule(steps + warmup)
   tx = optimizers.make_optimizer(schedule)
   batch_size, seq_len = host_batch["decoder_input_tokens"].shape
-  s = step_lib.setup(cfg, mesh, rules, tx, seq_len=seq_len)
-  step = step_lib.compile_train_step(s, tx, schedule, num_microbatches=num_microbatches)
+  s = step_lib.setup(cfg, mesh, rules, tx, seq_len=seq_len, lora=lora)
+  compiled = step_lib.compile_train_step(s, tx, schedule, num_microbatches=num_microbatches)
+  frozen = None if lora is None else random_frozen_base(s)
+  step = lambda state, batch: compiled(state, batch, frozen)  # noqa: E731
+  step.compiled_text = lambda state, batch: compiled.compiled_text(state, batch, frozen)
   state = s.init(jax.random.key(0))
   state_bytes, per_device = partitioning.sharded_bytes((state.params, state.opt_state))
+  frozen_bytes, frozen_per_device = partitioning.sharded_bytes(frozen)
   batch = partitioning.to_global(host_batch, s.batch_sharding)
 
   compile_start = time.perf_counter()
@@ -121,7 +159,10 @@ def time_train_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, hos
             "state_bytes_total": state_bytes, "state_bytes_even_split": even_split,
             "state_bytes_per_device_max": max(per_device.values()),
             "state_bytes_per_device_min": min(per_device.values()),
-            "state_per_device_over_even_split": max(per_device.values()) / even_split}
+            "state_per_device_over_even_split": max(per_device.values()) / even_split,
+            "trained_params": sum(x.size for x in jax.tree.leaves(state.params)),
+            "frozen_bytes_total": frozen_bytes,
+            "frozen_bytes_per_device_max": max(frozen_per_device.values(), default=0)}
   if feed is not None:
     start, previous = time.perf_counter(), None
     for _ in range(steps):  # waits for each step's metrics one step behind, as the trainer does
@@ -295,25 +336,41 @@ def main(argv=None) -> dict:
   parser.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads; default: os.cpu_count()")
   parser.add_argument("--profile_top", type=int, default=0,
                       help="also trace a few steps and print this many of the most expensive XLA ops")
-  gin_args, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="also time LoRA adapters of this rank on a float and on an int8 frozen base, beside full "
+                           "fine-tuning, each in its own process")
+  parser.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)  # one of --lora_rank's
+  argv = sys.argv[1:] if argv is None else list(argv)
+  gin_args, rest = split_gin_flags(argv)
   args = parser.parse_args(rest)
+  if args.lora_rank < 0:
+    raise UserError(f"--lora_rank={args.lora_rank}; give a positive rank (or 0 for full fine-tuning alone)")
+  if args.lora_rank and args.compare_torch:
+    raise UserError("--compare_torch times full fine-tuning in PyTorch; run it without --lora_rank")
   if args.compare_torch:
     import_torch()  # fail before the flan_jax measurement
 
   cli.configure_gin(cli.parse_flags(gin_args))
   cfg = ModelConfig()
+  if args.lora_rank and args.variant is None:
+    lora_lib.check(lora_lib.LoraConfig(rank=args.lora_rank), cfg)  # before any child starts
+    return compare_lora(cfg, args, argv)
+  lora = None
+  if args.variant not in (None, "full"):
+    lora = lora_lib.LoraConfig(rank=args.lora_rank, base_quantization=VARIANTS[args.variant])
+    lora_lib.check(lora, cfg)
   mesh = partitioning.make_mesh()
   host_batch = synthetic_batch(args.batch_size, args.seq_len, min(cfg.vocab_size, 32000), True)
   timed, state = time_train_step(cfg, mesh, partitioning.axis_rules(), host_batch, steps=args.steps,
                                  warmup=args.warmup, num_microbatches=args.num_microbatches,
-                                 profile_top=args.profile_top)
+                                 profile_top=args.profile_top, lora=lora)
 
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"
   size = args.matmul_size or (2048 if on_cpu else 8192)
   peak = measure_peak_flops(cfg.dtype, size)
   step_time = timed["step_seconds_median"]
-  flops = model_flops_per_step(cfg, args.batch_size, args.seq_len)
+  flops = model_flops_per_step(cfg, args.batch_size, args.seq_len, lora)
   memory, memory_kind = peak_memory_bytes()
   result = {
       "device": f"{device.platform}:{getattr(device, 'device_kind', '')}", "num_devices": jax.device_count(),
@@ -327,7 +384,9 @@ def main(argv=None) -> dict:
       "model_flops_per_step": flops, "matmul_size": size, "peak_flops_per_device_measured": peak,
       "mfu": flops / step_time / (peak * jax.device_count()),
       "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "final_loss": timed["final_loss"],
-      **{k: v for k, v in timed.items() if k.startswith("state_") or k == "profile"},
+      **{k: v for k, v in timed.items() if k.startswith(("state_", "frozen_", "trained_")) or k == "profile"},
+      "lora": None if lora is None else lora.record(),
+      "computed_bytes": lora_lib.train_state_bytes(cfg, lora),
   }
   rows = [("device", f"{result['device']} x{result['num_devices']}"), ("mesh", str(result["mesh"])),
           ("parameters", f"{result['params']:,}"), ("dtype", f"{cfg.dtype} (params {cfg.param_dtype})"),
@@ -340,6 +399,11 @@ def main(argv=None) -> dict:
           ("params + opt state / device", f"{timed['state_bytes_per_device_max'] / 2**20:.2f} MiB at most "
            f"(total {timed['state_bytes_total'] / 2**20:.2f} MiB / {jax.device_count()} = "
            f"{timed['state_bytes_even_split'] / 2**20:.2f} MiB; x{timed['state_per_device_over_even_split']:.3f})")]
+  if lora is not None:
+    rows += [("LoRA", f"rank {lora.rank} on {', '.join(lora.targets)}; {timed['trained_params']:,} trained parameters"),
+             ("frozen base / device", f"{timed['frozen_bytes_per_device_max'] / 2**20:.2f} MiB at most "
+              f"({lora.base_quantization if lora.quantized else cfg.param_dtype}; total "
+              f"{timed['frozen_bytes_total'] / 2**20:.2f} MiB)")]
   if on_cpu and sys.platform == "linux":  # docs/models.md, "Speed on CPU"
     rows.append(("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES") or "unset (glibc.malloc.hugetlb=1 is faster)"))
   if args.compare_torch:
@@ -364,6 +428,60 @@ def main(argv=None) -> dict:
   if "profile" in result:
     print_profile(result["profile"])
   return result
+
+
+# --variant -> LoraConfig.base_quantization (None: full fine-tuning)
+VARIANTS = {"full": None, "lora": "none", "lora_int8": "int8"}
+VARIANT_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "lora_int8": "LoRA, int8 base"}
+
+
+def compare_lora(cfg: ModelConfig, args, argv: list) -> dict:
+  """Runs this script once per variant, each in a process of its own (so that each peak memory is its own,
+  and this process never starts a backend), and prints them side by side with the computed bytes."""
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for variant in VARIANTS:
+      output = os.path.join(tmp, f"{variant}.json")
+      child = [a for a in argv if a.partition("=")[0] != "--output"] + [f"--variant={variant}", f"--output={output}"]
+      done = subprocess.run([sys.executable, os.path.abspath(__file__), *child], stdout=subprocess.PIPE, text=True)
+      if done.returncode == 2:  # a setting the child refused, in one line on stderr already
+        raise SystemExit(2)
+      if done.returncode:
+        print(done.stdout, end="")
+        raise UserError(f"the {VARIANT_NAMES[variant]} run exited with {done.returncode} (its output is above)")
+      with open(output) as f:
+        results[variant] = json.load(f)
+  mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
+  model_parallel = lambda r: r["mesh"]["fsdp"] * r["mesh"]["tensor"]  # noqa: E731 (the data axis holds copies)
+  full = results["full"]
+  lines = [("", [VARIANT_NAMES[v] for v in VARIANTS])]
+  per_variant = lambda fn: [fn(results[v]) for v in VARIANTS]  # noqa: E731
+  lines += [
+      ("trained parameters", per_variant(lambda r: f"{r['trained_params']:,}")),
+      ("params + opt state / device", per_variant(lambda r: mib(r["state_bytes_per_device_max"]))),
+      ("  computed, split evenly", per_variant(
+          lambda r: mib((r["computed_bytes"]["params"] + r["computed_bytes"]["opt_state"]) / model_parallel(r)))),
+      ("frozen base / device", per_variant(lambda r: mib(r["frozen_bytes_per_device_max"]))),
+      ("  computed, split evenly", per_variant(lambda r: mib(r["computed_bytes"]["base"] / model_parallel(r)))),
+      ("weights+grads+opt, whole model", per_variant(lambda r: mib(r["computed_bytes"]["total"]))),
+      ("peak memory", per_variant(lambda r: mib(r["peak_memory_bytes"]))),
+      ("step time (median)", per_variant(lambda r: f"{r['step_seconds_median'] * 1e3:,.1f} ms")),
+      ("tokens/s", per_variant(lambda r: f"{r['tokens_per_second']:,.0f}")),
+      ("tokens/s over full", per_variant(lambda r: f"{r['tokens_per_second'] / full['tokens_per_second']:.2f}x")),
+      ("peak memory over full", per_variant(lambda r: f"{r['peak_memory_bytes'] / full['peak_memory_bytes']:.2f}x")),
+  ]
+  print(f"{cfg.num_params():,} parameters, {full['device']} x{full['num_devices']}, mesh {full['mesh']}, batch "
+        f"{args.batch_size} x {args.seq_len}; LoRA rank {args.lora_rank}; peak memory: {full['peak_memory_kind']}; "
+        "split evenly: over fsdp x tensor")
+  width = max(len(name) for name, _ in lines)
+  cols = [max(len(cells[i]) for _, cells in lines) for i in range(len(VARIANTS))]
+  for name, cells in lines:
+    print(f"{name:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
+  combined = {"lora_rank": args.lora_rank, "variants": results}
+  with open(args.output, "w") as f:
+    json.dump(combined, f, indent=2)
+  print(f"wrote {args.output}")
+  return combined
 
 
 def report(rows: list, result: dict, output: str) -> dict:

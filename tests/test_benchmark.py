@@ -134,3 +134,47 @@ def test_pipeline_benchmark_runs_on_a_few_batches(tmp_path, mixture, mock):
   assert saved["mixture"] == mixture and saved["mock_tfds"] == mock and saved["pipeline"]["batches_timed"] == 2
   assert saved["ratio"] == saved["pipeline"]["tokens_per_second"] / saved["trainer"]["tokens_per_second"]
   assert 0 < saved["pipeline"]["packing_efficiency"] <= 1 and saved["trainer"]["fed_tokens_per_second"] > 0
+
+
+def test_lora_benchmark_measures_what_the_shapes_say(tmp_path):
+  """--lora_rank: full fine-tuning, LoRA and LoRA on an int8 base, each in its own process on an fsdp mesh; the
+  measured parameter, optimizer-state and frozen-base bytes are the ones lora.train_state_bytes computes."""
+  out = tmp_path / "lora.json"
+  run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_train.py"),
+                        "--gin_file=models/tiny.gin", "--gin.make_mesh.fsdp=4", "--gin.make_mesh.data=2",
+                        "--lora_rank=4", "--gin.LoraConfig.targets=['q', 'v', 'down']", "--batch_size=8",
+                        "--seq_len=16", "--steps=1", "--warmup=1", "--matmul_size=64", f"--output={out}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "LoRA, int8 base" in run.stdout and "tokens/s over full" in run.stdout
+  variants = json.load(open(out))["variants"]
+  assert list(variants) == ["full", "lora", "lora_int8"]
+  for name, r in variants.items():
+    computed = r["computed_bytes"]
+    assert r["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1} and r["tokens_per_second"] > 0
+    # The state adds only optax's step counters (two int32 scalars) to the parameters and moments.
+    assert r["state_bytes_total"] == computed["params"] + computed["opt_state"] + 8, name
+    assert r["frozen_bytes_total"] == computed["base"], name
+    assert r["frozen_bytes_per_device_max"] <= computed["base"] / 2  # the base is sharded, not copied
+  assert variants["full"]["lora"] is None and variants["lora"]["lora"]["targets"] == ["q", "v", "down"]
+  assert variants["lora_int8"]["lora"]["base_quantization"] == "int8"
+  trained = [variants[v]["trained_params"] for v in variants]
+  assert trained[1] == trained[2] < trained[0] / 10
+  assert 0 < variants["lora_int8"]["frozen_bytes_total"] < variants["lora"]["frozen_bytes_total"] / 1.5
+
+
+def test_lora_benchmark_bad_rank_is_one_line(tmp_path):
+  run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_train.py"),
+                        "--gin_file=models/tiny.gin", "--lora_rank=100", "--output=x.json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+  assert "LoraConfig.rank=100 is larger than" in run.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_readme_memory_table_is_the_computed_one():
+  spec = importlib.util.spec_from_file_location("memory_table", os.path.join(ROOT, "scripts", "memory_table.py"))
+  table = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(table)
+  expected = table.markdown(table.rows(16), 16)
+  with open(os.path.join(ROOT, "README.md")) as f:
+    assert expected in f.read(), "README's memory table is stale: paste the output of scripts/memory_table.py"
