@@ -142,7 +142,9 @@ def restore_merged(path: str, config: ModelConfig, mesh, rules, param_structs) -
                        partitioning.with_shardings(frozen_shapes, frozen_shardings))
   shardings = jax.tree.map(lambda s: s.sharding, param_structs)
   with partitioning.activate(mesh, rules):
-    merged = jax.jit(lambda f, a: lora_lib.merge(f, a, lora), out_shardings=shardings)(frozen, adapters)
+    # In the plain model's dtypes: a base held in LoraConfig.base_dtype comes back in ModelConfig.param_dtype.
+    merged = jax.jit(lambda f, a: jax.tree.map(lambda x, s: x.astype(s.dtype), lora_lib.merge(f, a, lora),
+                                               param_structs), out_shardings=shardings)(frozen, adapters)
   return step, merged
 
 
@@ -181,5 +183,5 @@ def export_adapter(checkpoint_path: str, output_dir: str, mesh, rules) -> str:
         "fan_in_fan_out": False, "use_rslora": False, "inference_mode": True, "modules_to_save": None}
     files.write_json(os.path.join(output_dir, "adapter_config.json"), adapter_config)
     print(f"exported the adapters of step {step} of {checkpoint_path} to {output_dir} (PEFT LoRA, rank {lora.rank}"
-          f"{', trained on an int8 base' if lora.quantized else ''})", flush=True)
+          f"{f', trained on an {lora.base_quantization} base' if lora.quantized else ''})", flush=True)
   return output_dir

@@ -166,12 +166,13 @@ def constrain(x: Array, *names: Optional[str]) -> Array:
   return nn.with_logical_constraint(x, names)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(3, 4))
-def dense_int8(x: Array, q: Array, scale: Array, dtype: jnp.dtype, contract: int = 1) -> Array:
-  """dense(x, w) for w = dequantize(q, scale) in `dtype`, keeping q and scale for the backward pass instead of
-  w, which is dequantized again there (XLA drops the recomputed product, which the backward pass does not use):
-  an int8 base then never holds every layer's float weights at once."""
-  return dense(x, lora_lib.dequantize(q, scale, dtype), contract)
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def dense_frozen(x: Array, w: Array | tuple[Array, Array], dtype: jnp.dtype, contract: int = 1) -> Array:
+  """dense(x, w) for a frozen LoRA base's kernel w, stored in another dtype than `dtype` or quantized ((codes,
+  scales): lora.dequantize). The stored w is kept for the backward pass instead of its `dtype` copy, which is
+  made again there (XLA drops the recomputed product, which the backward pass does not use): so the step
+  never holds every layer's converted weights at once."""
+  return dense(x, lora_lib.dequantize(*w, dtype) if isinstance(w, tuple) else w.astype(dtype), contract)
 
 
 def linear(module: nn.Module, x: Array, name: str, shape: tuple, axes: tuple, contract: int = 1, *,
@@ -181,7 +182,10 @@ def linear(module: nn.Module, x: Array, name: str, shape: tuple, axes: tuple, co
   cfg = module.config
   dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
   w = lora_lib.kernel_param(module, name, shape, axes, _init(), pdtype, lora)
-  y = dense_int8(x, *w, dtype, contract) if isinstance(w, tuple) else dense(x, w.astype(dtype), contract)
+  if lora is not None and (isinstance(w, tuple) or w.dtype != dtype):  # a frozen base's kernel, converted
+    y = dense_frozen(x, w, dtype, contract)
+  else:
+    y = dense(x, w.astype(dtype), contract)
   if lora is None or not lora.adapts(name):
     return y
   a, b = lora_lib.adapter_params(module, name, shape, axes, contract, lora, pdtype)

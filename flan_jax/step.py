@@ -163,6 +163,8 @@ def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.
   With `lora`, the state's parameters are the adapters; the frozen base is kept apart (Setup.frozen_*),
   to be loaded from the base model and passed to the step.
   """
+  if lora is not None:
+    lora_lib.check(lora, config)
   model = Transformer(config, lora)
   init_all = partitioning.param_init_fn(model, seq_len)
   init_boxed = init_all if lora is None else (lambda rng: lora_lib.split(init_all(rng))[0])
@@ -171,6 +173,7 @@ def setup(config: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, tx: optax.
   if lora is not None:
     frozen_shapes, frozen_shardings = partitioning.param_shapes_and_shardings(
         lambda rng: lora_lib.split(init_all(rng))[1], mesh, rules)
+    frozen_shapes = lora_lib.in_base_dtype(frozen_shapes, lora)
   opt_shapes = jax.eval_shape(tx.init, param_shapes)
   opt_shardings = partitioning.state_shardings_like(opt_shapes, param_shapes, param_shardings, mesh)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)

@@ -14,8 +14,8 @@ Memory: the peak in use, and per device the parameters and optimizer state it ho
 its shards of the initialised arrays) beside total / devices, which fsdp should reach.
 Prints a table and writes the figures as JSON (--output). Needs JAX, not TensorFlow or seqio.
 
---lora_rank=N times LoRA at rank N (LoraConfig's other settings from gin) on a float base and on an int8 base
-beside full fine-tuning of the same model, each in a process of its own so that each peak is its own, and
+--lora_rank=N times LoRA at rank N (LoraConfig's other settings from gin) on a float base, an int8 base and an
+NF4 base beside full fine-tuning of the same model, each in a process of its own so that each peak is its own, and
 prints them side by side with the bytes flan_jax.lora.train_state_bytes computes from the shapes.
 
 --compare_torch also times the same model in PyTorch (transformers' LlamaForCausalLM from the
@@ -96,14 +96,15 @@ def synthetic_batch(batch: int, seq_len: int, vocab: int, half_prefix: bool) -> 
 
 def random_frozen_base(s: step_lib.Setup, seed: int = 0) -> dict:
   """A random frozen base of a LoRA setup's shapes, each leaf made on its devices in its sharding: no host copy,
-  and no float copy of an int8 base (the peak is the run's, not a loader's)."""
+  and no float copy of a quantized base (the peak is the run's, not a loader's)."""
   flat_shapes, flat_shardings = (traverse_util.flatten_dict(t) for t in (s.frozen_shapes, s.frozen_shardings))
   out = {}
   for i, (path, struct) in enumerate(flat_shapes.items()):
-    if struct.dtype == jnp.int8:
-      make = lambda key, st=struct: jax.random.randint(key, st.shape, -127, 128, jnp.int8)
+    if struct.dtype in (jnp.int8, jnp.uint8):  # int8 values, or NF4 codes two to a byte
+      make = lambda key, st=struct: jax.random.randint(key, st.shape, -127 if st.dtype == jnp.int8 else 0,
+                                                       128 if st.dtype == jnp.int8 else 256, st.dtype)
     elif str(path[-1]).endswith(lora_lib.SCALE_SUFFIX):
-      make = lambda key, st=struct: jnp.full(st.shape, 0.02 / 127, st.dtype)
+      make = lambda key, st=struct: jnp.full(st.shape, 1e-4, st.dtype)  # weights of at most 0.0127 (int8)
     elif "norm" in "/".join(map(str, path)):
       make = lambda key, st=struct: jnp.ones(st.shape, st.dtype)
     else:
@@ -123,7 +124,7 @@ def time_train_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: tuple, hos
   With `feed` (host-local batches of the same shape) it then times `steps` more steps that take their
   batches from it, as the trainer's loop does: the next batch is read while the step before runs.
   With `profile_top`, it then profiles a few steps (profile_ops) into result["profile"].
-  With `lora`, the state holds the adapters, and a random frozen base of the model's shapes (int8 if lora
+  With `lora`, the state holds the adapters, and a random frozen base of the model's shapes (quantized if lora
   says so) is passed to every step; its bytes are reported apart (frozen_bytes_*).
   """
   schedule = optimizers.make_schedule(steps + warmup)
@@ -337,8 +338,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--profile_top", type=int, default=0,
                       help="also trace a few steps and print this many of the most expensive XLA ops")
   parser.add_argument("--lora_rank", type=int, default=0,
-                      help="also time LoRA adapters of this rank on a float and on an int8 frozen base, beside full "
-                           "fine-tuning, each in its own process")
+                      help="also time LoRA adapters of this rank on a float, an int8 and an NF4 frozen base, beside "
+                           "full fine-tuning, each in its own process")
   parser.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)  # one of --lora_rank's
   argv = sys.argv[1:] if argv is None else list(argv)
   gin_args, rest = split_gin_flags(argv)
@@ -431,8 +432,9 @@ def main(argv=None) -> dict:
 
 
 # --variant -> LoraConfig.base_quantization (None: full fine-tuning)
-VARIANTS = {"full": None, "lora": "none", "lora_int8": "int8"}
-VARIANT_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "lora_int8": "LoRA, int8 base"}
+VARIANTS = {"full": None, "lora": "none", "lora_int8": "int8", "lora_nf4": "nf4"}
+VARIANT_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "lora_int8": "LoRA, int8 base",
+                 "lora_nf4": "LoRA, NF4 base"}
 
 
 def compare_lora(cfg: ModelConfig, args, argv: list) -> dict:

@@ -2,8 +2,9 @@
 
     python scripts/memory_table.py [--lora_rank=16] [--output=memory_table.json]
 
-For each model file: full fine-tuning (AdamW: float32 weights, gradients and two moments), LoRA on a float32
-base, and LoRA on an int8 base (flan_jax.lora.train_state_bytes; adapters on all seven projections). The
+For each model file: full fine-tuning (AdamW: float32 weights, gradients and two moments), and LoRA (adapters on
+all seven projections, float32 with their moments) on a float32 base, a bfloat16 base, and an int8 or NF4 base
+whose other weights are bfloat16 (flan_jax.lora.train_state_bytes). The
 figures are the weights, gradients and optimizer state of the whole model: one device holds its share of
 them on an fsdp mesh (total / fsdp), and activations come on top (they grow with batch x length and shrink
 with ModelConfig.remat_policy). scripts/benchmark_train.py --lora_rank measures them beside the computed
@@ -37,26 +38,30 @@ def model_config(name: str) -> ModelConfig:
     gin.clear_config()
 
 
+# (column, LoraConfig settings besides the rank; None: full fine-tuning)
+COLUMNS = (("Full fine-tuning", None), ("LoRA, f32 base", {}), ("LoRA, bf16 base", {"base_dtype": "bfloat16"}),
+           ("LoRA, int8 + bf16 base", {"base_quantization": "int8", "base_dtype": "bfloat16"}),
+           ("LoRA, NF4 + bf16 base", {"base_quantization": "nf4", "base_dtype": "bfloat16"}))
+
+
 def rows(lora_rank: int) -> list[dict]:
   out = []
   for name in MODELS:
     cfg = model_config(name)
-    full = lora_lib.train_state_bytes(cfg)
-    lora = lora_lib.train_state_bytes(cfg, lora_lib.LoraConfig(rank=lora_rank))
-    int8 = lora_lib.train_state_bytes(cfg, lora_lib.LoraConfig(rank=lora_rank, base_quantization="int8"))
-    out.append({"model": name, "params": cfg.num_params(),
-                "adapter_params": lora_lib.adapter_count(cfg, lora_lib.LoraConfig(rank=lora_rank)),
-                "full_bytes": full["total"], "lora_bytes": lora["total"], "lora_int8_bytes": int8["total"]})
+    loras = [None if kw is None else lora_lib.LoraConfig(rank=lora_rank, **kw) for _, kw in COLUMNS]
+    out.append({"model": name, "params": cfg.num_params(), "adapter_params": lora_lib.adapter_count(cfg, loras[1]),
+                "bytes": {column: lora_lib.train_state_bytes(cfg, lora)["total"]
+                          for (column, _), lora in zip(COLUMNS, loras)}})
   return out
 
 
 def markdown(table: list[dict], lora_rank: int) -> str:
   gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
-  lines = [f"| Model (`gin/models/`) | Parameters | Full fine-tuning | LoRA r={lora_rank} (adapters) | "
-           f"LoRA r={lora_rank}, int8 base |", "|---|---:|---:|---:|---:|"]
+  lines = [f"| Model (`gin/models/`) | Parameters | LoRA r={lora_rank} adapters | " +
+           " | ".join(column for column, _ in COLUMNS) + " |", "|---|---:|---:|" + "---:|" * len(COLUMNS)]
   for r in table:
-    lines.append(f"| `{r['model']}.gin` | {r['params'] / 1e9:.3g}B | {gib(r['full_bytes'])} | "
-                 f"{gib(r['lora_bytes'])} ({r['adapter_params'] / 1e6:.1f}M) | {gib(r['lora_int8_bytes'])} |")
+    lines.append(f"| `{r['model']}.gin` | {r['params'] / 1e9:.3g}B | {r['adapter_params'] / 1e6:.1f}M | " +
+                 " | ".join(gib(b) for b in r["bytes"].values()) + " |")
   return "\n".join(lines)
 
 

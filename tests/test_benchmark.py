@@ -137,8 +137,8 @@ def test_pipeline_benchmark_runs_on_a_few_batches(tmp_path, mixture, mock):
 
 
 def test_lora_benchmark_measures_what_the_shapes_say(tmp_path):
-  """--lora_rank: full fine-tuning, LoRA and LoRA on an int8 base, each in its own process on an fsdp mesh; the
-  measured parameter, optimizer-state and frozen-base bytes are the ones lora.train_state_bytes computes."""
+  """--lora_rank: full fine-tuning and LoRA on a float, an int8 and an NF4 base, each in its own process on an
+  fsdp mesh; the measured parameter, optimizer-state and frozen-base bytes are what lora.train_state_bytes says."""
   out = tmp_path / "lora.json"
   run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_train.py"),
                         "--gin_file=models/tiny.gin", "--gin.make_mesh.fsdp=4", "--gin.make_mesh.data=2",
@@ -146,9 +146,9 @@ def test_lora_benchmark_measures_what_the_shapes_say(tmp_path):
                         "--seq_len=16", "--steps=1", "--warmup=1", "--matmul_size=64", f"--output={out}"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  assert "LoRA, int8 base" in run.stdout and "tokens/s over full" in run.stdout
+  assert "LoRA, NF4 base" in run.stdout and "tokens/s over full" in run.stdout
   variants = json.load(open(out))["variants"]
-  assert list(variants) == ["full", "lora", "lora_int8"]
+  assert list(variants) == ["full", "lora", "lora_int8", "lora_nf4"]
   for name, r in variants.items():
     computed = r["computed_bytes"]
     assert r["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1} and r["tokens_per_second"] > 0
@@ -158,9 +158,11 @@ def test_lora_benchmark_measures_what_the_shapes_say(tmp_path):
     assert r["frozen_bytes_per_device_max"] <= computed["base"] / 2  # the base is sharded, not copied
   assert variants["full"]["lora"] is None and variants["lora"]["lora"]["targets"] == ["q", "v", "down"]
   assert variants["lora_int8"]["lora"]["base_quantization"] == "int8"
+  assert variants["lora_nf4"]["lora"]["base_quantization"] == "nf4"
   trained = [variants[v]["trained_params"] for v in variants]
-  assert trained[1] == trained[2] < trained[0] / 10
-  assert 0 < variants["lora_int8"]["frozen_bytes_total"] < variants["lora"]["frozen_bytes_total"] / 1.5
+  assert trained[1] == trained[2] == trained[3] < trained[0] / 10
+  frozen = [variants[v]["frozen_bytes_total"] for v in ("lora", "lora_int8", "lora_nf4")]
+  assert frozen[0] > frozen[1] > frozen[2] > 0
 
 
 def test_lora_benchmark_bad_rank_is_one_line(tmp_path):
