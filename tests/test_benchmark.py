@@ -89,9 +89,9 @@ def test_resume_benchmark_restores_the_same_batch_as_skipping(tmp_path):
   bench = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(bench)
   out = tmp_path / "resume.json"
-  rows = bench.main(["--task=embedded_no_topic", "--steps=2,5", "--batch_size=4", "--inputs=64", "--targets=16",
+  rows = bench.main(["--task=embedded_no_topic", "--steps=3", "--batch_size=4", "--inputs=64", "--targets=16",
                      f"--output={out}"])
-  assert [r["step"] for r in rows] == [2, 5] and all(r["same_batch"] for r in rows)
+  assert [r["step"] for r in rows] == [3] and all(r["same_batch"] for r in rows)
   assert json.load(open(out))["results"] == rows
 
 
