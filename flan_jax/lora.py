@@ -119,6 +119,7 @@ def _normal_float_levels(offset: float = 0.9677083) -> tuple[float, ...]:
 
 NF4_LEVELS = _normal_float_levels()
 
+
 def block_size(lora: LoraConfig, last: int) -> int:
   """The quantization block along a last axis of length `last`: quant_block, or the largest divisor of it."""
   return math.gcd(lora.quant_block, last)

@@ -170,8 +170,9 @@ def constrain(x: Array, *names: Optional[str]) -> Array:
 def dense_frozen(x: Array, w: Array | tuple[Array, Array], dtype: jnp.dtype, contract: int = 1) -> Array:
   """dense(x, w) for a frozen LoRA base's kernel w, stored in another dtype than `dtype` or quantized ((codes,
   scales): lora.dequantize). The stored w is kept for the backward pass instead of its `dtype` copy, which is
-  made again there (XLA drops the recomputed product, which the backward pass does not use): so the step
-  never holds every layer's converted weights at once."""
+  made again there (XLA drops the recomputed product, which the backward pass does not use): so the step does
+  not hold every layer's dequantized weights at once. (A bf16 base on XLA's CPU backend is converted whole
+  before the layer loop all the same; tests/test_lora.py measures both.)"""
   return dense(x, lora_lib.dequantize(*w, dtype) if isinstance(w, tuple) else w.astype(dtype), contract)
 
 
