@@ -403,7 +403,7 @@ def main(argv=None) -> dict:
   if lora is not None:
     rows += [("LoRA", f"rank {lora.rank} on {', '.join(lora.targets)}; {timed['trained_params']:,} trained parameters"),
              ("frozen base / device", f"{timed['frozen_bytes_per_device_max'] / 2**20:.2f} MiB at most "
-              f"({lora.base_quantization if lora.quantized else cfg.param_dtype}; total "
+              f"({lora.base_quantization + ' + ' if lora.quantized else ''}{lora.base_dtype or cfg.param_dtype}; total "
               f"{timed['frozen_bytes_total'] / 2**20:.2f} MiB)")]
   if on_cpu and sys.platform == "linux":  # docs/models.md, "Speed on CPU"
     rows.append(("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES") or "unset (glibc.malloc.hugetlb=1 is faster)"))
