@@ -280,6 +280,14 @@ def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, tmp_p
   with torch.no_grad():
     theirs = hf(torch.tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(theirs, ours, atol=1e-4)
+  # GGUF export merges the same way: flan_jax's GGUF import reads back the adapted model.
+  gguf_dir = tmp_path / "gguf"
+  _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+                          f"--gin.OUTPUT_DIR={gguf_dir}", "--gin.EXPORT_FORMAT='gguf'", "--gin.EXPORT_DTYPE='float32'"])
+  (name,) = os.listdir(gguf_dir)
+  read_back = pretrained.open_pretrained(str(gguf_dir / name))
+  np.testing.assert_allclose(Transformer(read_back.config).apply({"params": pretrained.load_params(read_back)}, tokens),
+                             ours, atol=1e-4)
 
 
 def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
