@@ -177,6 +177,8 @@ def test_converted_base_trains_as_its_float_values_without_holding_them(base, da
   for x, y in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     assert float(jnp.max(jnp.abs(x))) > 0
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(y))))
+  if kind == "bfloat16":  # its bytes: test_bfloat16_base_halves_the_base_and_starts_at_its_loss
+    return
 
   mesh, rules = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]), partitioning.axis_rules()
   schedule = optimizers.make_schedule(10)
@@ -193,8 +195,7 @@ def test_converted_base_trains_as_its_float_values_without_holding_them(base, da
     base_bytes[name] = lora_lib.train_state_bytes(TINY, lora)["base"]
     assert base_bytes[name] == sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.frozen_shapes))
   # Keeping every layer's dequantized weights would add about the float base's size (measured: +100% for int8).
-  if kind != "bfloat16":
-    assert scratch[kind] < scratch["none"] + 0.2 * base_bytes["none"], (scratch, base_bytes)
+  assert scratch[kind] < scratch["none"] + 0.2 * base_bytes["none"], (scratch, base_bytes)
 
 
 @pytest.mark.parametrize("kwargs, message", [
