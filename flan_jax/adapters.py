@@ -74,7 +74,6 @@ def check_base(model_dir: str, initial_checkpoint_path: Optional[str], lora: lor
   if not initial_checkpoint_path:
     raise UserError("a LoRA run tunes adapters on a frozen base model: set INITIAL_CHECKPOINT_PATH to a "
                     "pretrained model or a flan_jax checkpoint")
-  lora_lib.check(lora, config)
   location = base_location(initial_checkpoint_path)
   record = {"path": location, "hash": fingerprint(location), "lora": lora.record(),
             "model_config": json.loads(json.dumps(config.__dict__))}

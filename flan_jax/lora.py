@@ -281,7 +281,7 @@ def adapter_count(config, lora: LoraConfig) -> int:
 def train_state_bytes(config, lora: Optional[LoraConfig] = None) -> dict[str, int]:
   """The bytes a run holds besides activations, from the config's shapes alone (AdamW: two moments per trained
   parameter, in the parameters' dtype). Keys: base (frozen weights; 0 for full fine-tuning), params (trained),
-  grads, opt_state, total. Divide by the number of fsdp devices for one device's share."""
+  grads, opt_state, total. Divide by fsdp x tensor for one device's share under an even split."""
   width = jnp.dtype(config.param_dtype).itemsize
   if lora is None:
     trained, base = config.num_params(), 0

@@ -172,7 +172,7 @@ def dense_frozen(x: Array, w: Array | tuple[Array, Array], dtype: jnp.dtype, con
   scales): lora.dequantize). The stored w is kept for the backward pass instead of its `dtype` copy, which is
   made again there (XLA drops the recomputed product, which the backward pass does not use): so the step does
   not hold every layer's dequantized weights at once. (A bf16 base on XLA's CPU backend is converted whole
-  before the layer loop all the same; tests/test_lora.py measures both.)"""
+  before the layer loop all the same: README, "Memory per model".)"""
   return dense(x, lora_lib.dequantize(*w, dtype) if isinstance(w, tuple) else w.astype(dtype), contract)
 
 

@@ -358,8 +358,7 @@ def main(argv=None) -> dict:
     return compare_lora(cfg, args, argv)
   lora = None
   if args.variant not in (None, "full"):
-    lora = lora_lib.LoraConfig(rank=args.lora_rank, base_quantization=VARIANTS[args.variant])
-    lora_lib.check(lora, cfg)
+    lora = lora_lib.LoraConfig(rank=args.lora_rank, base_quantization=VARIANTS[args.variant])  # checked in setup
   mesh = partitioning.make_mesh()
   host_batch = synthetic_batch(args.batch_size, args.seq_len, min(cfg.vocab_size, 32000), True)
   timed, state = time_train_step(cfg, mesh, partitioning.axis_rules(), host_batch, steps=args.steps,

@@ -4,11 +4,11 @@
 
 For each model file: full fine-tuning (AdamW: float32 weights, gradients and two moments), and LoRA (adapters on
 all seven projections, float32 with their moments) on a float32 base, a bfloat16 base, and an int8 or NF4 base
-whose other weights are bfloat16 (flan_jax.lora.train_state_bytes). The
-figures are the weights, gradients and optimizer state of the whole model: one device holds its share of
-them on an fsdp mesh (total / fsdp), and activations come on top (they grow with batch x length and shrink
-with ModelConfig.remat_policy). scripts/benchmark_train.py --lora_rank measures them beside the computed
-bytes. Prints a Markdown table and writes it as JSON. Needs JAX and gin, not TensorFlow or seqio.
+whose other weights are bfloat16 (flan_jax.lora.train_state_bytes). The figures are the weights, gradients and
+optimizer state of the whole model: one device holds about total / (fsdp x tensor) of them on a sharded mesh,
+and activations come on top (they grow with batch x length and shrink with ModelConfig.remat_policy).
+scripts/benchmark_train.py --lora_rank measures them beside the computed bytes. Prints a Markdown table and
+writes it as JSON. Needs JAX and gin, not TensorFlow or seqio.
 """
 
 import argparse
