@@ -31,6 +31,11 @@ from flan_tasks.vocab import output_features
 SEED = 0
 NUM_EXAMPLES = {"train": 2000, "validation": 200, "test": 200}
 PREFIX = "embedded_"
+# Every example is an independent seeded draw, so the order examples are read in is already random and the
+# shuffle buffer only mixes one epoch into the next: a small one does that as well as seqio's 1,000, and keeps
+# a run's first batch and each saved input position cheap (for a 12-task mixture, measured on 2 cores: first
+# batch 2.9 s -> 0.8 s, a saved position 0.65 s -> 0.14 s).
+SHUFFLE_BUFFER_SIZE = 128
 
 # ------------------------------------------------------------------ sentiment
 _REVIEW_PHRASES = {
@@ -351,7 +356,7 @@ def _register_pretrain() -> None:
                      seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       output_features={"inputs": seqio.Feature(vocab, add_eos=False, required=False),
                        "targets": seqio.Feature(vocab, add_eos=True)},
-      metric_fns=[])
+      metric_fns=[], shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)
   task_info.register(PRETRAIN_TASK, dataset=PRETRAIN_TASK, cluster="pretraining", template=None, kind="train")
 
 
@@ -396,7 +401,7 @@ def register_all() -> None:
         num_input_examples=dict(NUM_EXAMPLES))
     dataset = instruction.InstructionDataset(
         name=PREFIX + name, cluster=cluster, source=source, fields=fields,
-        templates=templates, metric_fns=_metrics(make))
+        templates=templates, metric_fns=_metrics(make), shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)
     per_template.setdefault(cluster, []).extend(
         task for task in instruction.register(dataset) if task_info.lookup(task).template is not None)
     for variant in VARIANTS:

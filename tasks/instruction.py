@@ -40,6 +40,7 @@ class InstructionDataset:
   filter_fn: Optional[Callable[[Mapping[str, tf.Tensor]], tf.Tensor]] = None  # keep if True
   delimiter: Optional[str] = None  # between prompt and target where a template sets none (None: the rule)
   stop: Sequence[str] = ()  # strings that end a decoded answer (the first one found cuts it)
+  shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE  # per task, of rendered and tokenized examples
 
   @property
   def has_options(self) -> bool:
@@ -132,6 +133,7 @@ def add_generative_task(name: str, dataset: InstructionDataset,
                      + [tokenize]),
       output_features=output_features(),
       metric_fns=list(dataset.metric_fns if metric_fns is None else metric_fns),
+      shuffle_buffer_size=dataset.shuffle_buffer_size,
   )
   return _record(name, dataset, template, kind)
 
@@ -150,6 +152,7 @@ def add_scoring_task(name: str, dataset: InstructionDataset,
       output_features=output_features(),
       postprocess_fn=t5_post.rank_classification,
       metric_fns=[t5_metrics.rank_classification],
+      shuffle_buffer_size=dataset.shuffle_buffer_size,
   )
   return _record(name, dataset, template, "scoring")
 
@@ -171,6 +174,7 @@ def add_fewshot_task(name: str, dataset: InstructionDataset, template: templates
       ],
       output_features=output_features(),
       metric_fns=list(dataset.metric_fns),
+      shuffle_buffer_size=dataset.shuffle_buffer_size,
   )
   index = list(dataset.templates).index(template) if template in dataset.templates else None
   return _record(name, dataset, index, "generative")

@@ -8,13 +8,15 @@ import sys
 
 import pytest
 
+from tests.conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin"]
 LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 16}"
 
 
 def binary(name, *args, timeout=300, env=None):
-  env = dict(env or os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  env = dict(env or os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
   return subprocess.run([sys.executable, "-m", f"flan_jax.{name}", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -164,7 +166,7 @@ def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
             "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", LENGTHS,
             "--gin.train.log_every=1"]
 
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
   # The uninterrupted run goes on beside the one to kill (independent processes and directories), so
   # their start-ups overlap.
   straight_err = open(tmp_path / "straight.err", "w+")
@@ -172,7 +174,7 @@ def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
                               env=env, stdout=subprocess.DEVNULL, stderr=straight_err, text=True)
 
   kill_at = random.Random().randint(5, 7)  # by step 5 the save of step 2 has completed
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
   proc = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *args(tmp_path / "killed")], cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   for line in proc.stdout:

@@ -19,7 +19,7 @@ import pytest
 from flan_jax import checkpointing, partitioning, pretrained, trainer
 from flan_jax.errors import UserError
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
-from tests.conftest import TINY
+from tests.conftest import TINY, xla_flags
 from tests.test_binaries import ROOT, run_main
 
 LENGTHS = {"inputs": 64, "targets": 8}
@@ -119,7 +119,7 @@ def _run_cases(tmp_path, cases, mounts=""):
   (tmp_path / "cases.json").write_text(json.dumps(cases))
   (tmp_path / "driver.py").write_text(DRIVER.format(root=ROOT))
   command = f"{sys.executable} {tmp_path / 'driver.py'} {tmp_path / 'cases.json'} {out}"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
   argv = ["unshare", "-rm", "sh", "-c", f"{mounts}\n{command}"] if mounts else ["sh", "-c", command]
   done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]

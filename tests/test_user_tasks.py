@@ -12,6 +12,7 @@ import seqio
 import flan_tasks  # noqa: F401
 from flan_tasks import files, user
 from flan_tasks.templates import TemplateError
+from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = [{"question": f"What is {i} plus {i}?", "reply": str(2 * i),
@@ -131,7 +132,7 @@ flan_tasks.files.jsonl_task.answer_field = 'reply'
          f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=4",
          "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+         "XLA_FLAGS": xla_flags()}
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert any(model_dir.iterdir())
