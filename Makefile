@@ -36,8 +36,8 @@ lint: install
 
 # Test files run in parallel worker processes (pytest-xdist), one file per worker at a time so that each
 # module's shared fixtures (a trained run, a compiled model) are built once (tests/conftest.py starts the
-# longest files first). On 2 cores this takes about 70% of the time of one process (850 tests: 715 s
-# against 1,023 s). TEST_WORKERS=0 runs it in this process, one test at a time.
+# longest files first). On 2 cores, with an empty compile cache, the 860 tests take about 13 minutes.
+# TEST_WORKERS=0 runs them in this process, one test at a time.
 TEST_WORKERS ?= auto
 test: install lint
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile tests
