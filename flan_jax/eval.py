@@ -5,7 +5,7 @@ from flan_jax import cli
 # Before a task collection (imported by the run's gin files) pulls it in, so errors stay one line.
 cli.import_tensorflow_quietly()
 
-from flan_jax import evaluation  # noqa: E402
+from flan_jax.evaluation import evaluator as evaluation  # noqa: E402
 
 
 def main(flags: cli.Flags) -> None:

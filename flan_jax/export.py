@@ -12,7 +12,8 @@ import gin  # noqa: E402
 
 # pretrained imports vocabularies and formats only where it needs them; import them before gin parses the
 # flags, so their configurables exist then (gin refuses new ones once the config is locked).
-from flan_jax import files, formats, pretrained, vocabularies  # noqa: E402,F401
+from flan_jax import files  # noqa: E402,F401
+from flan_jax.checkpoints import pretrained
 from flan_jax.errors import UserError  # noqa: E402
 
 

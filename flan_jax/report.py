@@ -10,8 +10,9 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from flan_jax import files, reporting
+from flan_jax import files
 from flan_jax.errors import DiskFullError, UserError
+from flan_jax.reports import reporting
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 

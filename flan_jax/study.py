@@ -27,19 +27,16 @@ cli.import_tensorflow_quietly()
 
 import seqio  # noqa: E402
 
-from flan_jax import (  # noqa: E402
-    checkpointing,
-    contamination,
-    evaluation,
-    files,
-    formats,
-    pretrained,
-    study_report,
-    task_info,
-    trainer,
-    vocabularies,
-)
+from flan_jax import files, task_info
+from flan_jax.checkpoints import pretrained
+from flan_jax.checkpoints import store as checkpointing
+from flan_jax.data import contamination
 from flan_jax.errors import UserError  # noqa: E402
+from flan_jax.evaluation import evaluator as evaluation
+from flan_jax.reports import study_report
+from flan_jax.text import formats
+from flan_jax.text import vocabulary as vocabularies
+from flan_jax.training import trainer
 
 CONDITIONS = ("base", "instructions", "notemplate", "datasetname")
 ACTIONS = ("run", "print", "report")

@@ -19,8 +19,9 @@ import gin  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flan_jax import cli, decoding, partitioning  # noqa: E402
-from flan_jax.model import ModelConfig, Transformer  # noqa: E402
+from flan_jax import cli  # noqa: E402
+from flan_jax.model import decoding, partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer  # noqa: E402
 
 
 def timed(fn, *args, repeats: int) -> tuple[float, float]:

@@ -60,8 +60,8 @@ def hf_shape(gin_file: str) -> dict:
   """The transformers config of a gin model file (via ModelConfig and the export mapping)."""
   import gin
   sys.path.insert(0, ROOT)
-  from flan_jax import pretrained
-  from flan_jax.model import ModelConfig
+  from flan_jax.checkpoints import pretrained
+  from flan_jax.model.transformer import ModelConfig
   gin.add_config_file_search_path(os.path.join(ROOT, "gin"))
   logging.disable(logging.ERROR)  # gin logs every search-path miss before it finds the file
   gin.parse_config_file(gin_file)

@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flan_jax import cli  # noqa: E402
-from flan_jax.model import ModelConfig  # noqa: E402
+from flan_jax.model.transformer import ModelConfig  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:

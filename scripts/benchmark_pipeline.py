@@ -32,9 +32,10 @@ cli.import_tensorflow_quietly()
 
 import benchmark_train  # noqa: E402
 
-from flan_jax import accounting, partitioning  # noqa: E402
-from flan_jax import data as data_lib  # noqa: E402
-from flan_jax.model import ModelConfig  # noqa: E402
+from flan_jax.data import accounting  # noqa: E402
+from flan_jax.data import pipeline as data_lib  # noqa: E402
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig  # noqa: E402
 import flan_tasks  # noqa: E402,F401  (registers the collections)
 
 

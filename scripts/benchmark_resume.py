@@ -22,7 +22,7 @@ from flan_jax import cli  # noqa: E402
 
 cli.import_tensorflow_quietly()
 
-from flan_jax import data as data_lib  # noqa: E402
+from flan_jax.data import pipeline as data_lib  # noqa: E402
 import flan_tasks  # noqa: E402,F401  (registers the collections)
 
 

@@ -16,7 +16,7 @@ Prints a table and writes the figures as JSON (--output). Needs JAX, not TensorF
 
 --lora_rank=N times LoRA at rank N (LoraConfig's other settings from gin) on a float base, an int8 base and an
 NF4 base beside full fine-tuning of the same model, each in a process of its own so that each peak is its own, and
-prints them side by side with the bytes flan_jax.lora.train_state_bytes computes from the shapes.
+prints them side by side with the bytes flan_jax.model.lora.train_state_bytes computes from the shapes.
 
 --compare_torch also times the same model in PyTorch (transformers' LlamaForCausalLM from the
 config flan_jax exports, float32, torch.optim.AdamW with flan_jax's optimizer settings and
@@ -48,11 +48,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 # No TensorFlow or seqio on this path (tests/test_benchmark.py checks): it runs where only JAX is installed.
-from flan_jax import cli, optimizers, partitioning, pretrained  # noqa: E402
-from flan_jax import lora as lora_lib  # noqa: E402
-from flan_jax import step as step_lib  # noqa: E402
+from flan_jax import cli  # noqa: E402
+from flan_jax.checkpoints import pretrained
 from flan_jax.errors import UserError, first_line  # noqa: E402
-from flan_jax.model import ModelConfig  # noqa: E402
+from flan_jax.model import lora as lora_lib  # noqa: E402
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig  # noqa: E402
+from flan_jax.training import optimizers
+from flan_jax.training import step as step_lib  # noqa: E402
 
 
 def measure_peak_flops(dtype: str, size: int, repeats: int = 10) -> float:

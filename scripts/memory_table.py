@@ -4,7 +4,7 @@
 
 For each model file: full fine-tuning (AdamW: float32 weights, gradients and two moments), and LoRA (adapters on
 all seven projections, float32 with their moments) on a float32 base, a bfloat16 base, and an int8 or NF4 base
-whose other weights are bfloat16 (flan_jax.lora.train_state_bytes). The figures are the weights, gradients and
+whose other weights are bfloat16 (flan_jax.model.lora.train_state_bytes). The figures are the weights, gradients and
 optimizer state of the whole model: one device holds about total / (fsdp x tensor) of them on a sharded mesh,
 and activations come on top (they grow with batch x length and shrink with ModelConfig.remat_policy).
 scripts/benchmark_train.py --lora_rank measures them beside the computed bytes. Prints a Markdown table and
@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gin  # noqa: E402
 
 from flan_jax import cli  # noqa: E402
-from flan_jax import lora as lora_lib  # noqa: E402
-from flan_jax.model import ModelConfig  # noqa: E402
+from flan_jax.model import lora as lora_lib  # noqa: E402
+from flan_jax.model.transformer import ModelConfig  # noqa: E402
 
 # Public checkpoints' shapes, smallest first (gin/models/).
 MODELS = ("smollm2_135m", "smollm2_360m", "qwen2_5_0_5b", "llama3_2_1b", "qwen2_5_1_5b", "llama3_2_3b",

@@ -15,7 +15,8 @@ from t5.data import preprocessors as t5_pre
 from t5.evaluation import metrics as t5_metrics
 import tensorflow as tf
 
-from flan_jax import formats, task_info
+from flan_jax import task_info
+from flan_jax.text import formats
 from flan_tasks import templates as templates_lib
 from flan_tasks.vocab import output_features
 

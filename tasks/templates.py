@@ -4,7 +4,7 @@ A template is a pair of format strings, one for the model input and one for the 
 `{field}` placeholders naming string features of an example. The special placeholder
 `{options_}` renders the example's `options` feature as an "OPTIONS:" block, one option a line.
 A decoder reads `prompt + delimiter + target`; the delimiter is the template's own, else its
-dataset's, else a space unless the prompt ends in whitespace (flan_jax.formats).
+dataset's, else a space unless the prompt ends in whitespace (flan_jax.text.formats).
 """
 
 import dataclasses
@@ -13,8 +13,8 @@ from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from flan_jax import formats
 from flan_jax.errors import UserError
+from flan_jax.text import formats
 
 OPTIONS_PLACEHOLDER = "options_"
 OPTIONS_FIELD = "options"

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
-from flan_jax.model import ModelConfig  # noqa: E402
+from flan_jax.model.transformer import ModelConfig  # noqa: E402
 
 TINY = ModelConfig(vocab_size=384, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                    head_dim=16, d_ff=192)

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax import accounting, checkpointing, partitioning, trainer
-from flan_jax import data as data_lib
+from flan_jax.checkpoints import store as checkpointing
+from flan_jax.data import accounting
+from flan_jax.data import pipeline as data_lib
+from flan_jax.model import partitioning
+from flan_jax.training import trainer
 import flan_tasks  # noqa: F401
 from tests.conftest import TINY
 

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax import attention, partitioning
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig, Transformer, attention_mask, init_cache
+from flan_jax.model import attention, partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer, attention_mask, init_cache
 
 TOL = 1e-5  # max |got - want| <= TOL * max |want|, per array (float32)
 

@@ -147,8 +147,9 @@ def test_eval_without_checkpoint_is_one_clear_line(tmp_path, capsys):
 def _final_params(model_dir):
   import jax
 
-  from flan_jax import checkpointing, partitioning
-  from flan_jax.model import Transformer
+  from flan_jax.checkpoints import store as checkpointing
+  from flan_jax.model import partitioning
+  from flan_jax.model.transformer import Transformer
   from tests.conftest import TINY
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
   target = partitioning.sharded_param_structs(Transformer(TINY), mesh, partitioning.axis_rules())

@@ -6,9 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import checkpointing, partitioning, trainer
+from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig
+from flan_jax.training import trainer
 import flan_tasks  # noqa: F401
 from tests.conftest import TINY
 
@@ -97,7 +99,7 @@ def test_every_checkpoint_damaged_never_starts_from_scratch_unasked(runs, tmp_pa
 
 def test_restore_params_for_a_different_model_names_the_mismatch(runs):
   _, _, straight_dir, _ = runs
-  from flan_jax.model import Transformer
+  from flan_jax.model.transformer import Transformer
   bigger = ModelConfig(**{**TINY.__dict__, "d_ff": 256})
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
   target = partitioning.sharded_param_structs(Transformer(bigger), mesh, partitioning.axis_rules())
@@ -115,7 +117,7 @@ def test_no_checkpoint_is_a_user_error(tmp_path):
 
 
 def test_diverging_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
-  from flan_jax import optimizers
+  from flan_jax.training import optimizers
   model_dir = str(tmp_path / "nan")
   tx = optimizers.make_optimizer(lambda step: 1e30, clip_norm=None)
   with pytest.raises(FloatingPointError, match=r"at step \d+"):
@@ -135,7 +137,7 @@ def test_keep_last_k_and_every_mth(tmp_path):
 
 def test_initial_checkpoint_restores_parameters_only(runs, tmp_path):
   straight, _, straight_dir, _ = runs
-  from flan_jax import optimizers
+  from flan_jax.training import optimizers
   frozen = optimizers.make_optimizer(lambda step: 0.0)
   state = run(str(tmp_path / "ft"), 1, initial_checkpoint_path=straight_dir, optimizer=frozen,
               learning_rate_schedule=lambda step: 0.0)

@@ -8,7 +8,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from flan_jax import contamination, task_info
+from flan_jax import task_info
+from flan_jax.data import contamination
 from flan_jax.errors import UserError
 import flan_tasks  # noqa: F401  (registers the embedded and FLAN collections)
 from flan_tasks import embedded, files

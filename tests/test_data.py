@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from flan_jax import data as data_lib
+from flan_jax.data import pipeline as data_lib
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 
 TASK, LENGTHS = "embedded_no_topic", {"inputs": 64, "targets": 16}

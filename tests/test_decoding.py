@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax import decoding, partitioning
-from flan_jax.model import Transformer
+from flan_jax.model import decoding, partitioning
+from flan_jax.model.transformer import Transformer
 from tests.conftest import TINY
 
 init = jax.jit(Transformer(TINY).init)  # compiled once for the whole module

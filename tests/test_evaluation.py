@@ -10,9 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from flan_jax import decoding, evaluation, partitioning, predictions, trainer
 from flan_jax.errors import UserError
-from flan_jax.model import Transformer
+from flan_jax.evaluation import evaluator as evaluation
+from flan_jax.evaluation import predictions
+from flan_jax.model import decoding, partitioning
+from flan_jax.model.transformer import Transformer
+from flan_jax.training import trainer
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from flan_tasks import files
 from tests.conftest import TINY

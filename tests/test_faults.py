@@ -16,8 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import checkpointing, partitioning, pretrained, trainer
+from flan_jax.checkpoints import pretrained
+from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
+from flan_jax.model import partitioning
+from flan_jax.training import trainer
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests.conftest import TINY, xla_flags
 from tests.test_binaries import ROOT, run_main

@@ -13,10 +13,15 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from flan_jax import checkpointing, decoding, evaluation, formats, partitioning, pretrained, vocabularies
-from flan_jax import data as data_lib
+from flan_jax.checkpoints import pretrained
+from flan_jax.checkpoints import store as checkpointing
+from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
-from flan_jax.model import Transformer
+from flan_jax.evaluation import evaluator as evaluation
+from flan_jax.model import decoding, partitioning
+from flan_jax.model.transformer import Transformer
+from flan_jax.text import formats
+from flan_jax.text import vocabulary as vocabularies
 import flan_tasks  # noqa: F401
 from flan_tasks import files, templates
 from tests import tiny_pretrained

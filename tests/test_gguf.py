@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from flan_jax import gguf_io
+from flan_jax.checkpoints import gguf_reader as gguf_io
 from flan_jax.errors import UserError
 from tests import tiny_pretrained
 
@@ -480,8 +480,8 @@ def test_tensor_type_the_package_cannot_dequantize(models, tmp_path):
     ("llama", "F16", 1e-3), ("llama", "Q8_0", 1.5e-2), ("qwen2", "Q8_0", 1.5e-2),
 ])
 def test_logits_match_hf(arch, qtype, atol, models, ggufs):
-  from flan_jax import pretrained
-  from flan_jax.model import Transformer
+  from flan_jax.checkpoints import pretrained
+  from flan_jax.model.transformer import Transformer
   model = models[arch][1]
   tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 11))
   opened = pretrained.open_pretrained(ggufs[arch, qtype])
@@ -503,7 +503,9 @@ def test_logits_match_hf(arch, qtype, atol, models, ggufs):
 
 def test_a_gguf_file_is_a_starting_point_like_a_model_directory(models, ggufs):
   """What the trainer and eval binaries call for INITIAL_CHECKPOINT_PATH / CHECKPOINT_PATH."""
-  from flan_jax import partitioning, pretrained, vocabularies
+  from flan_jax.checkpoints import pretrained
+  from flan_jax.model import partitioning
+  from flan_jax.text import vocabulary as vocabularies
   path, (directory, _) = ggufs["llama", "F32"], models["llama"]
   assert pretrained.is_pretrained(path)
   assert pretrained.pretrained_model_config(path) == pretrained.pretrained_model_config(directory)

@@ -15,10 +15,13 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import cli, errors, gguf_export, gguf_io, pretrained
+from flan_jax import cli, errors
 from flan_jax import export as export_binary
+from flan_jax.checkpoints import gguf_reader as gguf_io
+from flan_jax.checkpoints import gguf_writer as gguf_export
+from flan_jax.checkpoints import pretrained
 from flan_jax.errors import UserError
-from flan_jax.model import Transformer
+from flan_jax.model.transformer import Transformer
 from tests import tiny_pretrained
 from tests.test_binaries import binary, run_main
 from tests.test_gguf import SAMPLE, permute

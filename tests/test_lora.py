@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax import adapters, optimizers, partitioning
-from flan_jax import data as data_lib
-from flan_jax import lora as lora_lib
-from flan_jax import step as step_lib
+from flan_jax.checkpoints import adapters
+from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig, Transformer
+from flan_jax.model import lora as lora_lib
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer
+from flan_jax.training import optimizers
+from flan_jax.training import step as step_lib
 import flan_tasks  # noqa: F401
 from tests import tiny_pretrained
 from tests.conftest import TINY
@@ -263,7 +265,7 @@ def test_checkpoints_hold_adapters_and_resume_exactly(lora_run):
 
 def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, tmp_path):
   from flan_jax import export as export_binary
-  from flan_jax import pretrained
+  from flan_jax.checkpoints import pretrained
   hf_dir, _, model_dir, _ = lora_run
   out = str(tmp_path / "merged")
   _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
@@ -312,7 +314,7 @@ def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
 
 def test_lora_eval_scores_the_merged_model(lora_run):
   from flan_jax import eval as eval_binary
-  from flan_jax import vocabularies
+  from flan_jax.text import vocabulary as vocabularies
   _, _, model_dir, _ = lora_run
   try:
     _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax import model as model_lib
-from flan_jax.model import ModelConfig, Transformer
+from flan_jax.model import transformer as model_lib
+from flan_jax.model.transformer import ModelConfig, Transformer
 from tests.conftest import TINY
 
 

@@ -13,11 +13,8 @@ import gin
 import pytest
 import transformers
 
-from flan_jax import (
-  partitioning,  # noqa: F401  (registers make_mesh for the mesh files)
-  pretrained,
-)
-from flan_jax.model import ModelConfig
+from flan_jax.checkpoints import pretrained
+from flan_jax.model.transformer import ModelConfig
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 

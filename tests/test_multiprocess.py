@@ -12,10 +12,14 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import adapters, checkpointing, evaluation, optimizers, partitioning, trainer
-from flan_jax import data as data_lib
-from flan_jax import lora as lora_lib
-from flan_jax.model import Transformer
+from flan_jax.checkpoints import adapters
+from flan_jax.checkpoints import store as checkpointing
+from flan_jax.data import pipeline as data_lib
+from flan_jax.evaluation import evaluator as evaluation
+from flan_jax.model import lora as lora_lib
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import Transformer
+from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401
 from tests.conftest import TINY, xla_flags
 

@@ -7,8 +7,9 @@ import gin
 import jax
 import pytest
 
-from flan_jax import optimizers, partitioning, step, trainer
-from flan_jax.model import ModelConfig
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig
+from flan_jax.training import optimizers, step, trainer
 from tests.conftest import TINY
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")

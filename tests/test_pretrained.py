@@ -14,9 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import decoding, partitioning, pretrained, safetensors_io, vocabularies
+from flan_jax.checkpoints import pretrained, safetensors_io
 from flan_jax.errors import UserError
-from flan_jax.model import Transformer
+from flan_jax.model import decoding, partitioning
+from flan_jax.model.transformer import Transformer
+from flan_jax.text import vocabulary as vocabularies
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests import tiny_pretrained
 from tests.test_binaries import ROOT, run_main
@@ -145,7 +147,7 @@ def tuned(models, tmp_path_factory):
 
 
 def test_first_loss_equals_the_transformers_loss_on_the_same_batch(models, tuned):
-  from flan_jax import data as data_lib
+  from flan_jax.data import pipeline as data_lib
   directory, model_dir, out = tuned
   assert "peak host memory" in out
   first = json.loads(open(os.path.join(model_dir, "train_metrics.jsonl")).readline())

@@ -13,8 +13,9 @@ import textwrap
 
 import pytest
 
-from flan_jax import checkpointing, run_lock
+from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
+from flan_jax.training import run_lock
 from tests.conftest import xla_flags
 from tests.test_binaries import LENGTHS, ROOT, TINY, binary, run_main
 

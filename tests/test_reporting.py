@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from flan_jax import report as report_cli
-from flan_jax import reporting
 from flan_jax.errors import UserError
+from flan_jax.reports import reporting
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,9 +5,13 @@ import jax
 import optax
 import pytest
 
-from flan_jax import decoding, evaluation, optimizers, partitioning, pretrained, settings, trainer
+from flan_jax import settings
+from flan_jax.checkpoints import pretrained
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig
+from flan_jax.evaluation import evaluator as evaluation
+from flan_jax.model import decoding, partitioning
+from flan_jax.model.transformer import ModelConfig
+from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests.conftest import TINY
 from tests.test_binaries import TINY as TINY_GIN

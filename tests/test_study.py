@@ -9,8 +9,9 @@ import gin
 import pytest
 import seqio
 
-from flan_jax import cli, study, vocabularies
+from flan_jax import cli, study
 from flan_jax.errors import UserError
+from flan_jax.text import vocabulary as vocabularies
 
 # Two conditions x two seeds x one held-out cluster, small enough to run in a minute or two.
 MICRO = """

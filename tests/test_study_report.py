@@ -1,4 +1,4 @@
-"""The study report (flan_jax.study_report) on cells whose eval predictions are written by hand (no model)."""
+"""The study report (flan_jax.reports.study_report) on cells whose eval predictions are written by hand (no model)."""
 
 import json
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from flan_jax import reporting, study_report
 from flan_jax.errors import UserError
+from flan_jax.reports import reporting, study_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N = 20  # examples per dataset, split and template

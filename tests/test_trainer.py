@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax import data as data_lib
-from flan_jax import formats, optimizers, partitioning, trainer, vocabularies
+from flan_jax.data import pipeline as data_lib
+from flan_jax.model import partitioning
+from flan_jax.text import formats
+from flan_jax.text import vocabulary as vocabularies
+from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401
 from tests import tiny_pretrained
 from tests.conftest import TINY

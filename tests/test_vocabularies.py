@@ -11,8 +11,8 @@ import sentencepiece
 import seqio
 import tensorflow as tf
 
-from flan_jax import vocabularies
 from flan_jax.errors import UserError
+from flan_jax.text import vocabulary as vocabularies
 from tests import tiny_pretrained
 
 EXTRA = ["  two leading spaces", "\ttab\tseparated\t\tcells", "lines\n\n\nwith gaps\n",

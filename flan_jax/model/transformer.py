@@ -18,10 +18,10 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from flan_jax import attention as attention_lib
-from flan_jax import lora as lora_lib
 from flan_jax import settings
 from flan_jax.errors import UserError
+from flan_jax.model import attention as attention_lib
+from flan_jax.model import lora as lora_lib
 
 Array = jax.Array
 

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from flan_jax import cli
 from flan_jax.errors import UserError, first_line
-from flan_jax.model import ModelConfig
+from flan_jax.model.transformer import ModelConfig
 
 PARAMS, OPT_STATE = "params", "opt_state"
 SUBDIR = "checkpoints"  # where a run keeps them inside MODEL_DIR
@@ -41,7 +41,8 @@ def model_dir_of(path: str) -> str:
 def write_run_record(model_dir: str, config: ModelConfig, vocab, example_format: Optional[dict] = None) -> None:
   """Records the model config, the vocabulary (with its tokenizer file) and the example format
   (formats.describe) in MODEL_DIR."""
-  from flan_jax import formats, vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import formats  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import vocabulary as vocabularies
   with open(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), "w") as f:
     json.dump(dataclasses.asdict(config), f, indent=2)
   os.replace(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), os.path.join(model_dir, MODEL_CONFIG))
@@ -60,7 +61,7 @@ def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
 
 def recorded_vocabulary(model_dir: str):
   """The vocabulary a run recorded, or None (runs from before the record existed)."""
-  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import vocabulary as vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   directory = os.path.join(model_dir, VOCABULARY)
   return vocabularies.load(directory) if os.path.isdir(directory) else None
 
@@ -68,7 +69,7 @@ def recorded_vocabulary(model_dir: str):
 def recorded_format(model_dir: str) -> Optional[dict]:
   """The example format a run recorded beside its vocabulary; a run that recorded a vocabulary but
   no format (made before formats existed) used the `t5` format; None for a run with no record."""
-  from flan_jax import formats  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import formats  # TensorFlow and seqio: imported where a vocabulary is needed
   directory = os.path.join(model_dir, VOCABULARY)
   if not os.path.isdir(directory):
     return None

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from flan_jax import settings
 from flan_jax.errors import UserError
-from flan_jax.model import Cache, Transformer, apply_to_features, init_cache
+from flan_jax.model.transformer import Cache, Transformer, apply_to_features, init_cache
 
 StopIds = Union[int, Sequence[int]]  # the token(s) that end a row: EOS, and e.g. a chat model's end of turn
 NEG = -1e9  # the log-probability of a dead beam; finite, so sums and ratios of it stay finite

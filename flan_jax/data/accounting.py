@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import seqio
 
-from flan_jax import data as data_lib
+from flan_jax.data import pipeline as data_lib
 
 FILE = "trained_on.json"  # the run's tally: MODEL_DIR/trained_on.json, and with process 0's position of each step
 LOCAL_FILE = "tally.json"  # one process's counts, with its position of each step: what a resume continues from

@@ -18,8 +18,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax import formats, partitioning, vocabularies
 from flan_jax.errors import UserError
+from flan_jax.model import partitioning
+from flan_jax.text import formats
+from flan_jax.text import vocabulary as vocabularies
 
 Batch = dict[str, np.ndarray]
 TASK_INDEX = "task_index"  # the index in `task_names` of each token's task; -1 on padding

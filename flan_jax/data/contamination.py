@@ -10,8 +10,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import seqio
 
-from flan_jax import data as data_lib
 from flan_jax import task_info
+from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError, first_line
 
 TRAIN_SPLIT = "train"

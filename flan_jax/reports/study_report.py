@@ -11,8 +11,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from flan_jax import files, reporting
+from flan_jax import files
 from flan_jax.errors import DiskFullError, UserError, first_line
+from flan_jax.reports import reporting
 
 CONDITIONS = ("base", "instructions", "notemplate", "datasetname")
 TUNED = "instructions"

@@ -394,7 +394,7 @@ def describe(vocab: seqio.Vocabulary) -> dict:
     kind, sha256 = "sentencepiece", file_sha256(vocab.sentencepiece_model_file)
   else:
     raise UserError(f"cannot record a {type(vocab).__name__}: use a byte, Hugging Face or "
-                    "SentencePiece vocabulary (see flan_jax.vocabularies)")
+                    "SentencePiece vocabulary (see flan_jax.text.vocabulary)")
   return {"kind": kind, "vocab_size": int(vocab.vocab_size), "bos_id": _optional_id(vocab, "bos_id"),
           "eos_id": _optional_id(vocab, "eos_id"), "sha256": sha256, **extras}
 
@@ -507,7 +507,7 @@ def _pretrained(path: str) -> seqio.Vocabulary:
   if path.endswith(".gguf"):
     if not os.path.isfile(path):
       raise UserError(f"pretrained_vocabulary.path={path} does not exist; point it at a .gguf file")
-    from flan_jax import gguf_io  # pylint: disable=g-import-not-at-top
+    from flan_jax.checkpoints import gguf_reader as gguf_io  # pylint: disable=g-import-not-at-top
     directory = tempfile.mkdtemp(prefix="flan_jax_gguf_vocab_")
     atexit.register(shutil.rmtree, directory, True)
     gguf_io.write_tokenizer(path, directory)

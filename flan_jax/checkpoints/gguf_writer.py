@@ -11,9 +11,12 @@ import gguf
 import jax
 import numpy as np
 
-from flan_jax import checkpointing, gguf_io, partitioning, pretrained
+from flan_jax.checkpoints import gguf_reader as gguf_io
+from flan_jax.checkpoints import pretrained
+from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig, Transformer
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer
 
 _Q = gguf.GGMLQuantizationType
 _K = gguf.Keys.Tokenizer
@@ -48,7 +51,7 @@ def export_checkpoint(checkpoint_path: str, output_dir: str, model_config: Model
   The architecture and the tokenizer are checked before the weights are restored, so a model llama.cpp
   cannot run, or a tokenizer it cannot represent, fails at once. Returns the file's path.
   """
-  from flan_jax import formats  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import formats  # TensorFlow and seqio: imported where a vocabulary is needed
   check_config(model_config)
   vocab = pretrained.starting_vocabulary(checkpoint_path)
   stops = ()
@@ -221,7 +224,7 @@ def tokenizer_metadata(vocab, vocab_size: int, stop_ids: Sequence[int] = ()) -> 
   become unused `[PAD<id>]` tokens. The first stop id other than EOS (a chat model's end of turn) is
   written as llama.cpp's end-of-turn token.
   """
-  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import vocabulary as vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   if isinstance(vocab, vocabularies.RunVocabulary):
     vocab = vocab.resolve()
   record = vocabularies.describe(vocab) if vocab is not None else {"kind": None}

@@ -13,10 +13,12 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from flan_jax import checkpointing, files, partitioning
-from flan_jax import lora as lora_lib
+from flan_jax import files
+from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig, Transformer
+from flan_jax.model import lora as lora_lib
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer
 
 RECORD = "lora_base.json"
 _SAMPLES, _CHUNK = 32, 1 << 16
@@ -45,7 +47,7 @@ def fingerprint(path: str) -> str:
 def base_location(path: str) -> str:
   """The files the base's parameters come from: a checkpoint's step directory (MODEL_DIR means its newest),
   else the pretrained model's path."""
-  from flan_jax import pretrained  # pretrained restores a LoRA run through this module
+  from flan_jax.checkpoints import pretrained  # pretrained restores a LoRA run through this module
   if pretrained.is_pretrained(path):
     return os.path.abspath(path)
   path = os.path.abspath(path)
@@ -99,7 +101,7 @@ def write_record(model_dir: str, record: dict) -> None:
 
 def load_frozen(path: str, config: ModelConfig, lora: lora_lib.LoraConfig, mesh, rules, frozen_structs) -> Any:
   """The frozen base of the adapted model, on the mesh: the base's parameters, quantized if lora says so."""
-  from flan_jax import pretrained  # pretrained restores a LoRA run through this module
+  from flan_jax.checkpoints import pretrained  # pretrained restores a LoRA run through this module
   plain = partitioning.sharded_param_structs(Transformer(config), mesh, rules)
   _, base = pretrained.restore_params(path, config, mesh, rules, plain)
   shardings = jax.tree.map(lambda s: s.sharding, frozen_structs)
@@ -149,7 +151,7 @@ def restore_merged(path: str, config: ModelConfig, mesh, rules, param_structs) -
 
 def peft_tensors(adapters: Any, config: ModelConfig) -> dict[str, np.ndarray]:
   """PEFT's names and layouts of the adapters: lora_A.weight [rank, in], lora_B.weight [out, rank] per layer."""
-  from flan_jax import pretrained
+  from flan_jax.checkpoints import pretrained
   out = {}
   for group in ("attn", "mlp"):
     for name, leaf in adapters["layers"][group].items():

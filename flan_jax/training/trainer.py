@@ -1,6 +1,6 @@
-"""The training loop: the sharded train step (flan_jax.step) on the seqio pipeline, with checkpoints.
+"""The training loop: the sharded train step (flan_jax.training.step) on the seqio pipeline, with checkpoints.
 
-The train state, the loss and the step are defined in flan_jax.step (JAX alone, without TensorFlow)
+The train state, the loss and the step are defined in flan_jax.training.step (JAX alone, without TensorFlow)
 and re-exported here: `trainer.setup`, `trainer.compile_train_step`, `trainer.TrainState` and the rest.
 """
 
@@ -18,25 +18,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flan_jax import (
-  accounting,
-  adapters,
-  checkpointing,
-  errors,
-  formats,
-  optimizers,
-  partitioning,
-  pretrained,
-  run_lock,
-  settings,
-  vocabularies,
-)
-from flan_jax import data as data_lib
+from flan_jax import errors, settings
 from flan_jax import metrics as metrics_lib
+from flan_jax.checkpoints import adapters, pretrained
+from flan_jax.checkpoints import store as checkpointing
+from flan_jax.data import accounting
+from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import DiskFullError, UserError
-from flan_jax.lora import LoraConfig
-from flan_jax.model import ModelConfig, Transformer  # noqa: F401
-from flan_jax.step import Setup, TrainState, compile_train_step, cross_entropy, loss_fn, setup, train_step  # noqa: F401
+from flan_jax.model import partitioning
+from flan_jax.model.lora import LoraConfig
+from flan_jax.model.transformer import ModelConfig, Transformer  # noqa: F401
+from flan_jax.text import formats
+from flan_jax.text import vocabulary as vocabularies
+from flan_jax.training import optimizers, run_lock
+from flan_jax.training.step import Setup, TrainState, compile_train_step, cross_entropy, loss_fn, setup, train_step  # noqa: F401
 
 
 class _StopSignal:

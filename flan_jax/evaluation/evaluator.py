@@ -16,22 +16,17 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import (
-  checkpointing,
-  decoding,
-  files,
-  formats,
-  partitioning,
-  pretrained,
-  settings,
-  task_info,
-  vocabularies,
-)
-from flan_jax import data as data_lib
+from flan_jax import files, settings, task_info
 from flan_jax import metrics as metrics_lib
-from flan_jax import predictions as predictions_lib
+from flan_jax.checkpoints import pretrained
+from flan_jax.checkpoints import store as checkpointing
+from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig, Transformer
+from flan_jax.evaluation import predictions as predictions_lib
+from flan_jax.model import decoding, partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer
+from flan_jax.text import formats
+from flan_jax.text import vocabulary as vocabularies
 
 
 class _BatchRunner:

@@ -18,10 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax import checkpointing, partitioning, safetensors_io, settings
 from flan_jax import files as files_lib
+from flan_jax import settings
+from flan_jax.checkpoints import safetensors_io
+from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
-from flan_jax.model import ModelConfig, Transformer
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 # ModelConfig fields that describe the weights and what they compute; the rest (dtypes, remat,
@@ -91,7 +94,7 @@ def read_config(path: str) -> dict:
 def _open_gguf(path: str) -> tuple[dict, TensorSource]:
   if not os.path.isfile(path):
     raise UserError(f"GGUF file {path} does not exist")
-  from flan_jax import gguf_io
+  from flan_jax.checkpoints import gguf_reader as gguf_io
   return gguf_io.open_gguf(path)
 
 
@@ -324,7 +327,7 @@ def restore_params(path: str, config: ModelConfig, mesh: jax.sharding.Mesh, rule
   """
   if is_pretrained(path):
     return 0, load_params(open_pretrained(path), mesh, rules, config)
-  from flan_jax import adapters  # imports this module
+  from flan_jax.checkpoints import adapters  # imports this module
   if adapters.read_record(checkpointing.model_dir_of(path)) is not None:
     return adapters.restore_merged(path, config, mesh, rules, param_structs)
   return checkpointing.restore_params(path, param_structs)
@@ -332,7 +335,7 @@ def restore_params(path: str, config: ModelConfig, mesh: jax.sharding.Mesh, rule
 
 def starting_vocabulary(path: str):
   """The vocabulary of a pretrained model or of a flan_jax run directory; None if it has none."""
-  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import vocabulary as vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   if is_pretrained(path):
     try:
       return vocabularies.pretrained_vocabulary(path)
@@ -446,7 +449,8 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
   a non-empty OUTPUT_DIR: the export replaces the files it writes (and a previous export's weights and
   tokenizer files it would not write again) and leaves everything else there alone.
   """
-  from flan_jax import formats, vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import formats  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import vocabulary as vocabularies
   if not checkpoint_path:
     raise UserError("CHECKPOINT_PATH is not set: pass --gin.CHECKPOINT_PATH=<model dir> or <model dir>/<step>")
   if not output_dir:
@@ -467,7 +471,7 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
     raise UserError("EXPORT_ADAPTER=True writes a PEFT directory; drop EXPORT_FORMAT='gguf' or EXPORT_ADAPTER")
   model_dir = checkpointing.model_dir_of(checkpoint_path)
   if adapter:  # a LoRA run's adapters alone, as a PEFT directory
-    from flan_jax import adapters
+    from flan_jax.checkpoints import adapters
     if is_pretrained(checkpoint_path) or adapters.read_record(model_dir) is None:
       raise UserError(f"EXPORT_ADAPTER=True needs a LoRA run's checkpoint; {checkpoint_path} records no LoRA base "
                       f"({adapters.RECORD}): export it without EXPORT_ADAPTER")
@@ -480,7 +484,7 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
     raise UserError(f"{model_dir} records no model config (model_config.json); include its gin/models/*.gin "
                     "and bind export_checkpoint.model_config = @ModelConfig()")
   if export_format == "gguf":
-    from flan_jax import gguf_export
+    from flan_jax.checkpoints import gguf_writer as gguf_export
     return [gguf_export.export_checkpoint(checkpoint_path, output_dir, model_config, dtype=dtype, mesh=mesh,
                                           rules=rules)]
   mesh = mesh or partitioning.make_mesh()
@@ -509,7 +513,7 @@ def _remove_stale_export_files(output_dir: str, written: list[str], vocab) -> No
   """After an export over an earlier one: removes the earlier export's weights and tokenizer files that
   this one did not write (a loader would prefer a stale model.safetensors or tokenizer.json to the new
   files). Only names an export writes are candidates; nothing else in the directory is touched."""
-  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import vocabulary as vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   kind = vocabularies.describe(vocab)["kind"] if vocab is not None else "byte"
   keep = set(written) | ({safetensors_io.INDEX} if len(written) > 1 else set())
   if kind in vocabularies.FILES:
@@ -527,7 +531,7 @@ def _remove_stale_export_files(output_dir: str, written: list[str], vocab) -> No
 
 def _save_tokenizer(vocab, output_dir: str) -> None:
   """The tokenizer file plus a tokenizer_config.json naming its class and special tokens."""
-  from flan_jax import vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
+  from flan_jax.text import vocabulary as vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
   vocabularies.save(vocab, output_dir)
   record = vocabularies.describe(vocab)
   if record["kind"] == "huggingface":

@@ -1,6 +1,6 @@
 """The train state, the loss and the sharded train step, in JAX alone: no TensorFlow or seqio.
 
-The step is jitted once with explicit shardings over the mesh (the pjit pattern); flan_jax.trainer runs it
+The step is jitted once with explicit shardings over the mesh (the pjit pattern); flan_jax.training.trainer runs it
 on the seqio pipeline with checkpoints, and scripts/benchmark_train.py times it where TensorFlow is absent.
 """
 
@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flan_jax import lora as lora_lib
-from flan_jax import partitioning
-from flan_jax.model import ModelConfig, Transformer, apply_to_features
+from flan_jax.model import lora as lora_lib
+from flan_jax.model import partitioning
+from flan_jax.model.transformer import ModelConfig, Transformer, apply_to_features
 
 
 @flax.struct.dataclass

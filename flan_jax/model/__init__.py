@@ -1,0 +1,1 @@
+"""flan_jax.model."""
