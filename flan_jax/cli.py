@@ -13,7 +13,6 @@ else is a bug, with its traceback.
 """
 
 import ast
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -24,21 +23,10 @@ from typing import Callable, Optional, Sequence
 
 import gin
 
+from flan_jax import startup
 from flan_jax.errors import DiskFullError, UserError, chain, first_line
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
-
-
-def _interrupted_while_starting(kind, value, tb) -> None:
-  """Ctrl-C before `run` starts (the binaries import TensorFlow and JAX at module level) is one line too; Python
-  then ends the process by SIGINT, which a shell reports as 130."""
-  if issubclass(kind, KeyboardInterrupt):
-    print("error: interrupted (Ctrl-C) while starting; nothing was written", file=sys.stderr, flush=True)
-    return
-  _python_excepthook(kind, value, tb)
-
-
-_python_excepthook, sys.excepthook = sys.excepthook, _interrupted_while_starting
 
 
 @dataclasses.dataclass
@@ -51,48 +39,6 @@ class Flags:
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
   heartbeat_timeout_seconds: int = 100
-
-
-def import_tensorflow_quietly() -> None:
-  """TensorFlow's C++ start-up writes info lines to stderr that no setting turns off; drop them.
-
-  Only the import itself is muted; an import error is still raised (and printed) as usual.
-  """
-  if "tensorflow" in sys.modules:
-    return
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  with stderr_muted():
-    import tensorflow as tf
-  # TensorFlow only runs the input pipeline: it must not take GPU memory from JAX (as in t5x).
-  tf.config.set_visible_devices([], "GPU")
-
-
-def enable_compilation_cache() -> None:
-  """Turns on JAX's persistent compilation cache, so a rerun of the same job skips compiling.
-
-  JAX_COMPILATION_CACHE_DIR (or jax.config) wins; otherwise $XDG_CACHE_HOME/flan_jax/jax, by
-  default ~/.cache/flan_jax/jax.
-  """
-  import jax
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
-    return
-  cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "flan_jax", "jax"))
-
-
-@contextlib.contextmanager
-def stderr_muted():
-  """Sends file descriptor 2 (Python's and native libraries' stderr) to /dev/null for the block."""
-  sys.stderr.flush()
-  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
 
 
 class _HeldLogs(logging.Handler):
@@ -211,7 +157,7 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
     configure_gin(flags)
     initialize_distributed(flags)
-    enable_compilation_cache()
+    startup.enable_compilation_cache()
     main(flags)
   except UserError as e:
     code, message = 2, first_line(e)

@@ -1,9 +1,9 @@
 """Training binary: `python -m flan_jax.train --gin_file=gin/runs/finetune.gin --gin.NAME=VALUE ...`."""
 
-from flan_jax import cli
+from flan_jax import cli, startup
 
-# Before a task collection (imported by the run's gin files) pulls it in, so errors stay one line.
-cli.import_tensorflow_quietly()
+if __name__ == "__main__":  # before TensorFlow and JAX load: Ctrl-C and TF's start-up lines stay quiet
+  startup.prepare()
 
 from flan_jax.training import trainer  # noqa: E402
 

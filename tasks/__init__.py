@@ -5,9 +5,9 @@ TFDS-backed; nothing is read or downloaded until a task's data is requested). Te
 start-up lines are muted while it is first imported, so `python -m flan_tasks` prints only the catalogue.
 """
 
-from flan_jax import cli
+from flan_jax import startup
 
-cli.import_tensorflow_quietly()
+startup.import_tensorflow_quietly()
 
 from flan_tasks import (
     embedded,  # noqa: E402

@@ -1,6 +1,6 @@
 """Attention kernels the model can train and score with, chosen by `ModelConfig.attention`.
 
-- `einsum`: the reference in model.py (scores over [batch, heads, q, k] and a materialised mask).
+- `einsum`: the reference (`einsum_attention`: scores over [batch, heads, q, k] and a materialised mask).
 - `xla` / `cudnn`: `jax.nn.dot_product_attention` with that implementation; the mask (segments,
   prefix, causal, sliding window) is passed as a boolean `mask`, or as `is_causal` when there is
   nothing but the causal rule. cuDNN needs a GPU (and bf16 or f16).
@@ -55,6 +55,39 @@ def check_backend(implementation: str, interpret: bool = False) -> None:
   if implementation == "splash" and jax.default_backend() != "tpu" and not interpret:
     raise UserError(f"ModelConfig.attention='splash' needs a TPU (the backend is {jax.default_backend()}); "
                     "use 'blocked' or 'xla', or set ModelConfig.attention_interpret=True (slow, for tests)")
+
+
+def attend(query: Array, key: Array, value: Array, mask, *, kernel: str, sliding_window: Optional[int],
+           block_size: int, interpret: bool, kv_layout: str = "bskh") -> Array:
+  """Attention by `kernel`: query [b, t, n, h] -> [b, t, n, h].
+
+  key/value are [b, s, k, h] ("bskh"), or [b, k, s, h] ("bksh", the KV cache's layout; einsum only).
+  `mask` is what Transformer's attention_mask_arg gives for the kernel: MaskInputs for "blocked" and
+  "splash", a boolean [b, 1, t, s] mask (or None: causal) for "xla" / "cudnn", a dense mask for "einsum".
+  """
+  if kernel == "blocked":
+    return blocked_attention(query, key, value, mask.segment_ids, mask.prefix, block_size=block_size,
+                             sliding_window=sliding_window)
+  if kernel == "splash":
+    return splash_attention(query, key, value, mask.segment_ids, sliding_window=sliding_window,
+                            block_size=block_size, interpret=interpret)
+  if kernel in ("xla", "cudnn"):
+    return dot_product_attention(query, key, value, None if mask is None else mask[:, 0], implementation=kernel,
+                                 sliding_window=sliding_window)
+  return einsum_attention(query, key, value, mask, kv_layout)
+
+
+def einsum_attention(query: Array, key: Array, value: Array, mask: Array, kv_layout: str = "bskh") -> Array:
+  """The reference: scores over [b, k, g, t, s] with a materialised mask. Query head i reads kv head
+  i // (n // k), as Llama's repeat_kv does."""
+  b, t, n, h = query.shape
+  k = key.shape[2] if kv_layout == "bskh" else key.shape[1]
+  q = query.reshape(b, t, k, n // k, h)
+  logits = jnp.einsum(f"btkgh,{kv_layout}->bkgts", q, key).astype(jnp.float32)
+  logits = logits / jnp.sqrt(h).astype(jnp.float32)
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
+  return jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs, value).reshape(b, t, n, h)
 
 
 def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional[Array], *, implementation: str,

@@ -9,124 +9,18 @@ carries logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vo
 that partitioning.py maps onto the device mesh. The block follows the Llama reference so its weights can be loaded 1:1.
 """
 
-import dataclasses
 import functools
 from typing import Mapping, NamedTuple, Optional
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
-from flan_jax import settings
-from flan_jax.errors import UserError
 from flan_jax.model import attention as attention_lib
 from flan_jax.model import lora as lora_lib
+from flan_jax.model.config import DTYPES, REMAT_POLICIES, ROPE_SCALINGS, ModelConfig  # noqa: F401
 
 Array = jax.Array
-
-REMAT_POLICIES = {
-    "none": None,  # keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
-ROPE_SCALINGS = ("none", "linear", "llama3")
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  vocab_size: int = 384
-  d_model: int = 128
-  num_layers: int = 2
-  num_heads: int = 4
-  num_kv_heads: int = 2
-  head_dim: int = 32
-  d_ff: int = 384
-  rope_theta: float = 10_000.0
-  # Rotary frequency scaling: "none", "linear" (positions / factor) or "llama3" (Llama 3.1's
-  # wavelength-dependent scaling, which also uses the three fields after `rope_scaling_factor`).
-  rope_scaling: str = "none"
-  rope_scaling_factor: float = 1.0
-  rope_low_freq_factor: float = 1.0
-  rope_high_freq_factor: float = 4.0
-  rope_original_max_position: int = 8192
-  max_position_embeddings: int = 8192  # recorded for export; not enforced
-  qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
-  sliding_window: Optional[int] = None  # a token sees at most this many tokens, itself included (Mistral)
-  prefix_lm: bool = True  # inputs attend to each other both ways; False for causally pretrained models
-  norm_eps: float = 1e-5
-  dropout_rate: float = 0.0
-  tie_embeddings: bool = False
-  dtype: str = "float32"  # compute dtype, e.g. "bfloat16"
-  param_dtype: str = "float32"  # master weights
-  remat_policy: str = "none"  # one of REMAT_POLICIES
-  # The layers run as one scan over their stacked parameters (the compiled program does not grow with
-  # depth), or as an unrolled loop over the same parameters: longer compiles, faster steps on CPU,
-  # where XLA fuses each layer's backward on its own instead of through the scan's stacked residuals.
-  # The parameters, checkpoints and results are the same either way.
-  scan_layers: bool = True
-  # Attention kernel for training and scoring: "einsum" (the reference), "xla" or "cudnn"
-  # (jax.nn.dot_product_attention), "blocked" (flash-style, O(length * block) memory) or "splash"
-  # (the Pallas TPU kernel; no prefix LM); see flan_jax/attention.py and docs/models.md. Decoding
-  # with the KV cache always uses einsum.
-  attention: str = "einsum"
-  attention_block_size: int = 512  # query and key block length of "blocked" and "splash" (capped at the length)
-  attention_interpret: bool = False  # run Pallas kernels ("splash") in interpret mode, for tests on CPU
-
-  def __post_init__(self):
-    self._check_types()
-    if self.num_heads % self.num_kv_heads:
-      raise UserError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of ModelConfig.num_kv_heads="
-                      f"{self.num_kv_heads}; choose heads that divide evenly")
-    if self.head_dim % 2:
-      raise UserError(f"ModelConfig.head_dim={self.head_dim} must be even for rotary embeddings")
-    if self.rope_scaling not in ROPE_SCALINGS:
-      raise UserError(f"ModelConfig.rope_scaling={self.rope_scaling!r}; choose one of {list(ROPE_SCALINGS)}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
-    if self.attention not in attention_lib.IMPLEMENTATIONS:
-      raise UserError(f"ModelConfig.attention={self.attention!r}; choose one of {list(attention_lib.IMPLEMENTATIONS)}")
-    if self.attention == "splash" and self.prefix_lm:
-      raise UserError("ModelConfig.attention='splash' cannot do prefix LM (its mask is fixed at compile time, not per "
-                      "example); set ModelConfig.prefix_lm = False (for causally pretrained models) or use "
-                      "attention='blocked'")
-
-  def _check_types(self) -> None:
-    """Each field's type and range (gin passes whatever it is given), as one line naming the field."""
-    block = self.attention_block_size
-    if not (isinstance(block, int) and not isinstance(block, bool) and block >= 1):
-      kind = "" if isinstance(block, int) and not isinstance(block, bool) else f" (a {type(block).__name__})"
-      raise UserError(f"ModelConfig.attention_block_size={block!r}{kind} must be positive (an integer block "
-                      "length); pass --gin.ModelConfig.attention_block_size=<n>")
-    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
-                 "rope_original_max_position", "max_position_embeddings"):
-      settings.integer(f"ModelConfig.{name}", getattr(self, name))
-    settings.integer("ModelConfig.sliding_window", self.sliding_window, allow_none=True)
-    for name in ("rope_theta", "rope_scaling_factor", "norm_eps"):
-      settings.number(f"ModelConfig.{name}", getattr(self, name), low=0, low_open=True)
-    for name in ("rope_low_freq_factor", "rope_high_freq_factor"):
-      settings.number(f"ModelConfig.{name}", getattr(self, name), low=0)
-    settings.number("ModelConfig.dropout_rate", self.dropout_rate, low=0, high=1, high_open=True)
-    for name in ("qkv_bias", "prefix_lm", "tie_embeddings", "scan_layers", "attention_interpret"):
-      settings.boolean(f"ModelConfig.{name}", getattr(self, name))
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise UserError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {list(DTYPES)}")
-
-  def num_params(self) -> int:
-    d, f, h = self.d_model, self.d_ff, self.head_dim
-    attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
-    if self.qkv_bias:
-      attn += h * (self.num_heads + 2 * self.num_kv_heads)
-    block = attn + 3 * d * f + 2 * d
-    head = 0 if self.tie_embeddings else d * self.vocab_size
-    return self.vocab_size * d + self.num_layers * block + d + head
-
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def dense(x: Array, w: Array, contract: int = 1) -> Array:
@@ -366,33 +260,15 @@ class Attention(nn.Module):
     # The cache path runs the einsum; so does creating parameters (every kernel makes the same ones),
     # which keeps init and eval_shape free of backend checks.
     kernel = "einsum" if kv is not None or self.is_initializing() else cfg.attention
-    if kernel == "blocked":
-      out = attention_lib.blocked_attention(q, key, value, mask.segment_ids, mask.prefix,
-                                            block_size=cfg.attention_block_size, sliding_window=cfg.sliding_window)
-      return output(out), None
-    if kernel == "splash":
-      out = attention_lib.splash_attention(q, key, value, mask.segment_ids, sliding_window=cfg.sliding_window,
-                                           block_size=cfg.attention_block_size, interpret=cfg.attention_interpret)
-      return output(out), None
-    if kernel in ("xla", "cudnn"):
-      out = attention_lib.dot_product_attention(q, key, value, None if mask is None else mask[:, 0],
-                                                implementation=kernel, sliding_window=cfg.sliding_window)
-      return output(out), None
-    if kv is None and cfg.attention != "einsum":  # initializing: the einsum needs the dense mask
+    if kv is None and kernel == "einsum" and cfg.attention != "einsum":  # initializing: the einsum needs the dense mask
       mask = attention_mask(x.shape[1], None, None, cfg.sliding_window)
-    kv_dims, new_kv = "bskh", None
+    kv_layout, new_kv = "bskh", None
     if kv is not None:  # the cache keeps [b, k, s, h], the layout the attention products read
-      kv_dims, new_kv = "bksh", (key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3))
+      kv_layout, new_kv = "bksh", (key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3))
       key, value = (constrain(write_slots(buf, new, index, axis=2), *KV_AXES) for buf, new in zip(kv, new_kv))
-
-    # Query head i reads kv head i // (n // k), as Llama's repeat_kv does.
-    b, t = x.shape[:2]
-    q = q.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum(f"btkgh,{kv_dims}->bkgts", q, key).astype(jnp.float32)
-    logits = logits / jnp.sqrt(h).astype(jnp.float32)
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum(f"bkgts,{kv_dims}->btkgh", probs, value).reshape(b, t, n, h)
+    out = attention_lib.attend(q, key, value, mask, kernel=kernel, sliding_window=cfg.sliding_window,
+                               block_size=cfg.attention_block_size, interpret=cfg.attention_interpret,
+                               kv_layout=kv_layout)
     return output(out), new_kv
 
 
