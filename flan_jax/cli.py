@@ -12,18 +12,16 @@ diverged, 4 another host of the job died, 5 the disk filled up, 130 stopped by C
 else is a bug, with its traceback.
 """
 
-import ast
 import dataclasses
 import errno
 import logging
 import os
-import re
 import sys
 from typing import Callable, Optional, Sequence
 
 import gin
 
-from flan_jax import startup
+from flan_jax import settings, startup
 from flan_jax.errors import DiskFullError, UserError, chain, first_line
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -71,7 +69,7 @@ def parse_flags(argv: Sequence[str]) -> Flags:
     if name.startswith("--gin."):
       if not eq:
         raise UserError(f"{arg}: write gin bindings as --gin.NAME=VALUE")
-      flags.gin_bindings.append(f"{name[len('--gin.'):]} = {as_gin_value(value)}")
+      flags.gin_bindings.append(f"{name[len('--gin.'):]} = {settings.as_gin_value(value)}")
     elif name == "--gin_file":
       flags.gin_files.append(value)
     elif name == "--gin_search_paths":
@@ -89,26 +87,6 @@ def parse_flags(argv: Sequence[str]) -> Flags:
   if not flags.gin_files:
     raise UserError("no --gin_file given; start from gin/runs/finetune.gin, eval.gin or demo.gin")
   return flags
-
-
-def as_gin_value(value: str) -> str:
-  """Gin literals pass through; anything else (a path, a task name) becomes a quoted string.
-
-  Literals are numbers, True/False/None, quoted strings, lists, tuples and dicts of them, `@name`
-  references and `%NAME` macros (also inside a list or dict). `2024_runs/r1` is a string even
-  though it starts with a digit.
-  """
-  text = value.strip()
-  if text.startswith(("@", "%")):
-    return value
-  try:
-    ast.literal_eval(text)
-    return value
-  except (ValueError, SyntaxError):
-    pass
-  if text[:1] in "[({" and re.search(r"[@%]", text):  # a container holding references
-    return value
-  return repr(value)
 
 
 def configure_gin(flags: Flags) -> None:

@@ -4,16 +4,17 @@
 import copy
 import os
 
-from flan_jax import cli
+from flan_jax import cli, startup
 
-cli.import_tensorflow_quietly()
+if __name__ == "__main__":  # before TensorFlow and JAX load: Ctrl-C and TF's start-up lines stay quiet
+  startup.prepare()
 
 import gin  # noqa: E402
 
-# pretrained imports vocabularies and formats only where it needs them; import them before gin parses the
-# flags, so their configurables exist then (gin refuses new ones once the config is locked).
+# Importing flan_jax.checkpoints registers its configurables (export_checkpoint, and through flan_jax.text the
+# vocabulary's and the format's) before gin parses the flags (gin refuses new ones once the config is locked).
 from flan_jax import files  # noqa: E402,F401
-from flan_jax.checkpoints import pretrained
+from flan_jax.checkpoints import export as export_lib  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
 
 
@@ -30,10 +31,10 @@ def main(flags: cli.Flags) -> None:
     raise UserError(f"CHECKPOINT_PATH {checkpoint_path} does not exist; pass --gin.CHECKPOINT_PATH=<model dir>, "
                     "<model dir>/checkpoints/<step>, a Hugging Face model directory or a .gguf file")
   if not isinstance(output_dir, str) or not output_dir:
-    pretrained.export_checkpoint()  # it explains what is missing
+    export_lib.export_checkpoint()  # it explains what is missing
     return
   with files.removed_on_failure(output_dir):
-    pretrained.export_checkpoint()
+    export_lib.export_checkpoint()
 
 
 if __name__ == "__main__":

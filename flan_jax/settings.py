@@ -4,8 +4,10 @@ Each message names the setting, the value it got (and its type when the type is 
 and the flag that sets it, e.g. "BATCH_SIZE=0 must be a positive integer; pass --gin.BATCH_SIZE=<n>".
 """
 
+import ast
 import math
 import numbers
+import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -73,3 +75,23 @@ def feature_lengths(name: str, value: Any, *, flag: Optional[str] = None) -> dic
     if not (isinstance(length, numbers.Integral) and not isinstance(length, bool) and length >= 1):
       raise UserError(f"{name}[{key!r}]={length!r} must be a positive integer; pass --gin.{flag or name}={example}")
   return {k: int(v) for k, v in value.items()}
+
+
+def as_gin_value(value: str) -> str:
+  """Gin literals pass through; anything else (a path, a task name) becomes a quoted string.
+
+  Literals are numbers, True/False/None, quoted strings, lists, tuples and dicts of them, `@name`
+  references and `%NAME` macros (also inside a list or dict). `2024_runs/r1` is a string even
+  though it starts with a digit.
+  """
+  text = value.strip()
+  if text.startswith(("@", "%")):
+    return value
+  try:
+    ast.literal_eval(text)
+    return value
+  except (ValueError, SyntaxError):
+    pass
+  if text[:1] in "[({" and re.search(r"[@%]", text):  # a container holding references
+    return value
+  return repr(value)

@@ -32,15 +32,16 @@ print("{}")
 IMPORT = """
 import json, sys, time
 import jax
-from flan_jax import partitioning, pretrained
+from flan_jax.checkpoints import restore
+from flan_jax.model import partitioning
 mesh = {"1": dict(devices=jax.devices()[:1]), "fsdp8": dict(data=1, fsdp=8)}[sys.argv[2]]
-before = pretrained.peak_host_memory_gib()
+before = restore.peak_host_memory_gib()
 began = time.time()
-p = pretrained.open_pretrained(sys.argv[1])
-params = pretrained.load_params(p, partitioning.make_mesh(**mesh))
+p = restore.open_pretrained(sys.argv[1])
+params = restore.load_params(p, partitioning.make_mesh(**mesh))
 jax.block_until_ready(params)
 wq = params["layers"]["attn"]["wq"]
-print(json.dumps({"seconds": time.time() - began, "peak_host_gib": pretrained.peak_host_memory_gib(),
+print(json.dumps({"seconds": time.time() - began, "peak_host_gib": restore.peak_host_memory_gib(),
                   "before_gib": before,
                   "per_device_gib": sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(params)) / 2**30,
                   "shard_shape_wq": list(wq.sharding.shard_shape(wq.shape))}))
@@ -60,14 +61,14 @@ def hf_shape(gin_file: str) -> dict:
   """The transformers config of a gin model file (via ModelConfig and the export mapping)."""
   import gin
   sys.path.insert(0, ROOT)
-  from flan_jax.checkpoints import pretrained
+  from flan_jax import checkpoints
   from flan_jax.model.transformer import ModelConfig
   gin.add_config_file_search_path(os.path.join(ROOT, "gin"))
   logging.disable(logging.ERROR)  # gin logs every search-path miss before it finds the file
   gin.parse_config_file(gin_file)
   logging.disable(logging.NOTSET)
   config = ModelConfig()
-  hf = pretrained.hf_config(config, bos_id=1, eos_id=2, dtype="bfloat16")
+  hf = checkpoints.hf_config(config, bos_id=1, eos_id=2, dtype="bfloat16")
   hf.pop("architectures")
   hf.pop("torch_dtype")
   return hf

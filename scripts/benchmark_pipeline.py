@@ -26,9 +26,9 @@ sys.path.insert(0, SCRIPTS)
 
 import jax  # noqa: E402
 
-from flan_jax import cli  # noqa: E402
+from flan_jax import cli, startup  # noqa: E402
 
-cli.import_tensorflow_quietly()
+startup.import_tensorflow_quietly()
 
 import benchmark_train  # noqa: E402
 

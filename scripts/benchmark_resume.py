@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from flan_jax import cli  # noqa: E402
+from flan_jax import startup  # noqa: E402
 
-cli.import_tensorflow_quietly()
+startup.import_tensorflow_quietly()
 
 from flan_jax.data import pipeline as data_lib  # noqa: E402
 import flan_tasks  # noqa: E402,F401  (registers the collections)

@@ -49,7 +49,6 @@ import numpy as np  # noqa: E402
 
 # No TensorFlow or seqio on this path (tests/test_benchmark.py checks): it runs where only JAX is installed.
 from flan_jax import cli  # noqa: E402
-from flan_jax.checkpoints import pretrained
 from flan_jax.errors import UserError, first_line  # noqa: E402
 from flan_jax.model import lora as lora_lib  # noqa: E402
 from flan_jax.model import partitioning
@@ -254,10 +253,13 @@ def import_torch():
 
 def benchmark_torch(cfg: ModelConfig, tokens: np.ndarray, *, steps: int, warmup: int, threads: int) -> dict:
   """Median full train step (forward, backward, clip, AdamW step, zero_grad) of the same model in PyTorch."""
+  # Only here: flan_jax.checkpoints imports TensorFlow and seqio (through flan_jax.text), which this script
+  # otherwise runs without.
+  from flan_jax.checkpoints import hf as hf_lib
   torch, transformers = import_torch()
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  hf = pretrained.hf_config(cfg, bos_id=None, eos_id=None, dtype="float32")
+  hf = hf_lib.hf_config(cfg, bos_id=None, eos_id=None, dtype="float32")
   hf.pop("architectures")
   hf.pop("torch_dtype")
   classes = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,

@@ -3,7 +3,8 @@
 Tasks are registered at import, before gin is parsed, so their features hold a
 `flan_jax.text.vocabulary.RunVocabulary`, which asks `run_vocabulary()` for the run's choice each time
 it tokenizes: `run_vocabulary.vocabulary = @pretrained_vocabulary()` in a run's gin file (see
-gin/runs/finetune_hf.gin), else seqio's byte vocabulary, which needs no file and no download.
+gin/runs/finetune_hf.gin), else the vocabulary of the open `flan_jax.text.run_text(...)` (the trainer's
+run, or the checkpoint an eval follows), else seqio's byte vocabulary, which needs no file and no download.
 """
 
 import seqio

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax.checkpoints import store as checkpointing
+from flan_jax import checkpoints
 from flan_jax.data import accounting
 from flan_jax.data import pipeline as data_lib
 from flan_jax.model import partitioning
@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
   run(resumed, 3)
   shutil.rmtree(older)
   shutil.copytree(resumed, older)
-  for root, _, files in os.walk(older / checkpointing.INPUT_POSITIONS):
+  for root, _, files in os.walk(older / checkpoints.INPUT_POSITIONS):
     for name in files:
       if name in (accounting.FILE, accounting.LOCAL_FILE):
         os.remove(os.path.join(root, name))
@@ -91,7 +91,7 @@ def test_a_resumed_run_records_what_a_straight_run_does(runs):
   straight, resumed, older = runs
   assert trained_on(resumed) == trained_on(straight)
   assert trained_on(older) == trained_on(straight)  # recounted by reading the batches before step 3
-  positions = straight / checkpointing.INPUT_POSITIONS / "process_0"
+  positions = straight / checkpoints.INPUT_POSITIONS / "process_0"
   assert sorted(int(d) for d in os.listdir(positions)) == [2, 4, 5]
   with open(positions / "4" / accounting.FILE) as f:  # the tally of each kept step, with its position
     at_4 = json.load(f)

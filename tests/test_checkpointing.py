@@ -1,4 +1,4 @@
-"""Tests for flan_jax/checkpointing.py through the training loop: resume, fallback, mismatch."""
+"""Tests for flan_jax/checkpoints/store.py through the training loop: resume, fallback, mismatch."""
 
 import os
 
@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from flan_jax import checkpoints
 from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
 from flan_jax.model import partitioning
@@ -47,7 +48,7 @@ def test_keeps_last_k_and_writes_operative_config(runs):
   steps = sorted(int(d) for d in os.listdir(os.path.join(straight_dir, "checkpoints")) if d.isdigit())
   assert steps == [2, 4, 6]
   # The input position is saved with every checkpoint (and dropped with it).
-  positions = os.listdir(os.path.join(straight_dir, checkpointing.INPUT_POSITIONS, "process_0"))
+  positions = os.listdir(os.path.join(straight_dir, checkpoints.INPUT_POSITIONS, "process_0"))
   assert sorted(int(p) for p in positions) == [2, 4, 6]
   assert os.path.exists(os.path.join(straight_dir, "config.gin"))
 

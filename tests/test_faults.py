@@ -16,8 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax.checkpoints import pretrained
-from flan_jax.checkpoints import store as checkpointing
+from flan_jax import checkpoints
 from flan_jax.errors import UserError
 from flan_jax.model import partitioning
 from flan_jax.training import trainer
@@ -68,7 +67,8 @@ DRIVER = textwrap.dedent("""
     import json, os, signal, sys, types
     sys.path.insert(0, {root!r})
     import gin
-    from flan_jax import cli, formats, pretrained, predictions, study, vocabularies
+    from flan_jax import checkpoints, cli, study
+    from flan_jax.evaluation import predictions
     from flan_jax import eval as eval_binary
     from flan_jax import export as export_binary
     from flan_jax import train as train_binary
@@ -89,15 +89,13 @@ DRIVER = textwrap.dedent("""
           os.kill(os.getpid(), signal.SIGINT)
         yield item
 
-    hf_tensors = pretrained.hf_tensors
+    hf_tensors = checkpoints.hf.hf_tensors
     cases, codes = json.load(open(sys.argv[1])), {{}}
     for name, (binary, argv, interrupt) in cases.items():
-      pretrained.hf_tensors = tensors_then_interrupt if interrupt == "export" else hf_tensors
+      checkpoints.hf.hf_tensors = tensors_then_interrupt if interrupt == "export" else hf_tensors
       predictions.json = types.SimpleNamespace(dumps=interrupt_after(json.dumps, 2) if interrupt == "predictions"
                                                else json.dumps)
       gin.clear_config()
-      vocabularies.set_default(None)
-      formats.set_default(None)
       err, saved = os.open(os.path.join(sys.argv[2], name + ".err"), os.O_WRONLY | os.O_CREAT), os.dup(2)
       os.dup2(err, 2)
       try:
@@ -200,7 +198,7 @@ def test_full_disk_read_only_disk_and_ctrl_c_are_one_line_and_leave_no_result(ru
 
 def test_an_unreadable_file_is_one_line_naming_it(run_dir, tmp_path, capsys, monkeypatch):
   from flan_jax import eval as eval_binary
-  unreadable = os.path.join(run_dir, checkpointing.MODEL_CONFIG)
+  unreadable = os.path.join(run_dir, checkpoints.run_record.MODEL_CONFIG)
   real_open = builtins.open
 
   def open_as_another_user(path, *args, **kwargs):  # the tests run as root, whom chmod does not stop
@@ -217,13 +215,13 @@ def test_an_unreadable_file_is_one_line_naming_it(run_dir, tmp_path, capsys, mon
 def test_a_truncated_safetensors_file_is_one_line(run_dir, tmp_path, capsys):
   from flan_jax import eval as eval_binary
   hf = str(tmp_path / "hf")
-  pretrained.export_checkpoint(run_dir, hf, dtype="float32", mesh=partitioning.make_mesh(devices=jax.devices()[:1]))
-  assert pretrained.open_pretrained(hf).config.d_model == TINY.d_model  # whole, it opens
+  checkpoints.export_checkpoint(run_dir, hf, dtype="float32", mesh=partitioning.make_mesh(devices=jax.devices()[:1]))
+  assert checkpoints.open_pretrained(hf).config.d_model == TINY.d_model  # whole, it opens
   weights = os.path.join(hf, "model.safetensors")
   with open(weights, "r+b") as f:
     f.truncate(os.path.getsize(weights) // 2)
   with pytest.raises(UserError, match=f"{weights} is truncated: .* copy or download it again"):
-    pretrained.open_pretrained(hf)
+    checkpoints.open_pretrained(hf)
   code, err = run_main(eval_binary, _eval_args(hf, tmp_path / "eval"), capsys)
   assert code == 2 and "is truncated" in _one_line(err)
 
@@ -240,7 +238,7 @@ def test_a_truncated_gguf_file_is_one_line(tmp_path):
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) // 2)
   with pytest.raises(UserError, match="is not a readable GGUF file"):
-    pretrained.open_pretrained(path)
+    checkpoints.open_pretrained(path)
 
 
 def test_an_interrupted_export_into_an_existing_directory_keeps_it_from_looking_complete(tmp_path):
@@ -267,7 +265,7 @@ def test_the_report_on_a_full_disk_exits_5(tmp_path, monkeypatch, capsys):
     raise OSError(errno.ENOSPC, "No space left on device", path)
 
   monkeypatch.setattr(files, "write_json", no_space)
-  monkeypatch.setattr(report.reporting, "load_run", lambda name, paths: None)
-  monkeypatch.setattr(report.reporting, "build_report", lambda runs, settings, baseline, held_out: {"runs": {}})
+  monkeypatch.setattr(report.reports, "load_run", lambda name, paths: None)
+  monkeypatch.setattr(report.reports, "build_report", lambda runs, settings, baseline, held_out: {"runs": {}})
   code = report.main(["--predictions", f"a={tmp_path}", "--output_dir", str(tmp_path / "report")])
   assert code == 5 and _one_line(capsys.readouterr().err).startswith("error: no space left on device while writing")

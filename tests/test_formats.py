@@ -13,15 +13,14 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from flan_jax.checkpoints import pretrained
-from flan_jax.checkpoints import store as checkpointing
+from flan_jax import checkpoints
+from flan_jax.checkpoints import run_record
 from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator as evaluation
 from flan_jax.model import decoding, partitioning
 from flan_jax.model.transformer import Transformer
-from flan_jax.text import formats
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import formats, run_text, tokenizers
 import flan_tasks  # noqa: F401
 from flan_tasks import files, templates
 from tests import tiny_pretrained
@@ -100,8 +99,6 @@ def clean():
   gin.clear_config()
   yield
   gin.clear_config()
-  vocabularies.set_default(None)
-  formats.set_default(None)
 
 
 def _format_of(kind: str) -> str:
@@ -186,13 +183,12 @@ def test_lm_evaluation_harness_reports_the_same_accuracies(setup, tmp_path, clea
 
 def _stream(kind: str, directory: str, role: str, fmt: str):
   """The first unpacked decoder features of fj_mc's tasks in one format."""
-  vocabularies.set_default(vocabularies.from_directory(directory))
-  formats.set_default(fmt)
   task = {"train": "fj_mc", "score": "fj_mc_scoring_t0", "generate": "fj_mc_eval_t0"}[role]
-  ds = seqio.get_mixture_or_task(task).get_dataset(LENGTHS, split="validation", shuffle=False)
-  ex = next(ds.as_numpy_iterator())
-  converter = data_lib.feature_converter(False, data_lib.vocabulary(task))
-  return ex, next(converter(ds, LENGTHS).as_numpy_iterator())
+  with run_text(vocabulary=tokenizers.from_directory(directory), example_format=fmt):
+    ds = seqio.get_mixture_or_task(task).get_dataset(LENGTHS, split="validation", shuffle=False)
+    ex = next(ds.as_numpy_iterator())
+    converter = data_lib.feature_converter(False, data_lib.vocabulary(task))
+    return ex, next(converter(ds, LENGTHS).as_numpy_iterator())
 
 
 @pytest.mark.parametrize("kind", ["plain", "bos"])
@@ -215,7 +211,7 @@ def test_a_training_example_is_the_tokens_of_the_whole_text(setup, kind, clean):
 def test_the_t5_format_stays_on_request(setup, clean):
   models, _ = setup
   ex, features = _stream("plain", models["plain"], "train", "t5")
-  eos = vocabularies.from_directory(models["plain"]).eos_id
+  eos = tokenizers.from_directory(models["plain"]).eos_id
   tokens = features["decoder_target_tokens"].tolist()
   assert tokens.count(eos) == 2  # after the prompt and after the target, tokenized apart
 
@@ -244,33 +240,29 @@ def tuned_chat(setup, tmp_path_factory):
   base = tmp_path_factory.mktemp("chat_run")
   model_dir, out = str(base / "run"), str(base / "hf")
   lengths = f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}"
-  try:
-    _run_ok(train, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={models['chat_bos']}",
-                    f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=fj_mc", lengths,
-                    "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8", "--gin.example_format.name='chat'",
-                    "--gin.ModelConfig.dtype='float32'", "--gin.ModelConfig.remat_policy='none'"])
-    _run_ok(export, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.OUTPUT_DIR={out}",
-                     "--gin.EXPORT_DTYPE='float32'"])
-  finally:
-    vocabularies.set_default(None)
-    formats.set_default(None)
+  _run_ok(train, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={models['chat_bos']}",
+                  f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=fj_mc", lengths,
+                  "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8", "--gin.example_format.name='chat'",
+                  "--gin.ModelConfig.dtype='float32'", "--gin.ModelConfig.remat_policy='none'"])
+  _run_ok(export, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.OUTPUT_DIR={out}",
+                   "--gin.EXPORT_DTYPE='float32'"])
   return model_dir, out, models["chat_bos"]
 
 
 def _our_greedy(checkpoint: str, task: str, fmt: str, n: int) -> list[list[int]]:
   """flan_jax's eval decode of the first n examples of a generative task: tokens up to the stop."""
-  config = pretrained.pretrained_model_config(checkpoint) if pretrained.is_pretrained(checkpoint) else \
-      checkpointing.recorded_model_config(checkpoint)
-  vocab = pretrained.starting_vocabulary(checkpoint)
-  vocabularies.set_default(vocab)
-  formats.set_default(fmt)
+  config = checkpoints.pretrained_model_config(checkpoint) if checkpoints.is_pretrained(checkpoint) else \
+      checkpoints.recorded_model_config(checkpoint)
+  vocab = checkpoints.starting_vocabulary(checkpoint)
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
   rules = partitioning.axis_rules()
   model = Transformer(config)
-  _, params = pretrained.restore_params(checkpoint, config, mesh, rules,
+  _, params = checkpoints.restore_params(checkpoint, config, mesh, rules,
                                         partitioning.sharded_param_structs(model, mesh, rules))
-  ds = seqio.get_mixture_or_task(task).get_dataset(LENGTHS, split="validation", shuffle=False).take(n)
-  batch = next(data_lib.feature_converter(False, vocab)(ds, LENGTHS).batch(n).as_numpy_iterator())
+  with run_text(vocabulary=vocab, example_format=fmt):
+    ds = seqio.get_mixture_or_task(task).get_dataset(LENGTHS, split="validation", shuffle=False).take(n)
+    batch = next(data_lib.feature_converter(False, vocab)(ds, LENGTHS).batch(n).as_numpy_iterator())
+    prompts = [p.decode() for p in ds.map(lambda ex: ex["inputs_pretokenized"]).as_numpy_iterator()]
   stops = formats.stop_ids(vocab, fmt)
   with partitioning.activate(mesh, rules):
     tokens = np.asarray(decoding.greedy_decode(model, params, batch, max_decode_length=LENGTHS["targets"],
@@ -279,7 +271,6 @@ def _our_greedy(checkpoint: str, task: str, fmt: str, n: int) -> list[list[int]]
   for row in tokens.tolist():
     cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
     out.append(row[:cut])
-  prompts = [p.decode() for p in ds.map(lambda ex: ex["inputs_pretokenized"]).as_numpy_iterator()]
   return prompts, out
 
 
@@ -302,7 +293,7 @@ def _their_greedy(directory: str, prompts, chat: bool) -> list[list[int]]:
 
 def test_exported_chat_run_generates_what_flan_jax_decodes(tuned_chat, clean):
   model_dir, out, _ = tuned_chat
-  assert formats.load(os.path.join(model_dir, checkpointing.VOCABULARY))["format"] == "chat"
+  assert run_record.load_format(os.path.join(model_dir, run_record.VOCABULARY))["format"] == "chat"
   config = json.load(open(os.path.join(out, "tokenizer_config.json")))
   assert config["chat_template"] == CHAT_BOS and config["add_bos_token"] is True
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
@@ -329,14 +320,14 @@ def test_resuming_or_evaluating_in_another_format_is_one_line(tuned_chat, tmp_pa
   assert not os.listdir(tmp_path)
   # Resuming the run in another format: one line, exit 2, the run's records untouched.
   from flan_jax import train
-  record = open(os.path.join(model_dir, checkpointing.VOCABULARY, formats.RECORD)).read()
+  record = open(os.path.join(model_dir, run_record.VOCABULARY, run_record.FORMAT)).read()
   code, err = run_main(train, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={tuned_chat[2]}",
                                f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=fj_mc",
                                f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
                                "--gin.example_format.name='prompt'"], capsys)
   assert code == 2 and "made with the example format 'chat' but this run asks for 'prompt'" in err
   assert len(err.strip().splitlines()) == 1
-  assert open(os.path.join(model_dir, checkpointing.VOCABULARY, formats.RECORD)).read() == record
+  assert open(os.path.join(model_dir, run_record.VOCABULARY, run_record.FORMAT)).read() == record
 
 
 def test_chat_without_a_template_is_one_line(setup, tmp_path, clean):

@@ -1,4 +1,4 @@
-"""Tests for flan_jax/gguf_io.py against GGUF files written here from tiny Hugging Face models."""
+"""Tests for flan_jax/checkpoints/gguf_reader.py against GGUF files written here from tiny Hugging Face models."""
 
 import copy
 import json
@@ -480,12 +480,12 @@ def test_tensor_type_the_package_cannot_dequantize(models, tmp_path):
     ("llama", "F16", 1e-3), ("llama", "Q8_0", 1.5e-2), ("qwen2", "Q8_0", 1.5e-2),
 ])
 def test_logits_match_hf(arch, qtype, atol, models, ggufs):
-  from flan_jax.checkpoints import pretrained
+  from flan_jax import checkpoints
   from flan_jax.model.transformer import Transformer
   model = models[arch][1]
   tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 11))
-  opened = pretrained.open_pretrained(ggufs[arch, qtype])
-  params = pretrained.load_params(opened)
+  opened = checkpoints.open_pretrained(ggufs[arch, qtype])
+  params = checkpoints.load_params(opened)
   got = np.asarray(Transformer(opened.config).apply({"params": params}, tokens))
   with torch.no_grad():
     want = model(torch.tensor(tokens)).logits.numpy()
@@ -503,21 +503,21 @@ def test_logits_match_hf(arch, qtype, atol, models, ggufs):
 
 def test_a_gguf_file_is_a_starting_point_like_a_model_directory(models, ggufs):
   """What the trainer and eval binaries call for INITIAL_CHECKPOINT_PATH / CHECKPOINT_PATH."""
-  from flan_jax.checkpoints import pretrained
+  from flan_jax import checkpoints
   from flan_jax.model import partitioning
-  from flan_jax.text import vocabulary as vocabularies
+  from flan_jax.text import tokenizers
   path, (directory, _) = ggufs["llama", "F32"], models["llama"]
-  assert pretrained.is_pretrained(path)
-  assert pretrained.pretrained_model_config(path) == pretrained.pretrained_model_config(directory)
+  assert checkpoints.is_pretrained(path)
+  assert checkpoints.pretrained_model_config(path) == checkpoints.pretrained_model_config(directory)
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-  config = pretrained.pretrained_model_config(path)
-  step, params = pretrained.restore_params(path, config, mesh, partitioning.axis_rules(), None)
-  want = pretrained.load_params(pretrained.open_pretrained(directory))
+  config = checkpoints.pretrained_model_config(path)
+  step, params = checkpoints.restore_params(path, config, mesh, partitioning.axis_rules(), None)
+  want = checkpoints.load_params(checkpoints.open_pretrained(directory))
   assert step == 0
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  from_gguf = pretrained.starting_vocabulary(path)
-  original = vocabularies.from_directory(directory)
+  from_gguf = checkpoints.starting_vocabulary(path)
+  original = tokenizers.from_directory(directory)
   text = " ".join(SAMPLE)
   assert from_gguf.encode(text) == original.encode(text)
   assert (from_gguf.bos_id, from_gguf.eos_id) == (original.bos_id, original.eos_id)

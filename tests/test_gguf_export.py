@@ -1,4 +1,5 @@
-"""Tests for flan_jax/gguf_export.py: GGUF export read back by flan_jax's GGUF import, and the export binary.
+"""Tests for flan_jax/checkpoints/gguf_writer.py: GGUF export read back by flan_jax's GGUF import, and the export
+binary.
 
 The models are tiny random ones that `transformers` builds here (tests/tiny_pretrained.py); the file's
 names and keys are checked against the constants of the `gguf` package, which llama.cpp's converter uses.
@@ -15,11 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import cli, errors
+from flan_jax import checkpoints, cli, errors
 from flan_jax import export as export_binary
 from flan_jax.checkpoints import gguf_reader as gguf_io
 from flan_jax.checkpoints import gguf_writer as gguf_export
-from flan_jax.checkpoints import pretrained
 from flan_jax.errors import UserError
 from flan_jax.model.transformer import Transformer
 from tests import tiny_pretrained
@@ -55,7 +55,7 @@ def exported(models, tmp_path_factory):
   for arch in ARCHS:
     for dtype in DTYPES if arch in ("llama", "qwen2") else ("float32",):
       directory = str(tmp_path_factory.mktemp(f"gguf_{arch}_{dtype}"))
-      files = pretrained.export_checkpoint(models[arch], directory, dtype=dtype, export_format="gguf")
+      files = checkpoints.export_checkpoint(models[arch], directory, dtype=dtype, export_format="gguf")
       assert files == [os.path.join(directory, gguf_export.file_name(dtype))]
       assert os.listdir(directory) == [gguf_export.file_name(dtype)]  # nothing else, no temporary left
       out[arch, dtype] = files[0]
@@ -63,8 +63,8 @@ def exported(models, tmp_path_factory):
 
 
 def _logits(path):
-  opened = pretrained.open_pretrained(path)
-  params = pretrained.load_params(opened)
+  opened = checkpoints.open_pretrained(path)
+  params = checkpoints.load_params(opened)
   tokens = np.random.default_rng(0).integers(0, opened.config.vocab_size, (2, 11))
   return opened.config, params, np.asarray(Transformer(opened.config).apply({"params": params}, tokens))
 
@@ -105,7 +105,7 @@ def test_smaller_types_give_smaller_files(exported):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_stored_bytes_are_what_llama_cpp_converter_writes(arch, models, exported):
   """q/k rows permuted for llama only; matrices rounded (and Q8_0 quantized) exactly as the gguf package does."""
-  opened = pretrained.open_pretrained(models[arch])
+  opened = checkpoints.open_pretrained(models[arch])
   heads = {"q_proj": opened.config.num_heads, "k_proj": opened.config.num_kv_heads}
   names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2 if arch == "qwen2" else gguf.MODEL_ARCH.LLAMA, 2)
   for dtype, qtype in (("float32", Q.F32), ("bfloat16", Q.BF16), ("q8_0", Q.Q8_0)):
@@ -223,12 +223,12 @@ def test_chat_template_bos_and_end_of_turn(models, tmp_path):
   end-of-turn token."""
   directory = _copy_model(models["tied"], str(tmp_path / "chat"), {"chat_template": TEMPLATE, "add_bos_token": True},
                           eos=[2, 5])
-  out = pretrained.export_checkpoint(directory, str(tmp_path / "out"), dtype="q8_0", export_format="gguf")[0]
+  out = checkpoints.export_checkpoint(directory, str(tmp_path / "out"), dtype="q8_0", export_format="gguf")[0]
   reader = gguf.GGUFReader(out)
   T = gguf.Keys.Tokenizer
   assert (_field(reader, T.CHAT_TEMPLATE), _field(reader, T.ADD_BOS)) == (TEMPLATE, True)
   assert (_field(reader, T.EOS_ID), _field(reader, T.EOT_ID)) == (2, 5)
-  original, again = pretrained.starting_vocabulary(directory), pretrained.starting_vocabulary(out)
+  original, again = checkpoints.starting_vocabulary(directory), checkpoints.starting_vocabulary(out)
   assert again.chat_template == TEMPLATE and again.add_bos
   assert (again.bos_id, again.eos_id) == (original.bos_id, original.eos_id)
   text = " ".join(SAMPLE)
@@ -255,7 +255,7 @@ def test_sentencepiece_tokenizer_reads_back_the_same(tmp_path):
                                     **tiny_pretrained.COMMON)
   transformers.LlamaForCausalLM(config).save_pretrained(directory)
   shutil.copyfile(tmp_path / "sp.model", os.path.join(directory, "tokenizer.model"))
-  out = pretrained.export_checkpoint(directory, str(tmp_path / "out"), dtype="float32", export_format="gguf")[0]
+  out = checkpoints.export_checkpoint(directory, str(tmp_path / "out"), dtype="float32", export_format="gguf")[0]
   reader = gguf.GGUFReader(out)
   T = gguf.Keys.Tokenizer
   assert (_field(reader, T.MODEL), _field(reader, T.ADD_BOS)) == ("llama", True)
@@ -284,7 +284,7 @@ def test_models_and_tokenizers_llama_cpp_cannot_take(models, tmp_path):
   import seqio
   mistral = str(tmp_path / "mistral")
   tiny_pretrained.build("mistral", mistral)
-  _one_line_error(lambda: pretrained.export_checkpoint(mistral, str(tmp_path / "a"), export_format="gguf"),
+  _one_line_error(lambda: checkpoints.export_checkpoint(mistral, str(tmp_path / "a"), export_format="gguf"),
                   "sliding-window")
   _one_line_error(lambda: gguf_export.tokenizer_metadata(seqio.ByteVocabulary(), 384), "byte vocabulary")
   from tokenizers import pre_tokenizers
@@ -292,13 +292,13 @@ def test_models_and_tokenizers_llama_cpp_cannot_take(models, tmp_path):
   tok = tiny_pretrained.train_tokenizer()
   tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(False)])
   tok.save(os.path.join(odd, "tokenizer.json"))
-  _one_line_error(lambda: pretrained.export_checkpoint(odd, str(tmp_path / "b"), export_format="gguf"),
+  _one_line_error(lambda: checkpoints.export_checkpoint(odd, str(tmp_path / "b"), export_format="gguf"),
                   "pre-tokenizer")
-  _one_line_error(lambda: pretrained.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q4_0",
+  _one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q4_0",
                                                        export_format="gguf"), "float32, q8_0")
-  _one_line_error(lambda: pretrained.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q8_0"),
+  _one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q8_0"),
                   "'huggingface'; use bfloat16")
-  _one_line_error(lambda: pretrained.export_checkpoint(models["llama"], str(tmp_path / "c"), export_format="onnx"),
+  _one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), export_format="onnx"),
                   "'huggingface' or 'gguf'")
   assert not any(os.path.exists(tmp_path / d) for d in "abc")
 
@@ -315,7 +315,7 @@ def test_a_failed_write_leaves_no_file(models, tmp_path, monkeypatch):
   monkeypatch.setattr(gguf_export, "_encode", fail_on_third)
   out = tmp_path / "out"
   with pytest.raises(OSError, match="No space left") as e:
-    pretrained.export_checkpoint(models["llama"], str(out), dtype="float32", export_format="gguf")
+    checkpoints.export_checkpoint(models["llama"], str(out), dtype="float32", export_format="gguf")
   # The binaries name the file in their one line (gin re-raises a copy; the original is in the chain).
   assert str(out / "model-f32.gguf") in [getattr(x, "filename", None) for x in errors.chain(e.value)]
   assert os.listdir(out) == []
@@ -355,7 +355,7 @@ def test_non_empty_output_dir_needs_overwrite(export_format, models, tmp_path, c
   if export_format == "gguf":
     assert set(after) == set(before) and after["config.json"] == b"{}"
     assert after["model-f32.gguf"] != before["model-f32.gguf"]
-    assert pretrained.open_pretrained(str(out / "model-f32.gguf")).config == pretrained.open_pretrained(
+    assert checkpoints.open_pretrained(str(out / "model-f32.gguf")).config == checkpoints.open_pretrained(
         models["llama"]).config
   else:
     assert json.loads(after["config.json"])["model_type"] == "llama"
@@ -365,11 +365,11 @@ def test_non_empty_output_dir_needs_overwrite(export_format, models, tmp_path, c
 def test_hf_overwrite_removes_the_earlier_exports_stale_weights(models, tmp_path):
   """Over a sharded export, a one-file export removes the old shards and index, which loaders would prefer."""
   out = str(tmp_path / "out")
-  first = pretrained.export_checkpoint(models["qwen2"], out, dtype="float32", max_shard_gb=60e3 / 2 ** 30)
+  first = checkpoints.export_checkpoint(models["qwen2"], out, dtype="float32", max_shard_gb=60e3 / 2 ** 30)
   assert len(first) > 1
   with open(os.path.join(out, "notes.txt"), "w") as f:
     f.write("mine")
-  again = pretrained.export_checkpoint(models["qwen2"], out, dtype="float32", overwrite=True)
+  again = checkpoints.export_checkpoint(models["qwen2"], out, dtype="float32", overwrite=True)
   assert again == ["model.safetensors"]
   assert sorted(os.listdir(out)) == sorted(["config.json", "generation_config.json", "model.safetensors",
                                             "notes.txt", "tokenizer.json", "tokenizer_config.json",
@@ -384,4 +384,4 @@ def test_export_binary_writes_gguf(models, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "model-q8_0.gguf (GGUF Q8_0" in result.stdout
   assert os.listdir(out) == ["model-q8_0.gguf"]
-  assert pretrained.open_pretrained(str(out / "model-q8_0.gguf")).config.qkv_bias
+  assert checkpoints.open_pretrained(str(out / "model-q8_0.gguf")).config.qkv_bias

@@ -1,5 +1,5 @@
-"""Tests for flan_jax/lora.py and adapters.py: LoRA on a frozen base, int8 base, adapter-only checkpoints,
-merged and PEFT export."""
+"""Tests for flan_jax/model/lora.py and checkpoints/ (run_record, restore, peft): LoRA on a frozen base, int8
+base, adapter-only checkpoints, merged and PEFT export."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax.checkpoints import adapters
+from flan_jax import checkpoints
 from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
 from flan_jax.model import lora as lora_lib
@@ -53,7 +53,7 @@ def run(config, lora, base, data, mesh_shape=(1, 1, 1), num_microbatches=1, step
     state = state.replace(params=jax.device_put(jax.tree.map(jnp.copy, base), s.state_shardings.params))
   losses = []
   for b in data[:steps]:
-    state, metrics = fn(state, data_lib.to_global(b, s.batch_sharding), frozen)
+    state, metrics = fn(state, partitioning.to_global(b, s.batch_sharding), frozen)
     losses.append(float(metrics["loss"]))
   return s, state, losses
 
@@ -82,7 +82,9 @@ def test_sharded_lora_matches_one_device(reference, base, data, mesh_shape):
   s, state, losses = run(TINY, LORA, base, data, mesh_shape)
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
   a = state.params["layers"]["mlp"]["w_up_lora_a"]
-  np.testing.assert_allclose(a, ref_state.params["layers"]["mlp"]["w_up_lora_a"], atol=1e-5)
+  # A sharded mesh sums gradients in another order than one device, and Adam divides by sqrt(v): where v is
+  # tiny, a last-bit gradient difference moves the weight by ~1e-5 (seen on the 2x2x2 mesh: 1 of 512 values).
+  np.testing.assert_allclose(a, ref_state.params["layers"]["mlp"]["w_up_lora_a"], rtol=1e-4, atol=1e-5)
   # The frozen base is placed by the same rules as in full fine-tuning; the adapters follow them too.
   assert s.frozen_shardings["layers"]["mlp"]["w_up"].spec == partitioning.sharded_param_structs(
       Transformer(TINY), s.mesh, s.rules)["layers"]["mlp"]["w_up"].sharding.spec
@@ -105,7 +107,7 @@ def test_dropout_on_the_adapter_input_is_seeded(base, data):
   tx = optimizers.make_optimizer(schedule)
   s = step_lib.setup(TINY, mesh, rules, tx, sum(LENGTHS.values()), lora)
   frozen = lora_lib.freeze(base, lora)
-  batch = data_lib.to_global(data[0], s.batch_sharding)
+  batch = partitioning.to_global(data[0], s.batch_sharding)
   seeded = [step_lib.compile_train_step(s, tx, schedule, dropout_seed=seed) for seed in (7, 7, 8)]
   results = [fn(s.init(jax.random.key(1)), batch, frozen)[0].params for fn in seeded]
   leaf = lambda p: np.asarray(p["layers"]["attn"]["wq_lora_b"])
@@ -246,11 +248,11 @@ def lora_run(tmp_path_factory):
 
 def test_checkpoints_hold_adapters_and_resume_exactly(lora_run):
   hf_dir, _, model_dir, straight = lora_run
-  record = json.load(open(os.path.join(model_dir, adapters.RECORD)))
+  record = json.load(open(os.path.join(model_dir, checkpoints.run_record.LORA_BASE)))
   assert record["path"] == os.path.abspath(hf_dir) and len(record["hash"]) == 64 and record["lora"]["rank"] == 4
   mesh, rules = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]), partitioning.axis_rules()
-  step, resumed, _, _ = adapters.restore_adapters(model_dir, mesh, rules)
-  _, once, _, _ = adapters.restore_adapters(straight, mesh, rules)
+  step, resumed, _, _ = checkpoints.restore_adapters(model_dir, mesh, rules)
+  _, once, _, _ = checkpoints.restore_adapters(straight, mesh, rules)
   assert step == 4
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(once)):
     np.testing.assert_array_equal(x, y)
@@ -264,20 +266,20 @@ def test_checkpoints_hold_adapters_and_resume_exactly(lora_run):
 
 
 def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, tmp_path):
+  from flan_jax import checkpoints
   from flan_jax import export as export_binary
-  from flan_jax.checkpoints import pretrained
   hf_dir, _, model_dir, _ = lora_run
   out = str(tmp_path / "merged")
   _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
                           f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_DTYPE='float32'"])
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   mesh, rules = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]), partitioning.axis_rules()
-  config = pretrained.pretrained_model_config(hf_dir)
-  _, trained, record, lora = adapters.restore_adapters(model_dir, mesh, rules)
-  frozen = lora_lib.freeze(pretrained.load_params(pretrained.open_pretrained(hf_dir)), lora)
+  config = checkpoints.pretrained_model_config(hf_dir)
+  _, trained, record, lora = checkpoints.restore_adapters(model_dir, mesh, rules)
+  frozen = lora_lib.freeze(checkpoints.load_params(checkpoints.open_pretrained(hf_dir)), lora)
   tokens = np.random.default_rng(2).integers(3, config.vocab_size, (2, 12))
   ours = np.asarray(Transformer(config, lora).apply({"params": lora_lib.join(frozen, trained)}, tokens))
-  base = np.asarray(Transformer(config).apply({"params": pretrained.load_params(pretrained.open_pretrained(hf_dir))},
+  base = np.asarray(Transformer(config).apply({"params": checkpoints.load_params(checkpoints.open_pretrained(hf_dir))},
                                               tokens))
   assert np.max(np.abs(ours - base)) > 1e-3  # the adapters changed the model
   with torch.no_grad():
@@ -288,9 +290,9 @@ def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, tmp_p
   _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
                           f"--gin.OUTPUT_DIR={gguf_dir}", "--gin.EXPORT_FORMAT='gguf'", "--gin.EXPORT_DTYPE='float32'"])
   (name,) = os.listdir(gguf_dir)
-  read_back = pretrained.open_pretrained(str(gguf_dir / name))
-  np.testing.assert_allclose(Transformer(read_back.config).apply({"params": pretrained.load_params(read_back)}, tokens),
-                             ours, atol=1e-4)
+  read_back = checkpoints.open_pretrained(str(gguf_dir / name))
+  np.testing.assert_allclose(
+      Transformer(read_back.config).apply({"params": checkpoints.load_params(read_back)}, tokens), ours, atol=1e-4)
 
 
 def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
@@ -314,14 +316,10 @@ def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
 
 def test_lora_eval_scores_the_merged_model(lora_run):
   from flan_jax import eval as eval_binary
-  from flan_jax.text import vocabulary as vocabularies
   _, _, model_dir, _ = lora_run
-  try:
-    _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
-                          "--gin.MIXTURE_OR_TASK_NAME=embedded_color_nli_scoring_t0", HF_LENGTHS,
-                          "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8"])
-  finally:
-    vocabularies.set_default(None)
+  _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+                        "--gin.MIXTURE_OR_TASK_NAME=embedded_color_nli_scoring_t0", HF_LENGTHS,
+                        "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8"])
   report = json.load(open(os.path.join(model_dir, "eval_embedded_color_nli_scoring_t0_validation_step4.json")))
   assert list(report["metrics"]) == ["embedded_color_nli_scoring_t0"]
 

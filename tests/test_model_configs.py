@@ -1,7 +1,7 @@
 """The gin/models files of public checkpoints: published sizes, and agreement with an import.
 
 Each file is parsed with gin and compared with the checkpoint's published config.json (written out
-below), read through transformers' config classes and pretrained.config_fields, the path an import
+below), read through transformers' config classes and checkpoints.config_fields, the path an import
 takes. CPU only, no compilation.
 """
 
@@ -13,7 +13,7 @@ import gin
 import pytest
 import transformers
 
-from flan_jax.checkpoints import pretrained
+from flan_jax import checkpoints
 from flan_jax.model.transformer import ModelConfig
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -104,11 +104,11 @@ def imported(name: str) -> ModelConfig:
   """What importing the checkpoint would build: its config.json, through transformers and config_fields."""
   _, _, config_class, fields = MODELS[name]
   hf = config_class(**fields).to_dict()
-  return ModelConfig(**pretrained.config_fields(hf, f"{name} config.json"))
+  return ModelConfig(**checkpoints.config_fields(hf, f"{name} config.json"))
 
 
 def shape_fields(config: ModelConfig) -> dict:
-  return {f: getattr(config, f) for f in pretrained.SHAPE_FIELDS}
+  return {f: getattr(config, f) for f in checkpoints.SHAPE_FIELDS}
 
 
 def test_every_model_file_is_covered():
@@ -129,7 +129,7 @@ def test_matches_the_checkpoint_import(name):
   config = gin_model(name)
   theirs = imported(name)
   assert shape_fields(config) == shape_fields(theirs)
-  pretrained.check_config(config, theirs, name)  # the check a run with this gin file makes
+  checkpoints.check_config(config, theirs, name)  # the check a run with this gin file makes
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

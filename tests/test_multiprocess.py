@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax.checkpoints import adapters
+from flan_jax import checkpoints
 from flan_jax.checkpoints import store as checkpointing
 from flan_jax.data import pipeline as data_lib
 from flan_jax.evaluation import evaluator as evaluation
@@ -75,7 +75,7 @@ def test_two_processes_match_one_process(two_process_run):
   for _ in range(4):
     parts = [next(it) for it in shards]
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    state, metrics = step(state, data_lib.to_global(batch, s.batch_sharding))
+    state, metrics = step(state, partitioning.to_global(batch, s.batch_sharding))
     losses.append(float(metrics["loss"]))
   np.testing.assert_allclose([m["loss"] for m in logged], losses, rtol=1e-5)
 
@@ -141,11 +141,11 @@ def test_a_dead_host_makes_the_other_exit_and_the_rerun_resumes_lora_as_one_proc
   for _ in range(4):
     parts = [next(it) for it in shards]
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    state, metrics = step_fn(state, data_lib.to_global(batch, s.batch_sharding), frozen)
+    state, metrics = step_fn(state, partitioning.to_global(batch, s.batch_sharding), frozen)
     losses.append(float(metrics["loss"]))
   assert sorted(logged) == list(range(1, 5))
   np.testing.assert_allclose([logged[i] for i in range(1, 5)], losses, rtol=1e-5)
-  saved_step, trained, _, _ = adapters.restore_adapters(lora_dir, mesh, rules)
+  saved_step, trained, _, _ = checkpoints.restore_adapters(lora_dir, mesh, rules)
   assert saved_step == 4
   # Two processes reduce in another order than one; Adam's update divides by sqrt(v), so where v is tiny a
   # last-bit difference in a gradient moves an adapter weight by ~1e-6 (measured: 2e-6 on 1 of 512 values).

@@ -1,4 +1,4 @@
-"""Tests for flan_jax/pretrained.py and safetensors_io.py: Hugging Face import, export and parity.
+"""Tests for flan_jax/checkpoints/ (hf, restore, export, safetensors_io): Hugging Face import, export and parity.
 
 Every model here is a tiny random one that `transformers` builds and saves in the test.
 """
@@ -14,11 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax.checkpoints import pretrained, safetensors_io
+from flan_jax import checkpoints
+from flan_jax.checkpoints import safetensors_io
 from flan_jax.errors import UserError
 from flan_jax.model import decoding, partitioning
 from flan_jax.model.transformer import Transformer
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import run_text, tokenizers
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests import tiny_pretrained
 from tests.test_binaries import ROOT, run_main
@@ -48,8 +49,8 @@ def _logits(config, params, tokens, **kwargs):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_match_transformers_with_padding_and_mixed_lengths(models, arch):
   directory, hf = models[arch]
-  p = pretrained.open_pretrained(directory)
-  params = pretrained.load_params(p)
+  p = checkpoints.open_pretrained(directory)
+  params = checkpoints.load_params(p)
   rng = np.random.default_rng(0)
   lengths = np.array([24, 17, 6])  # longer than mistral's window of 12, so the window matters
   tokens = rng.integers(3, p.config.vocab_size, (3, 24))
@@ -66,8 +67,8 @@ def test_logits_match_transformers_with_padding_and_mixed_lengths(models, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_is_token_identical(models, arch):
   directory, hf = models[arch]
-  p = pretrained.open_pretrained(directory)
-  params = pretrained.load_params(p)
+  p = checkpoints.open_pretrained(directory)
+  params = checkpoints.load_params(p)
   eos = hf.config.eos_token_id
   rng = np.random.default_rng(1)
   prompts = [rng.integers(3, p.config.vocab_size, n) for n in (5, 9, 3)]  # different lengths, one batch
@@ -96,7 +97,7 @@ def test_import_export_round_trip_is_bit_identical(models, tmp_path, arch, mesh_
   directory, hf = models[arch]
   mesh = partitioning.make_mesh(*mesh_shape) if mesh_shape else None
   out = str(tmp_path / "exported")
-  files = pretrained.export_checkpoint(directory, out, dtype="float32", max_shard_gb=60e3 / 2 ** 30, mesh=mesh)
+  files = checkpoints.export_checkpoint(directory, out, dtype="float32", max_shard_gb=60e3 / 2 ** 30, mesh=mesh)
   assert len(files) > 1 and os.path.isfile(os.path.join(out, safetensors_io.INDEX))
   again = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   want, got = _state_dict(hf), _state_dict(again)
@@ -109,10 +110,10 @@ def test_import_export_round_trip_is_bit_identical(models, tmp_path, arch, mesh_
 
 def test_sharded_placement_matches_one_device(models):
   directory, _ = models["qwen2"]
-  p = pretrained.open_pretrained(directory)
-  single = pretrained.load_params(p)
+  p = checkpoints.open_pretrained(directory)
+  single = checkpoints.load_params(p)
   for shape in [(1, 8, 1), (2, 2, 2)]:
-    sharded = pretrained.load_params(p, partitioning.make_mesh(*shape))
+    sharded = checkpoints.load_params(p, partitioning.make_mesh(*shape))
     wq = sharded["layers"]["attn"]["wq"]
     assert wq.sharding.shard_shape(wq.shape) != wq.shape  # really split over devices
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
@@ -123,7 +124,7 @@ def test_bfloat16_export_is_bit_identical(tmp_path):
   directory = str(tmp_path / "bf16")
   hf = tiny_pretrained.build("tied", directory, dtype="bfloat16")
   out = str(tmp_path / "exported")
-  pretrained.export_checkpoint(directory, out, dtype="bfloat16")
+  checkpoints.export_checkpoint(directory, out, dtype="bfloat16")
   again = transformers.AutoModelForCausalLM.from_pretrained(out)
   assert again.dtype == torch.bfloat16
   for name, value in hf.state_dict().items():
@@ -152,12 +153,9 @@ def test_first_loss_equals_the_transformers_loss_on_the_same_batch(models, tuned
   assert "peak host memory" in out
   first = json.loads(open(os.path.join(model_dir, "train_metrics.jsonl")).readline())
   assert first["step"] == 1
-  vocabularies.set_default(vocabularies.from_directory(directory))
-  try:
+  with run_text(vocabulary=tokenizers.from_directory(directory)):
     ds = data_lib.get_dataset("embedded_no_nli", {"inputs": 96, "targets": 16}, "train", 8, seed=0)
     batch = next(ds.as_numpy_iterator())
-  finally:
-    vocabularies.set_default(None)
   # This tokenizer adds no BOS, so each example's stream starts with its prompt's own first token.
   assert models["llama"][1].config.bos_token_id not in batch["decoder_input_tokens"][0]
   hf = models["llama"][1]
@@ -196,18 +194,15 @@ def test_tuned_run_exports_to_transformers_and_evaluates(tuned, tmp_path):
   _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
                           f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_DTYPE='float32'"])
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-  p = pretrained.open_pretrained(out)
+  p = checkpoints.open_pretrained(out)
   tokens = np.random.default_rng(2).integers(3, p.config.vocab_size, (2, 10))
   with torch.no_grad():
     ref = hf(torch.tensor(tokens)).logits.numpy()
-  np.testing.assert_allclose(_logits(p.config, pretrained.load_params(p), tokens), ref, atol=1e-4)
+  np.testing.assert_allclose(_logits(p.config, checkpoints.load_params(p), tokens), ref, atol=1e-4)
   # The eval binary follows the run's recorded model config and tokenizer: no model gin file needed.
-  try:
-    _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
-                          "--gin.MIXTURE_OR_TASK_NAME=embedded_color_nli_scoring_t0", LENGTHS,
-                          "--gin.evaluate.num_examples=24", "--gin.EVAL_BATCH_SIZE=8"])
-  finally:
-    vocabularies.set_default(None)
+  _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+                        "--gin.MIXTURE_OR_TASK_NAME=embedded_color_nli_scoring_t0", LENGTHS,
+                        "--gin.evaluate.num_examples=24", "--gin.EVAL_BATCH_SIZE=8"])
   report = json.load(open(os.path.join(model_dir, "eval_embedded_color_nli_scoring_t0_validation_step2.json")))
   assert list(report["metrics"]) == ["embedded_color_nli_scoring_t0"]
   records = open(os.path.join(model_dir, "predictions_embedded_color_nli_scoring_t0_validation_step2.jsonl"))
@@ -262,7 +257,7 @@ def _copy(models, arch, tmp_path, edit=None):
 ])
 def test_bad_pretrained_models_are_one_line_errors(models, tmp_path, edit, message):
   with pytest.raises(UserError, match=re.escape(message)) as e:
-    pretrained.open_pretrained(_copy(models, "llama", tmp_path, edit))
+    checkpoints.open_pretrained(_copy(models, "llama", tmp_path, edit))
   assert "\n" not in str(e.value)
 
 
@@ -270,7 +265,7 @@ def test_missing_shard_is_one_line_error(models, tmp_path):
   directory = _copy(models, "llama", tmp_path)
   os.remove(os.path.join(directory, next(f for f in os.listdir(directory) if f.startswith("model-00002-of-"))))
   with pytest.raises(UserError, match=r"shard model-00002-of-\d+.safetensors named in .* is missing"):
-    pretrained.open_pretrained(directory)
+    checkpoints.open_pretrained(directory)
 
 
 def test_bad_input_through_the_train_binary_is_one_line(models, tmp_path, capsys):

@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 
+from flan_jax import checkpoints
 from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
 from flan_jax.training import run_lock
@@ -82,7 +83,7 @@ def test_a_killed_trainer_leaves_no_lock_behind(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", textwrap.dedent(f"""
           import time
-          from flan_jax import run_lock
+          from flan_jax.training import run_lock
           with run_lock.hold({str(tmp_path)!r}):
             print("locked", flush=True)
             time.sleep(600)
@@ -121,7 +122,7 @@ def test_a_broken_task_file_bound_in_gin_is_one_line(tmp_path, capsys):
 def test_an_eval_of_a_checkpoint_that_does_not_fit_is_only_the_message(run_dir, tmp_path):
   old_run = str(tmp_path / "old")  # a run from before runs recorded their model config
   shutil.copytree(run_dir, old_run)
-  os.remove(os.path.join(old_run, checkpointing.MODEL_CONFIG))
+  os.remove(os.path.join(old_run, checkpoints.run_record.MODEL_CONFIG))
   out = binary("eval", "--gin_file=runs/eval.gin", "--gin_file=models/small.gin", f"--gin.CHECKPOINT_PATH={old_run}",
                "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli", timeout=300)
   line = _one_line(out.stderr)  # no "Event loop is closed" tracebacks before it
@@ -154,7 +155,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
     pytest.skip("needs unshare and a tmpfs mount in a user namespace")
   # What one saved step writes (checkpoint and input position), measured on the same run.
   step_bytes = (_size(os.path.join(run_dir, "checkpoints", "1"))
-                + _size(os.path.join(run_dir, checkpointing.INPUT_POSITIONS, "process_0", "1")))
+                + _size(os.path.join(run_dir, checkpoints.INPUT_POSITIONS, "process_0", "1")))
   filler = step_bytes + 2**20  # removed before the rerun, which then has room for two steps at once
   disk_kib = (filler + step_bytes * 3 // 2 + 2**20) // 1024  # + 1 MiB for the run record and metrics
   model_dir, out_dir = disk / "run", tmp_path / "out"

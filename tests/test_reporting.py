@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from flan_jax import report as report_cli
+from flan_jax import reports
 from flan_jax.errors import UserError
-from flan_jax.reports import reporting
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,11 +48,11 @@ def write(path, lines):
 def run_of(name, records):
   steps = {}
   for r in records:
-    steps.setdefault(r["step"], []).append(reporting.parse_record(json.dumps(r), "test"))
-  return reporting.Run(name, [], steps)
+    steps.setdefault(r["step"], []).append(reports.parse_record(json.dumps(r), "test"))
+  return reports.Run(name, [], steps)
 
 
-SETTINGS = reporting.Settings(bootstrap=200)
+SETTINGS = reports.Settings(bootstrap=200)
 
 # Validation prefers template 2, test prefers template 1.
 DEV_VS_TEST = {"anli": {"validation": {1: 6, 2: 8, 3: 7}, "test": {1: 9, 2: 5, 3: 7}}}
@@ -68,13 +68,13 @@ class _Untouchable(dict):
 
 
 def test_template_stats():
-  stats = reporting.template_stats({1: 50.0, 2: 70.0, 3: 60.0})
+  stats = reports.template_stats({1: 50.0, 2: 70.0, 3: 60.0})
   assert stats == {"mean": 60.0, "std": pytest.approx(10.0), "min": 50.0, "max": 70.0, "n_templates": 3}
-  assert reporting.template_stats({4: 42.0})["std"] == 0.0
+  assert reports.template_stats({4: 42.0})["std"] == 0.0
 
 
 def test_template_chosen_on_validation_even_when_test_prefers_another():
-  summary = reporting.summarize("r", run_of("r", records_for(DEV_VS_TEST)).steps[1000], SETTINGS)
+  summary = reports.summarize("r", run_of("r", records_for(DEV_VS_TEST)).steps[1000], SETTINGS)
   anli = summary.datasets["anli"]
   assert anli["best_template"] == 2 and anli["reported_split"] == "test"
   assert anli["best"]["accuracy"] == pytest.approx(50.0)  # template 2 on test, not the test winner's 90
@@ -85,13 +85,13 @@ def test_template_chosen_on_validation_even_when_test_prefers_another():
 
 def test_selection_never_reads_the_test_split():
   validation = {1: {0: 1.0, 1: 0.0}, 2: {0: 1.0, 1: 1.0}, 3: {0: 0.0, 1: 0.0}}
-  assert reporting.select_template({"validation": validation, "test": _Untouchable()}) == 2
-  assert reporting.select_template({"test": _Untouchable()}) is None
-  assert reporting.select_template({"validation": {5: {0: 1.0}, 3: {0: 1.0}}}) == 3  # ties: lowest
+  assert reports.select_template({"validation": validation, "test": _Untouchable()}) == 2
+  assert reports.select_template({"test": _Untouchable()}) is None
+  assert reports.select_template({"validation": {5: {0: 1.0}, 3: {0: 1.0}}}) == 3  # ties: lowest
 
 
 def test_no_test_split_reports_validation_and_says_so():
-  summary = reporting.summarize("r", run_of("r", records_for({"rte": {"validation": {1: 4, 2: 6}}})).steps[1000],
+  summary = reports.summarize("r", run_of("r", records_for({"rte": {"validation": {1: 4, 2: 6}}})).steps[1000],
                                 SETTINGS)
   rte = summary.datasets["rte"]
   assert rte["reported_split"] == "validation" and rte["best_template"] == 2
@@ -101,7 +101,7 @@ def test_no_test_split_reports_validation_and_says_so():
 
 def test_cluster_is_the_mean_over_its_datasets():
   accuracies = {"anli": {"validation": {1: 6}, "test": {1: 4}}, "rte": {"validation": {1: 5}, "test": {1: 8}}}
-  summary = reporting.summarize("r", run_of("r", records_for(accuracies)).steps[1000], SETTINGS)
+  summary = reports.summarize("r", run_of("r", records_for(accuracies)).steps[1000], SETTINGS)
   nli = summary.clusters["nli"]
   assert nli["best"]["accuracy"] == pytest.approx(60.0) and nli["best"]["n_datasets"] == 2
   assert nli["best"]["ci"][0] <= 60.0 <= nli["best"]["ci"][1]
@@ -111,10 +111,10 @@ def test_normalizations_recompute_accuracy_from_scores():
   line = record("anli", 1, "test", 0, True, scores={
       "none": [-1.0, -2.0], "per_token": [-2.0, -1.0], "per_char": [-1.0, -1.0], "calibrated": [-5.0, 3.0]})
   line["target"] = "no"  # index 1; the stored `correct` is ignored for scoring examples
-  parsed = reporting.parse_record(json.dumps(line), "test")
-  assert {n: reporting.example_score(parsed, n) for n in reporting.NORMALIZATIONS} == {
+  parsed = reports.parse_record(json.dumps(line), "test")
+  assert {n: reports.example_score(parsed, n) for n in reports.NORMALIZATIONS} == {
       "none": 0.0, "per_token": 1.0, "per_char": 0.0, "calibrated": 1.0}  # a tie goes to the first option
-  entry, _ = reporting.summarize_run(run_of("r", [line]), reporting.Settings(normalization="per_token"))
+  entry, _ = reports.summarize_run(run_of("r", [line]), reports.Settings(normalization="per_token"))
   template = entry["datasets"]["anli"]["splits"]["test"]["templates"]["1"]
   assert template["accuracy"] == 100.0
   assert template["by_normalization"] == {"none": 0.0, "per_token": 100.0, "per_char": 0.0, "calibrated": 100.0}
@@ -125,7 +125,7 @@ def test_generative_examples_without_correct_are_left_out():
   lines = [record("xsum", 1, "test", i, [True, False, None][i], cluster="summarization", kind="generative")
            for i in range(3)]
   lines[2]["metrics"] = {"rouge1": 41.0}
-  summary = reporting.summarize("r", run_of("r", lines).steps[1000], SETTINGS)
+  summary = reports.summarize("r", run_of("r", lines).steps[1000], SETTINGS)
   xsum = summary.datasets["xsum"]
   assert xsum["skipped"] == 1 and xsum["template_mean"]["accuracy"] == pytest.approx(50.0)
   assert xsum["metrics"] == {"test": {"1": {"rouge1": 41.0}}}
@@ -134,20 +134,20 @@ def test_generative_examples_without_correct_are_left_out():
 def test_bootstrap_ci_contains_the_estimate_narrows_and_is_seeded():
   rng = np.random.default_rng(1)
   small, large = rng.random(40) < 0.7, rng.random(4000) < 0.7
-  settings = reporting.Settings(bootstrap=1000, seed=3)
-  ci_small = reporting.as_json(reporting.estimate(small, "k", settings), settings)
-  ci_large = reporting.as_json(reporting.estimate(large, "k", settings), settings)
+  settings = reports.Settings(bootstrap=1000, seed=3)
+  ci_small = reports.as_json(reports.estimate(small, "k", settings), settings)
+  ci_large = reports.as_json(reports.estimate(large, "k", settings), settings)
   for entry in (ci_small, ci_large):
     assert entry["ci"][0] <= entry["accuracy"] <= entry["ci"][1]
   assert ci_large["ci"][1] - ci_large["ci"][0] < (ci_small["ci"][1] - ci_small["ci"][0]) / 3
-  again = reporting.as_json(reporting.estimate(small, "k", settings), settings)
-  other = reporting.as_json(reporting.estimate(small, "k", reporting.Settings(bootstrap=1000, seed=4)), settings)
+  again = reports.as_json(reports.estimate(small, "k", settings), settings)
+  other = reports.as_json(reports.estimate(small, "k", reports.Settings(bootstrap=1000, seed=4)), settings)
   assert again == ci_small and other["ci"] != ci_small["ci"]
 
 
 def test_resampling_counts_matches_resampling_examples():
   values = np.array([0.0] * 30 + [1.0] * 70)
-  by_counts = reporting.resample_means(values, 20000, np.random.default_rng(0))
+  by_counts = reports.resample_means(values, 20000, np.random.default_rng(0))
   rng = np.random.default_rng(1)
   by_examples = values[rng.integers(0, len(values), (20000, len(values)))].mean(axis=1)
   assert by_counts.mean() == pytest.approx(by_examples.mean(), abs=0.002)
@@ -155,12 +155,12 @@ def test_resampling_counts_matches_resampling_examples():
 
 
 def test_paired_bootstrap():
-  settings = reporting.Settings(bootstrap=1000)
+  settings = reports.Settings(bootstrap=1000)
   a = {i: float(i % 3 != 0) for i in range(300)}
-  same = reporting.as_json(reporting.paired_difference(a, dict(a), "k", settings), settings, "difference")
+  same = reports.as_json(reports.paired_difference(a, dict(a), "k", settings), settings, "difference")
   assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0]
   b = {i: float(i % 2 == 0) for i in range(300)}  # 66.7% against 50%
-  clear = reporting.as_json(reporting.paired_difference(a, b, "k", settings), settings, "difference")
+  clear = reports.as_json(reports.paired_difference(a, b, "k", settings), settings, "difference")
   assert clear["difference"] == pytest.approx(100 * (200 - 150) / 300)
   assert 0.0 < clear["ci"][0] < clear["difference"] < clear["ci"][1]
 
@@ -168,15 +168,15 @@ def test_paired_bootstrap():
 def test_runs_on_different_examples_are_refused():
   base = records_for({"anli": {"test": {1: 5}}})
   with pytest.raises(UserError, match="different tasks: flan_rte_scoring_t1 \\(test\\) is only in tuned"):
-    reporting.check_same_examples("tuned", base + records_for({"rte": {"test": {1: 5}}}), "base", base)
+    reports.check_same_examples("tuned", base + records_for({"rte": {"test": {1: 5}}}), "base", base)
   with pytest.raises(UserError, match="different examples of flan_anli_scoring_t1 \\(test\\): 0 only in tuned, 2"):
-    reporting.check_same_examples("tuned", base, "base", records_for({"anli": {"test": {1: 5}}}, n=12))
+    reports.check_same_examples("tuned", base, "base", records_for({"anli": {"test": {1: 5}}}, n=12))
 
 
 def test_held_out_cluster_first():
-  assert reporting.cluster_order({"nli", "commonsense", "qa"}, "qa") == ("qa", ["qa", "commonsense", "nli"])
-  assert reporting.cluster_order({"nli"}, None) == ("nli", ["nli"])
-  assert reporting.cluster_order({"nli", "qa"}, None) == (None, ["nli", "qa"])
+  assert reports.cluster_order({"nli", "commonsense", "qa"}, "qa") == ("qa", ["qa", "commonsense", "nli"])
+  assert reports.cluster_order({"nli"}, None) == ("nli", ["nli"])
+  assert reports.cluster_order({"nli", "qa"}, None) == (None, ["nli", "qa"])
 
 
 def _run_main(argv, capsys):
@@ -286,13 +286,13 @@ def test_repeated_flag_adds_runs(tmp_path, capsys):
 def test_templates_must_share_examples():
   lines = records_for({"anli": {"test": {1: 5}}}) + records_for({"anli": {"test": {2: 5}}}, n=8)
   with pytest.raises(UserError, match="anli \\(test\\) has other examples with template 2 \\(8 scored\\)"):
-    reporting.summarize("r", run_of("r", lines).steps[1000], SETTINGS)
+    reports.summarize("r", run_of("r", lines).steps[1000], SETTINGS)
 
 
 def test_repeated_example_is_refused(tmp_path):
   path = write(tmp_path / "p.jsonl", records_for(DEV_VS_TEST) + [record("anli", 1, "test", 3, True)])
   with pytest.raises(UserError, match="p.jsonl line 61 repeats example 3 of flan_anli_scoring_t1 \\(test\\)"):
-    reporting.load_run("r", [path])
+    reports.load_run("r", [path])
 
 
 def test_command_imports_no_tensorflow_seqio_or_jax():

@@ -5,8 +5,7 @@ import jax
 import optax
 import pytest
 
-from flan_jax import settings
-from flan_jax.checkpoints import pretrained
+from flan_jax import checkpoints, settings
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator as evaluation
 from flan_jax.model import decoding, partitioning
@@ -138,7 +137,7 @@ def test_bad_decoder_settings_are_refused(kwargs, message):
 
 def test_bad_export_shard_size_is_refused():
   with pytest.raises(UserError, match="export_checkpoint.max_shard_gb=0 must be a positive number"):
-    pretrained.export_checkpoint("/nonexistent/run", "/nonexistent/out", max_shard_gb=0)
+    checkpoints.export_checkpoint("/nonexistent/run", "/nonexistent/out", max_shard_gb=0)
 
 
 def test_good_values_pass_through():

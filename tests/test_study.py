@@ -9,9 +9,9 @@ import gin
 import pytest
 import seqio
 
-from flan_jax import cli, study
+from flan_jax import cli, studies
 from flan_jax.errors import UserError
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import vocabulary
 
 # Two conditions x two seeds x one held-out cluster, small enough to run in a minute or two.
 MICRO = """
@@ -31,7 +31,7 @@ study.evaluate = {'TASK_FEATURE_LENGTHS': %LENGTHS, 'EVAL_SPLITS': ['validation'
 def run_study(gin_file, *bindings):
   cli.configure_gin(cli.Flags(gin_files=[gin_file], gin_bindings=list(bindings)))
   try:
-    return study.study()
+    return studies.study()
   finally:
     gin.clear_config()
 
@@ -86,10 +86,10 @@ def test_an_interrupted_study_skips_finished_jobs_and_gives_the_same_report(micr
   gin_file, out, report = micro
   # Seed 1's tuning run lost its last checkpoint (and its eval never finished), as after a kill.
   tuned = os.path.join(out, "runs", "tiny_seed1", "embedded_no_sentiment")
-  os.remove(os.path.join(tuned, study.DONE))
+  os.remove(os.path.join(tuned, studies.DONE))
   shutil.rmtree(os.path.join(tuned, "checkpoints", "6"))
   evals = os.path.join(out, "evals", "tiny_seed1", "sentiment")
-  os.remove(os.path.join(evals, study.DONE))
+  os.remove(os.path.join(evals, studies.DONE))
   for path in glob.glob(os.path.join(evals, "*", "*_step*.json*")):
     os.remove(path)
   capsys.readouterr()
@@ -131,10 +131,10 @@ def test_a_job_finished_with_other_settings_is_refused(micro):
 
 def test_bad_designs_are_one_line(tmp_path):
   with pytest.raises(UserError, match="study.conditions"):
-    study.check(study.Design("x", str(tmp_path), {"tiny": []}, [0], ["sentiment"], ["tuned"], [], None,
+    studies.check(studies.Design("x", str(tmp_path), {"tiny": []}, [0], ["sentiment"], ["tuned"], [], None,
                              {"TRAIN_STEPS": 1}, {}, {}, [], [], "", "", "", "", 13, 0.01))
   with pytest.raises(UserError, match="study.pretrain"):
-    study.check(study.Design("x", str(tmp_path), {"tiny": []}, [0], ["sentiment"], ["base"], [], None,
+    studies.check(studies.Design("x", str(tmp_path), {"tiny": []}, [0], ["sentiment"], ["base"], [], None,
                              {}, {}, {}, [], [], "", "", "", "", 13, 0.01))
 
 
@@ -157,7 +157,7 @@ study.tune = {{'TASK_FEATURE_LENGTHS': %LENGTHS, 'TRAIN_STEPS': 2, 'BATCH_SIZE':
   shutil.copy(os.path.join(micro[1], "contamination.json"), tmp_path / "out")
   report = run_study(str(gin_file), f"STUDY_DIR = '{tmp_path / 'out'}'")
   assert {c["condition"] for c in report["cells"].values()} == {"base", "instructions"}
-  assert isinstance(vocabularies.run_vocabulary(), seqio.ByteVocabulary)  # the tokenizer ended with its jobs
+  assert isinstance(vocabulary.run_vocabulary(), seqio.ByteVocabulary)  # the tokenizer ended with its jobs
   assert not os.path.exists(tmp_path / "out" / "runs" / "hf_seed0" / "pretrain")
   with open(tmp_path / "out" / "runs" / "hf_seed0" / "embedded_no_sentiment" / "model_config.json") as f:
     tuned = json.load(f)

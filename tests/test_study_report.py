@@ -1,4 +1,4 @@
-"""The study report (flan_jax.reports.study_report) on cells whose eval predictions are written by hand (no model)."""
+"""The study report (flan_jax.reports.study) on cells whose eval predictions are written by hand (no model)."""
 
 import json
 import os
@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
+from flan_jax import reports
 from flan_jax.errors import UserError
-from flan_jax.reports import reporting, study_report
+from flan_jax.reports import study as study_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N = 20  # examples per dataset, split and template
@@ -15,7 +16,7 @@ HELD_OUT = "sentiment"
 SIZES = {"small": 3_500_000, "large": 60_000_000}
 SEEDS = (0, 1, 2)
 RUNS = (("base", 0), ("instructions", 3), ("notemplate", 3), ("instructions", 1), ("instructions", 2))
-SETTINGS = reporting.Settings(bootstrap=400)
+SETTINGS = reports.Settings(bootstrap=400)
 
 
 def level(size, seed, condition, n):
@@ -171,9 +172,9 @@ def test_write_creates_the_report_and_figures(study, tmp_path):
       json.dumps(report))
   text = (out / "report.md").read_text()
   large = groups(report)["large", "instructions", 3]["best"]
-  assert (f"* {HELD_OUT}, large (60M), 3 seeds: instructions {reporting.format_estimate(large)} vs base" in text)
+  assert (f"* {HELD_OUT}, large (60M), 3 seeds: instructions {reports.format_estimate(large)} vs base" in text)
   base = differences(report)["large", "base"]
-  assert f"vs base {reporting.format_estimate(groups(report)['large', 'base', 0]['best'])}: +26.7 points [" in text
+  assert f"vs base {reports.format_estimate(groups(report)['large', 'base', 0]['best'])}: +26.7 points [" in text
   assert f"{base['ci'][1]:+.1f}], 100.0% of replicates above 0" in text and "skipped" not in text
   for name in ("conditions.png", "clusters.png", "scale.png"):
     assert f"]({name})" in text
@@ -193,7 +194,7 @@ def test_figures_without_data_are_skipped_with_a_note(tmp_path):
 def test_two_held_out_clusters_without_bootstrap(tmp_path):
   manifest = make_study(str(tmp_path / "cells"), sizes=("small",), seeds=(0, 1), runs=RUNS[:2] + RUNS[3:4])
   manifest["cells"] += [dict(c, id=c["id"] + "-nli", held_out="nli") for c in manifest["cells"]]
-  report = study_report.write(manifest, str(tmp_path / "out"), reporting.Settings(bootstrap=0))
+  report = study_report.write(manifest, str(tmp_path / "out"), reports.Settings(bootstrap=0))
   assert report["held_out"] == ["nli", "sentiment"] and report["bootstrap"] == 0
   nli = {(g["held_out"], g["condition"], g["n_clusters"]): g for g in report["groups"]}["nli", "instructions", 3]
   assert nli["best"] == {"accuracy": 100.0, "ci": None, "n": 40, "n_seeds": 2}  # rte only: 20 examples per seed

@@ -10,8 +10,7 @@ import seqio
 
 from flan_jax.data import pipeline as data_lib
 from flan_jax.model import partitioning
-from flan_jax.text import formats
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import formats, run_text, tokenizers
 from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401
 from tests import tiny_pretrained
@@ -39,9 +38,8 @@ def make(mesh_shape, lr=1e-3):
 def bpe_without_bos(tmp_path):
   """A BPE tokenizer that adds no BOS: each example's stream starts at its prompt's own first token."""
   tiny_pretrained.train_tokenizer().save(str(tmp_path / "tokenizer.json"))
-  vocabularies.set_default(vocabularies.from_directory(str(tmp_path)))
-  yield
-  vocabularies.set_default(None)
+  with run_text(vocabulary=tokenizers.from_directory(str(tmp_path))):
+    yield
 
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "bpe_without_bos"])
@@ -90,7 +88,7 @@ def run_steps(mesh_shape, data, num_microbatches=1):
   state = s.init(jax.random.key(0))
   losses = []
   for b in data:
-    state, metrics = step(state, data_lib.to_global(b, s.batch_sharding))
+    state, metrics = step(state, partitioning.to_global(b, s.batch_sharding))
     losses.append(float(metrics["loss"]))
   return state, losses
 

@@ -1,4 +1,5 @@
-"""Tests for flan_jax/vocabularies.py: tokenizer-backed vocabularies, their record and the run's choice."""
+"""Tests for flan_jax/text/tokenizers.py and vocabulary.py: tokenizer-backed vocabularies, their record and the
+run's choice."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import seqio
 import tensorflow as tf
 
 from flan_jax.errors import UserError
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import run_text, tokenizers, vocabulary
 from tests import tiny_pretrained
 
 EXTRA = ["  two leading spaces", "\ttab\tseparated\t\tcells", "lines\n\n\nwith gaps\n",
@@ -50,12 +51,10 @@ def spm_file(tmp_path_factory):
 
 @pytest.fixture
 def clean_run():
-  """Leaves no gin binding nor default vocabulary behind."""
+  """Leaves no gin binding behind."""
   gin.clear_config()
-  vocabularies.set_default(None)
   yield
   gin.clear_config()
-  vocabularies.set_default(None)
 
 
 @pytest.fixture
@@ -92,7 +91,7 @@ def ids_of(row):
 
 
 def test_hf_ids_are_the_tokenizers_ids(hf_dir, tokenizer):
-  vocab = vocabularies.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
+  vocab = tokenizers.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
   expected = [tokenizer.encode(t, add_special_tokens=False).ids for t in TEXTS]
   assert [vocab.encode(t) for t in TEXTS] == expected
   assert [vocab.encode_tf(tf.constant(t)).numpy().tolist() for t in TEXTS] == expected
@@ -106,7 +105,7 @@ def test_hf_ids_are_the_tokenizers_ids(hf_dir, tokenizer):
 
 
 def test_hf_decode_round_trips_and_drops_special_tokens(hf_dir):
-  vocab = vocabularies.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
+  vocab = tokenizers.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
   for text in TEXTS:
     ids = vocab.encode(text)
     assert vocab.decode(ids) == text
@@ -117,33 +116,33 @@ def test_hf_decode_round_trips_and_drops_special_tokens(hf_dir):
 
 
 def test_hf_ids_and_sizes(hf_dir, tokenizer):
-  vocab = vocabularies.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
+  vocab = tokenizers.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
   assert (vocab.bos_id, vocab.eos_id, vocab.unk_id, vocab.pad_id) == (1, 2, 0, 0)
   assert vocab.vocab_size == tokenizer.get_vocab_size(with_added_tokens=True) == 320
-  given = vocabularies.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"), bos_id=5, eos_id=6)
+  given = tokenizers.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"), bos_id=5, eos_id=6)
   assert (given.bos_id, given.eos_id) == (5, 6)
 
 
 def test_hf_pickles_and_compares(hf_dir, tmp_path):
-  vocab = vocabularies.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
+  vocab = tokenizers.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
   copy = str(tmp_path / "copy.json")
   shutil.copyfile(vocab.tokenizer_file, copy)
-  twin = vocabularies.HuggingFaceVocabulary(copy)
+  twin = tokenizers.HuggingFaceVocabulary(copy)
   assert twin == vocab and hash(twin) == hash(vocab)
-  assert vocabularies.HuggingFaceVocabulary(copy, eos_id=7) != vocab
+  assert tokenizers.HuggingFaceVocabulary(copy, eos_id=7) != vocab
   again = pickle.loads(pickle.dumps(vocab))
   assert again == vocab and again.encode(TEXTS[4]) == vocab.encode(TEXTS[4])
 
 
 def test_hf_tokenizes_in_a_seqio_task(hf_dir, register):
-  vocab = vocabularies.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
+  vocab = tokenizers.HuggingFaceVocabulary(os.path.join(hf_dir, "tokenizer.json"))
   name = register("vocab_test_hf_task", vocab, TEXTS)
   rows = examples(name)
   assert [ids_of(r) for r in rows] == [vocab.encode(t)[:LENGTHS["targets"] - 1] + [2] for t in TEXTS]
 
 
 def test_sentencepiece_ids_are_the_librarys_ids(spm_file):
-  vocab = vocabularies.SentencePieceVocabulary(spm_file)
+  vocab = tokenizers.SentencePieceVocabulary(spm_file)
   processor = sentencepiece.SentencePieceProcessor(model_file=spm_file)
   expected = processor.encode(TEXTS)
   assert [vocab.encode(t) for t in TEXTS] == expected
@@ -154,113 +153,114 @@ def test_sentencepiece_ids_are_the_librarys_ids(spm_file):
   assert [t.decode() for t in vocab.decode_tf(padded).numpy()] == TEXTS
   assert (vocab.bos_id, vocab.eos_id, vocab.unk_id) == (1, 2, 0)
   assert vocab.vocab_size == 400
-  given = vocabularies.SentencePieceVocabulary(spm_file, bos_id=3, eos_id=4)
+  given = tokenizers.SentencePieceVocabulary(spm_file, bos_id=3, eos_id=4)
   assert (given.bos_id, given.eos_id) == (3, 4) and given != vocab
   assert pickle.loads(pickle.dumps(vocab)) == vocab
 
 
 def test_seqio_test_sentencepiece_model():
-  vocab = vocabularies.SentencePieceVocabulary(SEQIO_SPM)
+  vocab = tokenizers.SentencePieceVocabulary(SEQIO_SPM)
   processor = sentencepiece.SentencePieceProcessor(model_file=SEQIO_SPM)
   expected = processor.encode(TEXTS)
   assert [vocab.encode(t) for t in TEXTS] == expected
   assert vocab.encode_tf(tf.constant(TEXTS)).to_list() == expected
   assert [vocab.decode(ids) for ids in expected] == [processor.decode(ids) for ids in expected]
   assert (vocab.bos_id, vocab.eos_id, vocab.vocab_size) == (None, 1, processor.get_piece_size())
-  assert vocabularies.bos_id_or_zero(vocab) == 0
+  assert tokenizers.bos_id_or_zero(vocab) == 0
 
 
 def test_from_directory_reads_ids_from_the_configs(hf_dir, spm_file, tmp_path):
-  vocab = vocabularies.from_directory(hf_dir)
-  assert isinstance(vocab, vocabularies.HuggingFaceVocabulary)
+  vocab = tokenizers.from_directory(hf_dir)
+  assert isinstance(vocab, tokenizers.HuggingFaceVocabulary)
   assert (vocab.bos_id, vocab.eos_id) == (1, 2)  # eos_token_id [2, 0]: the first
   sp_dir = tmp_path / "sp"
   sp_dir.mkdir()
   shutil.copyfile(spm_file, sp_dir / "tokenizer.model")
   (sp_dir / "config.json").write_text(json.dumps({"bos_token_id": 1}))
   (sp_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 9, "eos_token_id": 8}))
-  vocab = vocabularies.from_directory(str(sp_dir))
-  assert isinstance(vocab, vocabularies.SentencePieceVocabulary)
+  vocab = tokenizers.from_directory(str(sp_dir))
+  assert isinstance(vocab, tokenizers.SentencePieceVocabulary)
   assert (vocab.bos_id, vocab.eos_id) == (1, 8)
 
 
 def test_from_directory_without_tokenizer(tmp_path):
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(UserError, match="no tokenizer.json or tokenizer.model") as e:
-    vocabularies.from_directory(str(tmp_path))
+    tokenizers.from_directory(str(tmp_path))
   assert "\n" not in str(e.value)
   with pytest.raises(UserError, match="pretrained_vocabulary.path=.*missing is not a directory"):
-    vocabularies.pretrained_vocabulary(str(tmp_path / "missing"))
+    vocabulary.pretrained_vocabulary(str(tmp_path / "missing"))
 
 
 @pytest.mark.parametrize("kind", ["byte", "huggingface", "sentencepiece"])
 def test_describe_save_load(kind, hf_dir, spm_file, tmp_path):
-  vocab = {"byte": seqio.ByteVocabulary(), "huggingface": vocabularies.from_directory(hf_dir),
-           "sentencepiece": vocabularies.SentencePieceVocabulary(spm_file)}[kind]
-  record = vocabularies.describe(vocab)
+  vocab = {"byte": seqio.ByteVocabulary(), "huggingface": tokenizers.from_directory(hf_dir),
+           "sentencepiece": tokenizers.SentencePieceVocabulary(spm_file)}[kind]
+  record = tokenizers.describe(vocab)
   assert record["kind"] == kind and record["vocab_size"] == vocab.vocab_size
   assert (record["sha256"] is None) == (kind == "byte")
   assert json.loads(json.dumps(record)) == record
-  assert vocabularies.load(str(tmp_path)) is None
-  vocabularies.save(vocab, str(tmp_path))
-  again = vocabularies.load(str(tmp_path))
-  assert again == vocab and vocabularies.describe(again) == record
-  assert vocabularies.from_directory(str(tmp_path)) == vocab
-  with open(tmp_path / vocabularies.RECORD) as f:
-    vocabularies.check_same(json.load(f), again, "checkpoint x")
+  assert tokenizers.load(str(tmp_path)) is None
+  tokenizers.save(vocab, str(tmp_path))
+  again = tokenizers.load(str(tmp_path))
+  assert again == vocab and tokenizers.describe(again) == record
+  assert tokenizers.from_directory(str(tmp_path)) == vocab
+  with open(tmp_path / tokenizers.RECORD) as f:
+    tokenizers.check_same(json.load(f), again, "checkpoint x")
 
 
 def test_check_same_names_both_vocabularies(hf_dir, tmp_path):
-  vocab = vocabularies.from_directory(hf_dir)
+  vocab = tokenizers.from_directory(hf_dir)
   other_file = str(tmp_path / "tokenizer.json")
   tiny_pretrained.train_tokenizer(vocab_size=300).save(other_file)
-  other = vocabularies.HuggingFaceVocabulary(other_file)
-  record = vocabularies.describe(vocab)
-  vocabularies.check_same(record, vocabularies.HuggingFaceVocabulary(vocab.tokenizer_file, 1, 2), "here")
+  other = tokenizers.HuggingFaceVocabulary(other_file)
+  record = tokenizers.describe(vocab)
+  tokenizers.check_same(record, tokenizers.HuggingFaceVocabulary(vocab.tokenizer_file, 1, 2), "here")
   with pytest.raises(UserError, match=r"checkpoint /ckpt/7.*size 320.*size 300") as e:
-    vocabularies.check_same(record, other, "checkpoint /ckpt/7")
+    tokenizers.check_same(record, other, "checkpoint /ckpt/7")
   assert "\n" not in str(e.value) and record["sha256"][:12] in str(e.value)
   with pytest.raises(UserError, match=r"huggingface .*byte"):
-    vocabularies.check_same(record, seqio.ByteVocabulary(), "eval")
+    tokenizers.check_same(record, seqio.ByteVocabulary(), "eval")
 
 
-def test_run_vocabulary_follows_gin_and_the_default(hf_dir, spm_file, register, clean_run):
+def test_run_vocabulary_follows_gin_then_run_text(hf_dir, spm_file, register, clean_run):
   del clean_run
-  run = vocabularies.RunVocabulary()
+  run = vocabulary.RunVocabulary()
   name = register("vocab_test_run_task", run, TEXTS[:3])  # before any binding, as tasks are
-  assert isinstance(vocabularies.run_vocabulary(), seqio.ByteVocabulary)
-  assert not vocabularies.is_configured()
-  assert run.encode("ab") == [100, 101] and run.eos_id == 1 and vocabularies.bos_id_or_zero(run) == 0
+  assert isinstance(vocabulary.run_vocabulary(), seqio.ByteVocabulary)
+  assert not vocabulary.is_configured()
+  assert run.encode("ab") == [100, 101] and run.eos_id == 1 and tokenizers.bos_id_or_zero(run) == 0
   byte_ids = [[b + 3 for b in t.encode()][:LENGTHS["targets"] - 1] + [1] for t in TEXTS[:3]]
   assert [ids_of(r) for r in examples(name)] == byte_ids
 
-  spm = vocabularies.SentencePieceVocabulary(spm_file)
-  vocabularies.set_default(spm)
-  assert run.resolve() is spm and run.encode(TEXTS[0]) == spm.encode(TEXTS[0])
+  spm = tokenizers.SentencePieceVocabulary(spm_file)
+  with run_text(vocabulary=spm):
+    assert run.resolve() is spm and run.encode(TEXTS[0]) == spm.encode(TEXTS[0])
 
-  gin.parse_config(f'run_vocabulary.vocabulary = @pretrained_vocabulary()\n'
-                   f'pretrained_vocabulary.path = "{hf_dir}"')
-  hf = vocabularies.from_directory(hf_dir)
-  assert vocabularies.is_configured() and run.resolve() == hf  # gin wins over set_default
-  assert run.resolve() is vocabularies.pretrained_vocabulary(hf_dir)  # cached per path
-  assert run.encode(TEXTS[4]) == hf.encode(TEXTS[4]) and run.vocab_size == 320
-  assert run.decode(hf.encode(TEXTS[4]) + [2, 0]) == TEXTS[4]
-  assert run.encode_tf(tf.constant(TEXTS)).to_list() == [hf.encode(t) for t in TEXTS]
-  assert run.decode_tf(tf.constant(hf.encode(TEXTS[1]) + [2])).numpy().decode() == TEXTS[1]
-  rows = examples(name)
-  assert [ids_of(r) for r in rows] == [hf.encode(t) + [2] for t in TEXTS[:3]]
+    gin.parse_config(f'run_vocabulary.vocabulary = @pretrained_vocabulary()\n'
+                     f'pretrained_vocabulary.path = "{hf_dir}"')
+    hf = tokenizers.from_directory(hf_dir)
+    assert vocabulary.is_configured() and run.resolve() == hf  # gin wins over run_text
+    assert run.resolve() is vocabulary.pretrained_vocabulary(hf_dir)  # cached per path
+    assert run.encode(TEXTS[4]) == hf.encode(TEXTS[4]) and run.vocab_size == 320
+    assert run.decode(hf.encode(TEXTS[4]) + [2, 0]) == TEXTS[4]
+    assert run.encode_tf(tf.constant(TEXTS)).to_list() == [hf.encode(t) for t in TEXTS]
+    assert run.decode_tf(tf.constant(hf.encode(TEXTS[1]) + [2])).numpy().decode() == TEXTS[1]
+    rows = examples(name)
+    assert [ids_of(r) for r in rows] == [hf.encode(t) + [2] for t in TEXTS[:3]]
 
-  gin.clear_config()
-  assert run.resolve() is spm
+    gin.clear_config()
+    assert run.resolve() is spm
+  assert isinstance(run.resolve(), seqio.ByteVocabulary)  # run_text's choice ended with its block
 
 
 def test_run_vocabulary_in_a_packed_dataset(hf_dir, register, clean_run):
   del clean_run
   gin.parse_config(f'run_vocabulary.vocabulary = @pretrained_vocabulary()\n'
                    f'pretrained_vocabulary.path = "{hf_dir}"')
-  run = vocabularies.RunVocabulary()
+  run = vocabulary.RunVocabulary()
   name = register("vocab_test_packed_task", run, TEXTS[:4])
-  bos = vocabularies.bos_id_or_zero(run)
+  bos = tokenizers.bos_id_or_zero(run)
   assert bos == 1
   rows = examples(name, pack=True, bos_id=bos)
   targets = [int(i) for r in rows for i in r["decoder_target_tokens"] if i]
@@ -272,7 +272,7 @@ def test_run_vocabulary_in_a_packed_dataset(hf_dir, register, clean_run):
 
 
 def test_run_vocabulary_is_one_value():
-  run = vocabularies.RunVocabulary()
-  assert run == vocabularies.RunVocabulary() and hash(run) == hash(vocabularies.RunVocabulary())
+  run = vocabulary.RunVocabulary()
+  assert run == vocabulary.RunVocabulary() and hash(run) == hash(vocabulary.RunVocabulary())
   assert pickle.loads(pickle.dumps(run)) == run
-  assert vocabularies.bos_id_or_zero(seqio.ByteVocabulary()) == 0
+  assert tokenizers.bos_id_or_zero(seqio.ByteVocabulary()) == 0

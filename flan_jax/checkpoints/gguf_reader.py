@@ -12,6 +12,10 @@ import gguf
 import numpy as np
 
 from flan_jax.errors import UserError
+from flan_jax.text import gguf_tokenizer
+from flan_jax.text.gguf_tokenizer import REQUIRED as _REQUIRED
+from flan_jax.text.gguf_tokenizer import Metadata as _Metadata
+from flan_jax.text.gguf_tokenizer import open_reader as _reader
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
@@ -42,20 +46,6 @@ _LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
 
 _Q = gguf.GGMLQuantizationType
 _FLOAT_TYPES = (_Q.F32, _Q.F16, _Q.F64)
-_REQUIRED = object()
-
-# Pre-tokenizer splits that llama.cpp names in `tokenizer.ggml.pre`, as the original Hugging Face
-# tokenizers define them. `None` means ByteLevel's own GPT-2 split.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_TOKENIZERS = {
-    "gpt-2": "gpt2", "phi-2": "gpt2",
-    "llama3": "llama3", "llama-v3": "llama3", "llama-bpe": "llama3",
-    "qwen2": "qwen2",
-    "smollm": "digits", "starcoder": "digits",
-}
 
 
 class GGUFSource:
@@ -113,64 +103,18 @@ def write_tokenizer(path: str, directory: str) -> str:
   """Writes the tokenizer of the GGUF file at `path` into `directory`; returns the file written.
 
   A byte-level BPE vocabulary becomes a `tokenizer.json`, a SentencePiece one a
-  `tokenizer.model`. A `config.json` and a `tokenizer_config.json` go next to it, so the
-  directory reads like a Hugging Face model directory.
+  `tokenizer.model` (flan_jax.text.gguf_tokenizer). The model's `config.json` and a
+  `tokenizer_config.json` go next to it, so the directory reads like a Hugging Face model directory.
   """
   reader = _reader(path)
   config = _config(reader, {t.name: t for t in reader.tensors}, path)
-  meta = _Metadata(reader, path)
-  kind = meta.get("tokenizer.ggml.model", None)
-  embedded = meta.get("tokenizer.huggingface.json", None)  # the original tokenizer.json, if kept
-  if embedded is None and kind not in ("gpt2", "llama"):
-    raise UserError(f"{path}: tokenizer model {kind!r} is not supported; only 'gpt2' (byte-level "
-                    "BPE) and 'llama' (SentencePiece) vocabularies can be converted")
-  tokens = meta.get("tokenizer.ggml.tokens", [] if embedded is not None else _REQUIRED)
-  os.makedirs(directory, exist_ok=True)
-  if embedded is not None:
-    target = os.path.join(directory, "tokenizer.json")
-    with open(target, "w", encoding="utf-8") as f:
-      f.write(embedded)
-  elif kind == "gpt2":
-    target = os.path.join(directory, "tokenizer.json")
-    _bpe_tokenizer(meta, tokens, path).save(target)
-  else:
-    target = os.path.join(directory, "tokenizer.model")
-    with open(target, "wb") as f:
-      f.write(_sentencepiece_model(meta, tokens).SerializeToString())
+  target = gguf_tokenizer.write_tokenizer_files(reader, path, directory)
   _write_json(os.path.join(directory, "config.json"), config)
-  _write_json(os.path.join(directory, "tokenizer_config.json"), _tokenizer_config(meta, tokens, target))
   return target
 
 
 # ---------------------------------------------------------------------------------------------
 # Metadata and config.
-
-
-class _Metadata:
-  """Typed access to a GGUF file's key/value metadata."""
-
-  def __init__(self, reader: gguf.GGUFReader, path: str):
-    self._reader, self._path = reader, path
-
-  def get(self, key: str, default: Any = _REQUIRED) -> Any:
-    field = self._reader.get_field(key)
-    if field is None:
-      if default is _REQUIRED:
-        raise UserError(f"{self._path} has no metadata key {key!r}; re-export it with a current "
-                        "llama.cpp convert_hf_to_gguf.py")
-      return default
-    return field.contents()
-
-
-def _reader(path: str) -> gguf.GGUFReader:
-  if not os.path.isfile(path):
-    raise UserError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
-  try:
-    return gguf.GGUFReader(path)
-  except Exception as e:  # the reader raises ValueError, KeyError, IndexError... on bad bytes
-    reason = " ".join(str(e).split()) or type(e).__name__
-    raise UserError(f"{path} is not a readable GGUF file ({reason}); pass a llama.cpp .gguf "
-                    "model file") from None
 
 
 def _config(reader: gguf.GGUFReader, tensors: dict, path: str) -> dict:
@@ -344,123 +288,6 @@ def _unpermute_order(rows: int, heads: int) -> np.ndarray:
   """
   permuted = np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(rows)
   return np.argsort(permuted)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizers.
-
-
-def _bpe_tokenizer(meta: _Metadata, tokens: list[str], path: str):
-  """A `tokenizers.Tokenizer` equal to the original byte-level BPE tokenizer."""
-  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-  pre = meta.get("tokenizer.ggml.pre", None)
-  split = _PRE_TOKENIZERS.get(pre)
-  if split is None:
-    raise UserError(f"{path}: BPE pre-tokenizer {pre!r} is not supported; supported: "
-                    f"{', '.join(sorted(_PRE_TOKENIZERS))}")
-  vocab = {}
-  for i, token in enumerate(tokens):
-    vocab.setdefault(token, i)
-  merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges")]
-  unk = _token_id(meta, "unknown", tokens)
-  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None if unk is None else tokens[unk],
-                             ignore_merges=split == "llama3"))
-  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split in ("gpt2", "digits"))
-  if split in ("llama3", "qwen2"):
-    regex = Regex(_LLAMA3_SPLIT if split == "llama3" else _QWEN2_SPLIT)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(regex, "isolated"), byte_level])
-  elif split == "digits":
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-  else:
-    tok.pre_tokenizer = byte_level
-  if split == "qwen2":
-    tok.normalizer = normalizers.NFC()
-  tok.decoder = decoders.ByteLevel()
-  types = _token_types(meta, tokens)
-  tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                          for i, t in enumerate(types) if t == gguf.TokenType.CONTROL])
-  tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                  for i, t in enumerate(types) if t == gguf.TokenType.USER_DEFINED])
-  post = _post_processor(meta, tokens, add_bos_default=split == "llama3")
-  if post is not None:
-    tok.post_processor = post
-  return tok
-
-
-def _post_processor(meta: _Metadata, tokens: list[str], add_bos_default: bool):
-  """Adds BOS/EOS around each sequence as the file asks (llama.cpp's default when it is silent)."""
-  from tokenizers import processors
-  bos, eos = _token_id(meta, "bos", tokens), _token_id(meta, "eos", tokens)
-  if not meta.get("tokenizer.ggml.add_bos_token", add_bos_default):
-    bos = None
-  if not meta.get("tokenizer.ggml.add_eos_token", False):
-    eos = None
-  if bos is None and eos is None:
-    return None
-  single = ([tokens[bos]] if bos is not None else []) + ["$A"] + ([tokens[eos]] if eos is not None else [])
-  pair = single + ["$B:1" if t == "$A" else f"{t}:1" for t in single]
-  special = [(tokens[i], i) for i in {bos, eos} if i is not None]
-  return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-
-
-def _sentencepiece_model(meta: _Metadata, tokens: list[str]):
-  """A SentencePiece BPE ModelProto with Llama's normalization and byte fallback."""
-  from sentencepiece import sentencepiece_model_pb2 as pb
-  scores = meta.get("tokenizer.ggml.scores", None) or [0.0] * len(tokens)
-  types = _token_types(meta, tokens)
-  model = pb.ModelProto()
-  for token, score, kind in zip(tokens, scores, types):
-    model.pieces.add(piece=token, score=score, type=kind)
-  spec = model.trainer_spec
-  spec.model_type = pb.TrainerSpec.BPE
-  spec.vocab_size = len(tokens)
-  pieces = set(tokens)
-  spec.byte_fallback = all(f"<0x{b:02X}>" in pieces for b in range(256))
-  unknown = [i for i, t in enumerate(types) if t == gguf.TokenType.UNKNOWN]
-  ids = {"unk": unknown[0] if unknown else None, "bos": _token_id(meta, "bos", tokens),
-         "eos": _token_id(meta, "eos", tokens), "pad": _token_id(meta, "padding", tokens)}
-  for name, index in ids.items():
-    setattr(spec, f"{name}_id", -1 if index is None else index)
-    if index is not None:
-      setattr(spec, f"{name}_piece", tokens[index])
-  norm = model.normalizer_spec
-  norm.name = "identity"
-  norm.add_dummy_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-  norm.remove_extra_whitespaces = bool(meta.get("tokenizer.ggml.remove_extra_whitespaces", False))
-  norm.escape_whitespaces = True
-  return model
-
-
-def _token_types(meta: _Metadata, tokens: list[str]) -> list[int]:
-  """llama.cpp's token types (SentencePiece's piece types); anything unrecognised counts as normal."""
-  types = meta.get("tokenizer.ggml.token_type", None) or [gguf.TokenType.NORMAL] * len(tokens)
-  known = {int(t) for t in gguf.TokenType}
-  return [t if t in known else int(gguf.TokenType.NORMAL) for t in types]
-
-
-def _token_id(meta: _Metadata, name: str, tokens: list[str]) -> int | None:
-  """The id under `tokenizer.ggml.<name>_token_id`, when the file has one that names a token."""
-  index = meta.get(f"tokenizer.ggml.{name}_token_id", None)
-  return index if index is not None and 0 <= index < len(tokens) else None
-
-
-def _tokenizer_config(meta: _Metadata, tokens: list[str], target: str) -> dict:
-  """tokenizer_config.json: the tokenizer class, its special tokens, (SentencePiece) BOS/EOS use and
-  the chat template. (A byte-level BPE tokenizer.json adds BOS itself where the file says so.)"""
-  spm = target.endswith(".model")
-  config = {"tokenizer_class": "LlamaTokenizer" if spm else "PreTrainedTokenizerFast"}
-  for field, name in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
-                      ("pad_token", "padding")):
-    index = _token_id(meta, name, tokens)
-    if index is not None:
-      config[field] = tokens[index]
-  if spm:
-    config["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", True))
-    config["add_eos_token"] = bool(meta.get("tokenizer.ggml.add_eos_token", False))
-  template = meta.get("tokenizer.chat_template", None)
-  if template:
-    config["chat_template"] = template
-  return config
 
 
 def _write_json(path: str, value: dict):

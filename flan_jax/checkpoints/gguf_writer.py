@@ -1,6 +1,8 @@
 """Writes a flan_jax model as one llama.cpp GGUF file (Llama or Qwen2; F32, F16, BF16 or Q8_0).
 
-It is the inverse of flan_jax/gguf_io.py: reading the file back gives the same config, tensors and tokenizer.
+It takes the parameter arrays, the ModelConfig and the tokenizer metadata (`tokenizer_metadata` of the
+run's vocabulary) and never restores: export.py restores, then calls `write`. It is the inverse of
+gguf_reader.py: reading the file back gives the same config, tensors and tokenizer.
 """
 
 import json
@@ -11,12 +13,10 @@ import gguf
 import jax
 import numpy as np
 
-from flan_jax.checkpoints import gguf_reader as gguf_io
-from flan_jax.checkpoints import pretrained
-from flan_jax.checkpoints import store as checkpointing
+from flan_jax.checkpoints import gguf_reader, hf
 from flan_jax.errors import UserError
-from flan_jax.model import partitioning
-from flan_jax.model.transformer import ModelConfig, Transformer
+from flan_jax.model.config import ModelConfig
+from flan_jax.text import gguf_tokenizer, tokenizers
 
 _Q = gguf.GGMLQuantizationType
 _K = gguf.Keys.Tokenizer
@@ -44,36 +44,6 @@ def file_name(dtype: str) -> str:
   return f"model-{TYPES[dtype].name.lower()}.gguf"
 
 
-def export_checkpoint(checkpoint_path: str, output_dir: str, model_config: ModelConfig, *, dtype: str,
-                      mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[tuple] = None) -> str:
-  """Writes the checkpoint (or pretrained model; a LoRA run's adapters merged) as OUTPUT_DIR/file_name(dtype).
-
-  The architecture and the tokenizer are checked before the weights are restored, so a model llama.cpp
-  cannot run, or a tokenizer it cannot represent, fails at once. Returns the file's path.
-  """
-  from flan_jax.text import formats  # TensorFlow and seqio: imported where a vocabulary is needed
-  check_config(model_config)
-  vocab = pretrained.starting_vocabulary(checkpoint_path)
-  stops = ()
-  if vocab is not None:
-    fmt = (pretrained.starting_format(checkpoint_path) or {"format": formats.DEFAULT})["format"]
-    stops = formats.stop_ids(vocab, fmt)
-  tokenizer = tokenizer_metadata(vocab, model_config.vocab_size, stops)
-  mesh = mesh or partitioning.make_mesh()
-  rules = rules or partitioning.axis_rules()
-  target = partitioning.sharded_param_structs(Transformer(model_config), mesh, rules)
-  step, params = pretrained.restore_params(checkpoint_path, model_config, mesh, rules, target)
-  name = os.path.basename(os.path.normpath(checkpoint_path if pretrained.is_pretrained(checkpoint_path)
-                                           else checkpointing.model_dir_of(checkpoint_path)))
-  path = os.path.join(output_dir, file_name(dtype))
-  write(params, model_config, tokenizer, path, TYPES[dtype], name=name)
-  if jax.process_index() == 0:
-    size = os.path.getsize(path) / 2 ** 20
-    print(f"exported step {step} of {checkpoint_path} to {path} (GGUF {TYPES[dtype].name}, {size:.1f} MiB)",
-          flush=True)
-  return path
-
-
 def check_config(config: ModelConfig) -> None:
   """A one-line error for a model that llama.cpp's llama/qwen2 architectures cannot run as trained."""
   if config.sliding_window:
@@ -97,8 +67,8 @@ def write(params: Any, config: ModelConfig, tokenizer: dict, path: str, qtype: g
   arch = gguf.MODEL_ARCH.QWEN2 if config.qkv_bias else gguf.MODEL_ARCH.LLAMA
   names = gguf.get_tensor_name_map(arch, config.num_layers)
   plan = []  # (GGUF name, Hugging Face shape, stored type), in the order hf_tensors yields them
-  for m, shape in pretrained._leaves(config):  # the name table's own shapes
-    hf_shape = pretrained.to_hf(m, np.empty(shape[1:] if m.stacked else shape, np.int8)).shape
+  for m, shape in hf.leaves(config):  # the name table's own shapes
+    hf_shape = hf.to_hf(m, np.empty(shape[1:] if m.stacked else shape, np.int8)).shape
     for i in m.layers(config):
       hf_name = m.hf_name.format(i=i)
       gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -122,7 +92,7 @@ def write(params: Any, config: ModelConfig, tokenizer: dict, path: str, qtype: g
       writer.write_header_to_file()
       writer.write_kv_data_to_file()
       writer.write_ti_data_to_file()
-    tensors = pretrained.hf_tensors(params, config, np.float32)
+    tensors = hf.hf_tensors(params, config, np.float32)
     for (hf_name, value), (_, shape, stored) in zip(tensors, plan, strict=True):
       if is_main:
         writer.write_tensor_data(_encode(_llama_rows(hf_name, value, config), stored))
@@ -187,7 +157,7 @@ def _rope_freqs(config: ModelConfig) -> Optional[np.ndarray]:
   scaling = {"factor": config.rope_scaling_factor, "low_freq_factor": config.rope_low_freq_factor,
              "high_freq_factor": config.rope_high_freq_factor,
              "original_max_position_embeddings": config.rope_original_max_position}
-  return gguf_io.llama3_rope_factors(config.rope_theta, config.head_dim, scaling)
+  return gguf_reader.llama3_rope_factors(config.rope_theta, config.head_dim, scaling)
 
 
 def _add_model_metadata(writer: gguf.GGUFWriter, config: ModelConfig, qtype: gguf.GGMLQuantizationType,
@@ -224,10 +194,8 @@ def tokenizer_metadata(vocab, vocab_size: int, stop_ids: Sequence[int] = ()) -> 
   become unused `[PAD<id>]` tokens. The first stop id other than EOS (a chat model's end of turn) is
   written as llama.cpp's end-of-turn token.
   """
-  from flan_jax.text import vocabulary as vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
-  if isinstance(vocab, vocabularies.RunVocabulary):
-    vocab = vocab.resolve()
-  record = vocabularies.describe(vocab) if vocab is not None else {"kind": None}
+  vocab = tokenizers.concrete(vocab)
+  record = tokenizers.describe(vocab) if vocab is not None else {"kind": None}
   if record["kind"] == "huggingface":
     meta = _bpe_metadata(vocab, vocab_size)
   elif record["kind"] == "sentencepiece":
@@ -293,7 +261,7 @@ def _bpe_metadata(vocab, vocab_size: int) -> dict:
 
 
 def _pre_tokenizer_name(data: dict) -> Optional[str]:
-  """llama.cpp's name for a tokenizer.json's normalizer + pre-tokenizer, as gguf_io rebuilds them."""
+  """llama.cpp's name for a tokenizer.json's normalizer + pre-tokenizer, as text.gguf_tokenizer rebuilds them."""
   pre, norm = data.get("pre_tokenizer"), data.get("normalizer")
   steps = (pre.get("pretokenizers") or []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
   kinds = [s.get("type") for s in steps]
@@ -307,9 +275,9 @@ def _pre_tokenizer_name(data: dict) -> Optional[str]:
     return "smollm"
   if kinds == ["Split", "ByteLevel"] and not regex and steps[0].get("behavior") == "Isolated":
     pattern = (steps[0].get("pattern") or {}).get("Regex")
-    if pattern == gguf_io._LLAMA3_SPLIT and not nfc:  # the importer's own patterns
+    if pattern == gguf_tokenizer.LLAMA3_SPLIT and not nfc:  # the importer's own patterns
       return "llama-bpe"
-    if pattern == gguf_io._QWEN2_SPLIT and nfc:
+    if pattern == gguf_tokenizer.QWEN2_SPLIT and nfc:
       return "qwen2"
   return None
 
@@ -344,15 +312,15 @@ def _file(vocab) -> str:
 
 
 class _Meta:
-  """A metadata dict read the way gguf_io reads a file's metadata (`get(key, default)`)."""
+  """A metadata dict read the way gguf_tokenizer.Metadata reads a file's metadata (`get(key, default)`)."""
 
   def __init__(self, meta: dict):
     self._meta = meta
 
-  def get(self, key: str, default: Any = gguf_io._REQUIRED) -> Any:
+  def get(self, key: str, default: Any = gguf_tokenizer.REQUIRED) -> Any:
     if key in self._meta:
       return self._meta[key]
-    if default is gguf_io._REQUIRED:
+    if default is gguf_tokenizer.REQUIRED:
       raise KeyError(key)
     return default
 
@@ -363,11 +331,11 @@ def _check_round_trip(vocab, meta: dict) -> None:
   specials = [tokens[i] for i in sorted(getattr(vocab, "special_ids", ()) or ()) if 0 <= i < len(tokens)][:32]
   texts = _PROBE + [" x".join(specials)]
   if meta[_K.MODEL] == "gpt2":
-    rebuilt = gguf_io._bpe_tokenizer(_Meta(meta), tokens, _file(vocab))
+    rebuilt = gguf_tokenizer.bpe_tokenizer(_Meta(meta), tokens, _file(vocab))
     got = [e.ids for e in rebuilt.encode_batch(texts, add_special_tokens=False)]
   else:
     import sentencepiece as spm
-    model = gguf_io._sentencepiece_model(_Meta(meta), tokens)
+    model = gguf_tokenizer.sentencepiece_model(_Meta(meta), tokens)
     got = [list(ids) for ids in spm.SentencePieceProcessor(model_proto=model.SerializeToString()).encode(texts)]
   for text, ids in zip(texts, got):
     if list(ids) != list(vocab.encode(text)):

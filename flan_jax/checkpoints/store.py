@@ -1,17 +1,14 @@
 """Orbax checkpoints of the train state: save every N steps, keep the last K, resume, restore params.
 
-A checkpoint directory holds one sub-directory per step with two items, `params` and
-`opt_state`, so evaluation and fine-tuning starts can restore parameters alone. Beside them a run
-records its model config (model_config.json) and vocabulary (vocabulary/), so eval, resume and
-export follow the run without being told its model or tokenizer again. Orbax writes
+A checkpoint directory (MODEL_DIR/checkpoints, paths.SUBDIR) holds one sub-directory per step with two
+items, `params` and `opt_state`, so evaluation and fine-tuning starts can restore parameters alone. What
+a run records beside them (model config, vocabulary, format, LoRA base) is run_record.py's. Orbax writes
 each step to a temporary directory and renames it when complete, so a crash mid-save never
 touches the last complete checkpoint. A step that fails to restore (damaged on disk) stops the
 run with a message, or is set aside on request; it is never silently skipped.
 """
 
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 from typing import Any, Optional
@@ -19,61 +16,11 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from flan_jax import cli
+from flan_jax import startup
+from flan_jax.checkpoints import paths
 from flan_jax.errors import UserError, first_line
-from flan_jax.model.transformer import ModelConfig
 
 PARAMS, OPT_STATE = "params", "opt_state"
-SUBDIR = "checkpoints"  # where a run keeps them inside MODEL_DIR
-INPUT_POSITIONS = "input_positions"  # MODEL_DIR/input_positions/process_<i>/<step>: see data.InputIterator
-MODEL_CONFIG = "model_config.json"
-VOCABULARY = "vocabulary"
-
-
-def model_dir_of(path: str) -> str:
-  """MODEL_DIR of MODEL_DIR, MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>."""
-  path = os.path.abspath(path)
-  if os.path.basename(path).isdigit():
-    path = os.path.dirname(path)
-  return os.path.dirname(path) if os.path.basename(path) == SUBDIR else path
-
-
-def write_run_record(model_dir: str, config: ModelConfig, vocab, example_format: Optional[dict] = None) -> None:
-  """Records the model config, the vocabulary (with its tokenizer file) and the example format
-  (formats.describe) in MODEL_DIR."""
-  from flan_jax.text import formats  # TensorFlow and seqio: imported where a vocabulary is needed
-  from flan_jax.text import vocabulary as vocabularies
-  with open(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
-  os.replace(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), os.path.join(model_dir, MODEL_CONFIG))
-  if example_format is not None:  # first: a vocabulary recorded without a format means an older run's t5 format
-    formats.save(example_format, os.path.join(model_dir, VOCABULARY))
-  vocabularies.save(vocab, os.path.join(model_dir, VOCABULARY))
-
-
-def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
-  path = os.path.join(model_dir, MODEL_CONFIG)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return ModelConfig(**json.load(f))
-
-
-def recorded_vocabulary(model_dir: str):
-  """The vocabulary a run recorded, or None (runs from before the record existed)."""
-  from flan_jax.text import vocabulary as vocabularies  # TensorFlow and seqio: imported where a vocabulary is needed
-  directory = os.path.join(model_dir, VOCABULARY)
-  return vocabularies.load(directory) if os.path.isdir(directory) else None
-
-
-def recorded_format(model_dir: str) -> Optional[dict]:
-  """The example format a run recorded beside its vocabulary; a run that recorded a vocabulary but
-  no format (made before formats existed) used the `t5` format; None for a run with no record."""
-  from flan_jax.text import formats  # TensorFlow and seqio: imported where a vocabulary is needed
-  directory = os.path.join(model_dir, VOCABULARY)
-  if not os.path.isdir(directory):
-    return None
-  return formats.load(directory) or {"format": "t5"}
 
 
 def manager(directory: str, *, save_every: int = 1, keep: Optional[int] = None,
@@ -93,7 +40,7 @@ def closing(mngr: ocp.CheckpointManager):
   try:
     yield mngr
   except BaseException:
-    with cli.stderr_muted(), contextlib.suppress(Exception):
+    with startup.stderr_muted(), contextlib.suppress(Exception):
       mngr.close()
     raise
   mngr.close()
@@ -198,17 +145,17 @@ def restore_params(path: str, param_structs: Any) -> tuple[int, Any]:
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise UserError(f"checkpoint path {path} does not exist; pass CHECKPOINT_PATH=<model dir> "
-                    f"or <model dir>/{SUBDIR}/<step>")
+                    f"or <model dir>/{paths.SUBDIR}/<step>")
   directory, step = path, None
-  if os.path.isdir(os.path.join(path, SUBDIR)):
-    directory = os.path.join(path, SUBDIR)
+  if os.path.isdir(os.path.join(path, paths.SUBDIR)):
+    directory = os.path.join(path, paths.SUBDIR)
   elif os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, PARAMS)):
     directory, step = os.path.dirname(path), int(os.path.basename(path))
   mngr = manager(directory, async_save=False, create=False)
   steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
   if not steps:
     raise UserError(f"no checkpoint found in {path}; pass CHECKPOINT_PATH=<model dir> or "
-                    f"<model dir>/{SUBDIR}/<step> of a training run")
+                    f"<model dir>/{paths.SUBDIR}/<step> of a training run")
   errors = []
   for candidate in steps:
     check_shapes(mngr, candidate, param_structs)

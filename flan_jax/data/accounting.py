@@ -14,7 +14,9 @@ import seqio
 
 from flan_jax.data import pipeline as data_lib
 
-FILE = "trained_on.json"  # the run's tally: MODEL_DIR/trained_on.json, and with process 0's position of each step
+# The run's tally, saved with process 0's position of each step; the trainer makes the newest one
+# MODEL_DIR/trained_on.json (flan_jax.checkpoints.run_record.publish_trained_on).
+FILE = "trained_on.json"
 LOCAL_FILE = "tally.json"  # one process's counts, with its position of each step: what a resume continues from
 _EXAMPLES, _TOKENS, _TARGET_TOKENS = range(3)
 
@@ -113,20 +115,3 @@ def _sum_over_processes(values: np.ndarray) -> np.ndarray:
   halves = np.stack([values >> 31, values & (2**31 - 1)]).astype(np.int32)
   gathered = np.asarray(multihost_utils.process_allgather(halves)).astype(np.int64)  # [processes, 2, n]
   return ((gathered[:, 0] << 31) + gathered[:, 1]).sum(axis=0)
-
-
-def publish(model_dir: str, inputs: data_lib.InputIterator, step: int) -> None:
-  """Process 0 makes the run's tally saved with the position of `step` MODEL_DIR/trained_on.json,
-  atomically (a hard link, which needs no space on a full disk; a copy where links fail)."""
-  if jax.process_index() != 0:
-    return
-  source, target = inputs.path(step, FILE), os.path.join(model_dir, FILE)
-  tmp = f"{target}.tmp"  # one trainer per MODEL_DIR: a tmp left by a killed one is replaced
-  if os.path.lexists(tmp):
-    os.remove(tmp)
-  try:
-    os.link(source, tmp)
-  except OSError:
-    with open(source) as f, open(tmp, "w") as out:
-      out.write(f.read())
-  os.replace(tmp, target)

@@ -19,9 +19,7 @@ import seqio
 import tensorflow as tf
 
 from flan_jax.errors import UserError
-from flan_jax.model import partitioning
-from flan_jax.text import formats
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import formats, tokenizers
 
 Batch = dict[str, np.ndarray]
 TASK_INDEX = "task_index"  # the index in `task_names` of each token's task; -1 on padding
@@ -43,7 +41,7 @@ def check_task_name(name: str) -> None:
 def vocabulary(name: str) -> seqio.Vocabulary:
   """The targets vocabulary of a registered Task or Mixture (the run's choice for our tasks)."""
   vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
-  return vocab.resolve() if isinstance(vocab, vocabularies.RunVocabulary) else vocab
+  return tokenizers.concrete(vocab)
 
 
 def feature_converter(pack: bool, vocab: seqio.Vocabulary, with_task_index: bool = False) -> seqio.FeatureConverter:
@@ -165,7 +163,6 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-to_global = partitioning.to_global  # host-local rows -> global arrays (kept here too, beside the pipeline)
 
 
 class InputIterator:

@@ -18,15 +18,14 @@ import seqio
 
 from flan_jax import files, settings, task_info
 from flan_jax import metrics as metrics_lib
-from flan_jax.checkpoints import pretrained
-from flan_jax.checkpoints import store as checkpointing
+from flan_jax.checkpoints import paths, restore, run_record
 from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
 from flan_jax.evaluation import predictions as predictions_lib
 from flan_jax.model import decoding, partitioning
 from flan_jax.model.transformer import ModelConfig, Transformer
-from flan_jax.text import formats
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import formats, tokenizers, vocabulary
+from flan_jax.text.run import RunText, run_text
 
 
 class _BatchRunner:
@@ -122,11 +121,12 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   if batch_size % partitioning.data_parallel_size(mesh, rules):
     raise UserError(f"eval batch_size={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)}")
-  job = _Job(mixture_or_task_name, dict(task_feature_lengths), splits, batch_size, num_examples,
-             normalization, mesh, rules)
   reports = []
-  for name, path, directory in zip(names, paths, output_dirs):
-    reports += _evaluate_run(job, name, path, model_config, directory, all_steps, follow_seconds)
+  with run_text() as followed:  # where gin chooses none: the vocabulary and format the checkpoints recorded
+    job = _Job(mixture_or_task_name, dict(task_feature_lengths), splits, batch_size, num_examples,
+               normalization, mesh, rules, followed)
+    for name, path, directory in zip(names, paths, output_dirs):
+      reports += _evaluate_run(job, name, path, model_config, directory, all_steps, follow_seconds)
   return reports
 
 
@@ -154,6 +154,7 @@ class _Job:
   normalization: str
   mesh: Any
   rules: tuple
+  followed: RunText  # evaluate()'s run_text: _follow_vocabulary and _follow_format fill it from a checkpoint
   evaluators: dict = dataclasses.field(default_factory=dict)
   vocab_record: Optional[dict] = None
   format_record: Optional[dict] = None
@@ -172,22 +173,22 @@ class _Job:
 
 
 def _run_name(path: str) -> str:
-  return os.path.basename(checkpointing.model_dir_of(path).rstrip("/")) or path
+  return os.path.basename(paths.model_dir_of(path).rstrip("/")) or path
 
 
 def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelConfig],
                   output_dir: Optional[str], all_steps: bool, follow_seconds: float) -> list[dict]:
-  is_pretrained = pretrained.is_pretrained(path)
+  is_pretrained = paths.is_pretrained(path)
   if is_pretrained and not output_dir:
     raise UserError(f"{path} is a pretrained model: set EVAL_OUTPUT_DIR for the eval results")
   if not is_pretrained and not os.path.isdir(path):
     raise UserError(f"checkpoint path {path} does not exist; pass CHECKPOINT_PATH=<model dir> "
-                    f"or <model dir>/{checkpointing.SUBDIR}/<step>")
-  model_dir = checkpointing.model_dir_of(path)
+                    f"or <model dir>/{paths.SUBDIR}/<step>")
+  model_dir = paths.model_dir_of(path)
   output_dir = output_dir or model_dir
   if model_config is None:
-    model_config = (pretrained.pretrained_model_config(path) if is_pretrained
-                    else checkpointing.recorded_model_config(model_dir) or ModelConfig())
+    model_config = (restore.pretrained_model_config(path) if is_pretrained
+                    else run_record.recorded_model_config(model_dir) or ModelConfig())
   _follow_vocabulary(job, path)
   _follow_format(job, path)
   model = Transformer(model_config)
@@ -205,8 +206,8 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
     pending = [s for s in _steps(path, is_pretrained, every) if s not in done]
     pending = [s for s in pending if not (every and _evaluated(output_dir, job, s))]
     for step in pending:
-      where = path if is_pretrained or step is None else os.path.join(model_dir, checkpointing.SUBDIR, str(step))
-      loaded_step, params = pretrained.restore_params(where, model_config, job.mesh, job.rules, target)
+      where = path if is_pretrained or step is None else os.path.join(model_dir, paths.SUBDIR, str(step))
+      loaded_step, params = restore.restore_params(where, model_config, job.mesh, job.rules, target)
       for runner in runners:
         runner.params = params
       reports += [_evaluate_step(job, run, path, runners, loaded_step, split, output_dir)
@@ -222,7 +223,7 @@ def _steps(path: str, is_pretrained: bool, every: bool) -> list:
   """The steps to evaluate: None for a pretrained model or a single step dir (restored as named)."""
   if is_pretrained or os.path.basename(os.path.abspath(path)).isdigit() or not every:
     return [None]
-  directory = os.path.join(checkpointing.model_dir_of(path), checkpointing.SUBDIR)
+  directory = os.path.join(paths.model_dir_of(path), paths.SUBDIR)
   if not os.path.isdir(directory):
     return [None]  # restore_params explains what is missing
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
@@ -371,22 +372,22 @@ class _Progress:
 def _follow_vocabulary(job: _Job, checkpoint_path: str) -> None:
   """Tokenize with the checkpoint's vocabulary; one chosen in gin, or used by an earlier run of
   this command (its tasks are already tokenized), must be the same one."""
-  start = pretrained.starting_vocabulary(checkpoint_path)
+  start = restore.starting_vocabulary(checkpoint_path)
   if start is None:
     return
-  if not vocabularies.is_configured() and job.vocab_record is None:
-    vocabularies.set_default(start)
-  vocabularies.check_same(vocabularies.describe(start), data_lib.vocabulary(job.name), checkpoint_path)
-  job.vocab_record = vocabularies.describe(start)
+  if not vocabulary.is_configured() and job.vocab_record is None:
+    job.followed.vocabulary = start
+  tokenizers.check_same(tokenizers.describe(start), data_lib.vocabulary(job.name), checkpoint_path)
+  job.vocab_record = tokenizers.describe(start)
 
 
 def _follow_format(job: _Job, checkpoint_path: str) -> None:
   """Format examples as the checkpoint's run did (a pretrained model: as gin says, else 'prompt');
   one chosen in gin, or used by an earlier run of this command, must be the same one."""
   vocab = data_lib.vocabulary(job.name)
-  recorded = pretrained.starting_format(checkpoint_path)
+  recorded = restore.starting_format(checkpoint_path)
   if recorded is not None and not formats.is_configured() and job.format_record is None:
-    formats.set_default(recorded["format"])
+    job.followed.example_format = recorded["format"]
   current = formats.describe(formats.example_format(), vocab)
   for earlier, where in ((recorded, checkpoint_path), (job.format_record, "an earlier checkpoint of this eval")):
     if earlier is not None:

@@ -1,31 +1,17 @@
 """Per-example eval records: rank classification under each normalisation, and decoded answers.
 
-The records are the report's input (docs/reporting.md): one JSON object per evaluated example,
-with its task, dataset, cluster, template, example id, prompt, options and their scores.
+The records are the report's input (docs/reporting.md): one JSON object per evaluated example, as
+flan_jax.reports.records defines it; NORMALIZATIONS and Lineage are that module's, imported here for
+the evaluator.
 """
 
-import dataclasses
 import json
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from flan_jax import files
-
-NORMALIZATIONS = ("none", "per_token", "per_char", "calibrated")
-
-
-@dataclasses.dataclass(frozen=True)
-class Lineage:
-  """Where a record comes from: the run, the checkpoint, and the task's place in the collection."""
-  run: str
-  checkpoint: str
-  step: int
-  split: str
-  task: str
-  dataset: str
-  cluster: str
-  template: Optional[int]
+from flan_jax.reports.records import NORMALIZATIONS, Lineage, best, new_record
 
 
 def normalized(log_likelihood: float, num_tokens: int, text: str, content_free: float) -> dict[str, float]:
@@ -40,11 +26,6 @@ def normalized(log_likelihood: float, num_tokens: int, text: str, content_free: 
   """
   return {"none": log_likelihood, "per_token": log_likelihood / max(num_tokens, 1),
           "per_char": log_likelihood / max(len(text), 1), "calibrated": log_likelihood - content_free}
-
-
-def best(scores: Sequence[float]) -> int:
-  """The index of the highest score; the first one wins a tie."""
-  return int(np.argmax(np.asarray(scores, np.float64)))
 
 
 def scoring_records(examples: Sequence[Mapping[str, Any]], log_likelihoods: Sequence[float],
@@ -67,8 +48,8 @@ def scoring_records(examples: Sequence[Mapping[str, Any]], log_likelihoods: Sequ
     correct = [i for i, (_, row, _) in enumerate(options) if bool(row["is_correct"])]
     target = texts[correct[0]] if correct else None
     prediction = texts[best(by_name[normalization])]
-    records.append(_record(lineage, "scoring", example_id, text(options[0][1]["inputs_pretokenized"]),
-                           prediction, target, prediction == target, options=texts, scores=by_name))
+    records.append(new_record(lineage, "scoring", example_id, text(options[0][1]["inputs_pretokenized"]),
+                              prediction, target, prediction == target, options=texts, scores=by_name))
   return records
 
 
@@ -78,8 +59,8 @@ def generative_records(examples: Sequence[Mapping[str, Any]], predictions: Seque
   records = []
   for position, (row, prediction, target) in enumerate(zip(examples, predictions, targets)):
     example_id = int(row["example_id"]) if "example_id" in row else position
-    records.append(_record(lineage, "generative", example_id, text(row.get("inputs_pretokenized", b"")),
-                           _jsonable(prediction), _jsonable(target), prediction == target))
+    records.append(new_record(lineage, "generative", example_id, text(row.get("inputs_pretokenized", b"")),
+                              _jsonable(prediction), _jsonable(target), prediction == target))
   return records
 
 
@@ -94,12 +75,6 @@ def write_jsonl(records: Iterable[Mapping[str, Any]], path: str) -> None:
   with files.replacing(path) as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _record(lineage: Lineage, kind: str, example_id: int, prompt: str, prediction, target, correct,
-            **extra) -> dict:
-  return {**dataclasses.asdict(lineage), "kind": kind, "example_id": example_id, "prompt": prompt,
-          **extra, "prediction": prediction, "target": target, "correct": bool(correct)}
 
 
 def text(value) -> str:

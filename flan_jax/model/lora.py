@@ -3,7 +3,8 @@ adapter and quantization arithmetic, the split of a parameter tree into adapters
 
 A target projection W [in..., out...] gains A [in..., rank] and B [rank, out...] (B starts at zero), and
 computes x W + (alpha / rank) (dropout(x) A) B. The model (flan_jax/model.py) creates them; the train step
-(flan_jax/step.py) differentiates the adapters alone. Run records, restore and export: flan_jax/adapters.py.
+(flan_jax/step.py) differentiates the adapters alone. Run records, restore and export: flan_jax/checkpoints/
+(run_record.py, restore.py, peft.py).
 """
 
 import dataclasses

@@ -5,12 +5,12 @@ lm-evaluation-harness tokenizes a context and its continuation; `chat` renders t
 user turn and the target as the assistant turn of the model's own chat template; `t5` is the old
 encoder-decoder shape (prompt and target tokenized apart, EOS after each), kept only on request.
 The format is chosen in gin (`example_format.name`), recorded beside the run's vocabulary
-(`format.json`), and followed by eval and export.
+(`format.json` of `describe`, which flan_jax.checkpoints.run_record writes and reads), and followed by
+eval and export.
 """
 
 import datetime
 import json
-import os
 from typing import Mapping, Optional, Sequence
 
 import gin
@@ -19,10 +19,10 @@ import seqio
 import tensorflow as tf
 
 from flan_jax.errors import UserError
+from flan_jax.text import run
 
 FORMATS = ("prompt", "chat", "t5")
 DEFAULT = "prompt"
-RECORD = "format.json"
 DELIMITER = "target_delimiter"  # the per-example feature holding the text between prompt and target
 ROLES = ("train", "score", "generate")
 
@@ -109,22 +109,14 @@ def chat_turns(template: str, prompt: str, target: str,
 # The run's format: chosen in gin, recorded beside the vocabulary.
 
 
-_default: Optional[str] = None
-
-
 @gin.configurable
 def example_format(name: Optional[str] = None) -> str:
-  """The example format of this run: gin's binding, else the one a checkpoint recorded, else 'prompt'."""
-  name = name if name is not None else (_default or DEFAULT)
+  """The example format of this run: gin's binding, else the open run_text's (the format a checkpoint
+  recorded, for an eval that follows it), else 'prompt'."""
+  name = name if name is not None else (run.current().example_format or DEFAULT)
   if name not in FORMATS:
     raise UserError(f"example_format.name={name!r} is not a format; choose one of {', '.join(FORMATS)}")
   return name
-
-
-def set_default(name: Optional[str]) -> None:
-  """The format example_format() gives when gin binds none (a checkpoint's record; None: 'prompt')."""
-  global _default
-  _default = name
 
 
 def is_configured() -> bool:
@@ -139,27 +131,6 @@ def describe(name: str, vocab: seqio.Vocabulary) -> dict:
   record = {"format": name}
   if name == "chat":
     record["chat_template"] = chat_template_of(vocab)
-  return record
-
-
-def save(record: dict, directory: str) -> None:
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, RECORD)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
-
-
-def load(directory: str) -> Optional[dict]:
-  """The record `save` wrote in `directory`; None where there is none."""
-  path = os.path.join(directory, RECORD)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    record = json.load(f)
-  if record.get("format") not in FORMATS:
-    raise UserError(f"{path} records an unknown example format {record.get('format')!r}; expected one of "
-                    f"{', '.join(FORMATS)}")
   return record
 
 

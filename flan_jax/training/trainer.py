@@ -20,16 +20,15 @@ import optax
 
 from flan_jax import errors, settings
 from flan_jax import metrics as metrics_lib
-from flan_jax.checkpoints import adapters, pretrained
-from flan_jax.checkpoints import store as checkpointing
+from flan_jax.checkpoints import hf, paths, restore, run_record, store
 from flan_jax.data import accounting
 from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import DiskFullError, UserError
 from flan_jax.model import partitioning
 from flan_jax.model.lora import LoraConfig
 from flan_jax.model.transformer import ModelConfig, Transformer  # noqa: F401
-from flan_jax.text import formats
-from flan_jax.text import vocabulary as vocabularies
+from flan_jax.text import formats, tokenizers
+from flan_jax.text.run import run_text
 from flan_jax.training import optimizers, run_lock
 from flan_jax.training.step import Setup, TrainState, compile_train_step, cross_entropy, loss_fn, setup, train_step  # noqa: F401
 
@@ -107,28 +106,30 @@ def train(model_dir: Optional[str] = None, *,
   if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
     raise UserError(f"BATCH_SIZE={batch_size} must divide by the data-parallel size "
                     f"{partitioning.data_parallel_size(mesh, rules)} and by num_microbatches={num_microbatches}")
-  if pretrained.is_pretrained(initial_checkpoint_path):  # before anything is written to MODEL_DIR
-    pretrained.check_config(model_config, pretrained.pretrained_model_config(initial_checkpoint_path),
-                            initial_checkpoint_path)
+  if paths.is_pretrained(initial_checkpoint_path):  # before anything is written to MODEL_DIR
+    hf.check_config(model_config, restore.pretrained_model_config(initial_checkpoint_path), initial_checkpoint_path)
   vocab = _check_vocab(mixture_or_task_name, model_config, model_dir, initial_checkpoint_path)
   example_format = _check_format(vocab, model_dir)
-  base_record = None if lora is None else adapters.check_base(model_dir, initial_checkpoint_path, lora, model_config)
+  base_record = None if lora is None else run_record.check_base(model_dir, initial_checkpoint_path, lora, model_config)
 
   is_main = jax.process_index() == 0
   os.makedirs(model_dir, exist_ok=True)
   progress = {"step": 0, "saving": None}  # where the run is, for the message if the disk fills up
   with contextlib.ExitStack() as stack:
     stack.enter_context(run_lock.hold(model_dir))  # one trainer per MODEL_DIR; kill -9 releases it
+    # The vocabulary and format checked above (gin's, else the caller's run_text's, else bytes and 'prompt')
+    # are this run's until it returns: its datasets and converters read them, and nothing is left behind.
+    stack.enter_context(run_text(vocabulary=vocab, example_format=example_format["format"]))
     stack.enter_context(_naming_a_full_disk(model_dir, progress))
-    mngr = stack.enter_context(checkpointing.closing(checkpointing.manager(
-        os.path.join(model_dir, checkpointing.SUBDIR), save_every=checkpoint_period, keep=checkpoints_to_keep,
+    mngr = stack.enter_context(store.closing(store.manager(
+        os.path.join(model_dir, paths.SUBDIR), save_every=checkpoint_period, keep=checkpoints_to_keep,
         keep_period=keep_period, async_save=async_checkpointing)))
     if is_main:
-      checkpointing.write_run_record(model_dir, model_config, vocab, example_format)
+      run_record.write_run_record(model_dir, model_config, vocab, example_format)
       if base_record is not None:
-        adapters.write_record(model_dir, base_record)
-    restored = checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs,
-                                            on_damaged_checkpoint)
+        run_record.write_lora_base(model_dir, base_record)
+    restored = store.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs,
+                                    on_damaged_checkpoint)
     if restored:
       step, params, opt_state = restored
       state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), s.state_shardings.step),
@@ -138,15 +139,15 @@ def train(model_dir: Optional[str] = None, *,
       state = s.init(jax.random.key(seed))
       if initial_checkpoint_path and lora is None:
         began = time.time()
-        loaded_step, params = pretrained.restore_params(initial_checkpoint_path, model_config, mesh, rules,
-                                                        s.sharded_param_structs)
+        loaded_step, params = restore.restore_params(initial_checkpoint_path, model_config, mesh, rules,
+                                                     s.sharded_param_structs)
         state = state.replace(params=params)
         _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
-             f"{time.time() - began:.1f}s; peak host memory {pretrained.peak_host_memory_gib():.2f} GiB")
+             f"{time.time() - began:.1f}s; peak host memory {restore.peak_host_memory_gib():.2f} GiB")
     frozen = None
     if lora is not None:  # the frozen base: read again at every start, checked against the run's record
       began = time.time()
-      frozen = adapters.load_frozen(initial_checkpoint_path, model_config, lora, mesh, rules, s.sharded_frozen_structs)
+      frozen = restore.load_frozen(initial_checkpoint_path, model_config, lora, mesh, rules, s.sharded_frozen_structs)
       _log(is_main, f"froze the base {base_record['path']} ({lora.base_quantization} weights) in "
            f"{time.time() - began:.1f}s; training rank-{lora.rank} adapters on {', '.join(lora.targets)} "
            f"({sum(x.size for x in jax.tree.leaves(s.state_shapes.params)):,} parameters)")
@@ -157,7 +158,7 @@ def train(model_dir: Optional[str] = None, *,
                                  dropout_seed=seed + 1 if dropout else None)
     inputs, tally = _input_iterator(model_dir, start, mixture_or_task_name, task_feature_lengths, batch_size, seed,
                                     is_main)
-    batches = (data_lib.to_global(tally.count(local), s.batch_sharding) for local in inputs)  # counted, untagged
+    batches = (partitioning.to_global(tally.count(local), s.batch_sharding) for local in inputs)  # counted, untagged
     throughput = metrics_lib.Throughput(train_steps, tokens_per_step=batch_size * seq_len)
     _log(is_main, f"training {mixture_or_task_name}: steps {start} -> {train_steps}, batch {batch_size} x {seq_len} "
          f"tokens, {model_config.num_params():,} parameters, mesh {dict(mesh.shape)}")
@@ -178,9 +179,9 @@ def train(model_dir: Optional[str] = None, *,
         preempted = stop.requested or (jax.process_count() > 1 and mngr.reached_preemption(step))
         if step % checkpoint_period == 0 or step == train_steps or preempted:
           _check_finite(step, jax.device_get(metrics))
-          checkpointing.save(mngr, step, state.params, state.opt_state, force=True)
+          store.save(mngr, step, state.params, state.opt_state, force=True)
           inputs.save(step, keep=set(mngr.all_steps()), files=tally.files(step))  # with the tally up to `step`
-          accounting.publish(model_dir, inputs, step)  # MODEL_DIR/trained_on.json
+          run_record.publish_trained_on(model_dir, inputs.path(step, accounting.FILE))  # MODEL_DIR/trained_on.json
           progress["saving"] = step  # an async save that fails surfaces at a later call
         if preempted:
           writer.log(f"stop requested: saved step {step}; rerun the same command to resume")
@@ -213,7 +214,7 @@ def _input_iterator(model_dir: str, start: int, name: str, lengths: Mapping[str,
   before: from the input position and tally saved with that step, or, for a run saved without them
   (also older runs, whose positions are of untagged batches), by reading and counting `start`
   batches (exact, but O(start))."""
-  directory = os.path.join(model_dir, checkpointing.INPUT_POSITIONS)
+  directory = os.path.join(model_dir, paths.INPUT_POSITIONS)
   inputs = data_lib.InputIterator(
       data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed, with_task_index=True), directory)
   tally = accounting.Tally(name)
@@ -235,12 +236,12 @@ def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
   except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap the OSError in their own types)
     if not _is_disk_full(e):
       raise
-    directory = os.path.join(model_dir, checkpointing.SUBDIR)
+    directory = os.path.join(model_dir, paths.SUBDIR)
     complete = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
     # What was being written: the error names orbax's or the input position's temporary directory.
     text = _chain_text(e)
     checkpoint = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
-    position = re.search(re.escape(checkpointing.INPUT_POSITIONS) + r"/process_\d+/(\d+)\.tmp", text)
+    position = re.search(re.escape(paths.INPUT_POSITIONS) + r"/process_\d+/(\d+)\.tmp", text)
     if checkpoint or (progress["saving"] and not position):
       saving = f" while writing checkpoint {checkpoint.group(1) if checkpoint else progress['saving']}"
     else:
@@ -281,7 +282,7 @@ def _write_operative_config(model_dir: str) -> None:
 def _check_format(vocab, model_dir: str) -> dict:
   """The record of the run's example format, after checking it is the one the run so far used."""
   current = formats.describe(formats.example_format(), vocab)
-  recorded = checkpointing.recorded_format(model_dir)
+  recorded = run_record.recorded_format(model_dir)
   if recorded is not None:
     formats.check_same(recorded, current, model_dir)
   return current
@@ -293,10 +294,10 @@ def _check_vocab(name: str, config: ModelConfig, model_dir: str, initial_checkpo
   if vocab.vocab_size > config.vocab_size:
     raise UserError(f"the model's vocab_size={config.vocab_size} is smaller than the vocabulary of "
                     f"'{name}' ({vocab.vocab_size}); set ModelConfig.vocab_size >= {vocab.vocab_size}")
-  recorded = checkpointing.recorded_vocabulary(model_dir)
+  recorded = run_record.recorded_vocabulary(model_dir)
   if recorded is not None:
-    vocabularies.check_same(vocabularies.describe(recorded), vocab, model_dir)
-  start = pretrained.starting_vocabulary(initial_checkpoint_path) if initial_checkpoint_path else None
+    tokenizers.check_same(tokenizers.describe(recorded), vocab, model_dir)
+  start = restore.starting_vocabulary(initial_checkpoint_path) if initial_checkpoint_path else None
   if start is not None:
-    vocabularies.check_same(vocabularies.describe(start), vocab, initial_checkpoint_path)
+    tokenizers.check_same(tokenizers.describe(start), vocab, initial_checkpoint_path)
   return vocab
