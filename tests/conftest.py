@@ -26,7 +26,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+sys.path.insert(0, ROOT)
 
 import pytest  # noqa: E402
 
@@ -44,10 +45,10 @@ def tiny_config() -> ModelConfig:
 # The longest test files on 2 cores, longest first (from `pytest --durations=0`, summed per file). `make test`
 # hands whole files to its workers (pytest-xdist, --dist loadfile) in collection order, so these start first
 # and the short ones fill in at the end, instead of one worker finishing a long file alone.
-LONGEST_FIRST = ("test_multiprocess.py", "test_study.py", "test_flan_tasks.py", "test_reliability.py",
-                 "test_binaries.py", "test_lora.py", "test_trainer.py", "test_checkpointing.py", "test_formats.py",
-                 "test_accounting.py", "test_data.py", "test_benchmark.py", "test_pretrained.py", "test_faults.py",
-                 "test_model.py", "test_evaluation.py", "test_gguf_export.py", "test_user_tasks.py",
+LONGEST_FIRST = ("test_multiprocess.py", "test_study.py", "test_golden_run.py", "test_flan_tasks.py",
+                 "test_reliability.py", "test_binaries.py", "test_lora.py", "test_trainer.py", "test_checkpointing.py",
+                 "test_formats.py", "test_accounting.py", "test_data.py", "test_benchmark.py", "test_pretrained.py",
+                 "test_faults.py", "test_model.py", "test_evaluation.py", "test_gguf_export.py", "test_user_tasks.py",
                  "test_embedded.py")
 
 

@@ -13,8 +13,8 @@ from flan_jax.model.transformer import ModelConfig
 from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests.conftest import TINY
-from tests.test_binaries import TINY as TINY_GIN
-from tests.test_binaries import binary, run_main
+from tests.end_to_end.test_binaries import TINY as TINY_GIN
+from tests.end_to_end.test_binaries import binary, run_main
 
 LENGTHS = {"inputs": 32, "targets": 8}
 

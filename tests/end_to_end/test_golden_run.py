@@ -1,8 +1,8 @@
 """Backwards compatibility: a run written by the code before the sub-package split (commit 8891771) is
 resumed, evaluated and exported by today's binaries with the numbers that commit's binaries gave.
 
-tests/data/golden_run/ is that commit's 2-step run of a 14,640-parameter model on a 3-task embedded mixture;
-tests/data/golden_run_expected.json holds what the old binaries gave on it. tests/data/make_golden_run.py
+tests/end_to_end/golden_run/ is that commit's 2-step run of a 14,640-parameter model on a 3-task embedded mixture;
+tests/end_to_end/golden_run_expected.json holds what the old binaries gave on it. tests/end_to_end/make_golden_run.py
 wrote both and holds the commands (shared with this test) and the summaries compared; rerun it to regenerate.
 Only the command-line binaries are run (`python -m flan_jax.<command>`), never an internal module, so the
 test holds whatever the modules behind the commands are called.
@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DATA = os.path.join(ROOT, "tests", "data")
+DATA = os.path.join(ROOT, "tests", "end_to_end")
 GOLDEN = os.path.join(DATA, "golden_run")
 RTOL = 1e-6  # numbers the new code computes again (losses, gradient norms, scores, trained parameters)
 
@@ -31,7 +31,7 @@ _spec.loader.exec_module(make)
 
 
 def _start(name, args, log_dir):
-  """Starts `python -m flan_jax.<name>` as tests/test_binaries.py runs the binaries (one CPU device)."""
+  """Starts `python -m flan_jax.<name>` as tests/end_to_end/test_binaries.py runs the binaries (one CPU device)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
   out, err = open(log_dir / f"{name}.out", "w+"), open(log_dir / f"{name}.err", "w+")
   return subprocess.Popen([sys.executable, "-m", f"flan_jax.{name}", *map(str, args)], cwd=ROOT, env=env,

@@ -9,7 +9,9 @@ import sys
 import gin
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import conftest
+
+ROOT = conftest.ROOT
 
 
 def test_benchmark_writes_consistent_figures(tmp_path):

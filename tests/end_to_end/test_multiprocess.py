@@ -21,9 +21,10 @@ from flan_jax.model import partitioning
 from flan_jax.model.transformer import Transformer
 from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401
+from tests import conftest
 from tests.conftest import TINY, xla_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 LENGTHS = {"inputs": 96, "targets": 16}
 TASK = "embedded_no_nli"
 EVAL_TASK = "embedded_movie_review_scoring_t0"

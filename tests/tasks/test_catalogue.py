@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import flan_tasks.__main__ as catalogue_cli
+from tests import conftest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 
 
 def test_text_catalogue_lists_everything(capsys):

@@ -1,4 +1,4 @@
-"""Writes tests/data/golden_run/ and tests/data/golden_run_expected.json with the pre-refactor code.
+"""Writes tests/end_to_end/golden_run/ and tests/end_to_end/golden_run_expected.json with the pre-refactor code.
 
 The golden run is a 2-step run of a model smaller than gin/models/tiny.gin on a 3-task embedded mixture,
 written by commit 8891771 (before flan_jax/ was split into sub-packages). The expected numbers are what that
@@ -16,14 +16,14 @@ asserts the same numbers. Everything goes through the command-line binaries only
 
 Regenerate (from the repository root, with the project's venv; about 80 s of CPU time):
 
-    .venv/bin/python tests/data/make_golden_run.py            # --commit 8891771 --worktree /tmp/golden-wt
+    .venv/bin/python tests/end_to_end/make_golden_run.py            # --commit 8891771 --worktree /tmp/golden-wt
 
 It checks out the commit as a git worktree (removed again afterwards unless it already existed), runs the
 old binaries with PYTHONPATH=<worktree>:<dir with flan_tasks -> <worktree>/tasks> from the worktree (the
 venv's editable install points at this checkout, so the PYTHONPATH entries must come first), with the
 tests' environment: JAX_PLATFORMS=cpu, one CPU device, XLA_FLAGS=--xla_backend_optimization_level=0 (as
-tests/conftest.py's xla_flags()), and a fresh compilation cache. Then it replaces tests/data/golden_run/
-and tests/data/golden_run_expected.json. The golden directory is the run as the trainer left it, less its
+tests/conftest.py's xla_flags()), and a fresh compilation cache. Then it replaces tests/end_to_end/golden_run/
+and tests/end_to_end/golden_run_expected.json. The golden directory is the run as the trainer left it, less its
 TensorBoard events and its .lock file (both rewritten by any later run).
 """
 
@@ -160,7 +160,7 @@ def main() -> None:
   parser.add_argument("--worktree", default="/tmp/golden-wt")
   flags = parser.parse_args()
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  data = os.path.join(repo, "tests", "data")
+  data = os.path.join(repo, "tests", "end_to_end")
   created = not os.path.exists(flags.worktree)
   if created:
     subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", flags.worktree, flags.commit], check=True)
@@ -199,7 +199,7 @@ def main() -> None:
     _old_binary(flags.worktree, env, "export", export_args(checkpoint, os.path.join(work, "hf")))
 
     expected = {
-        "generated_by": f"tests/data/make_golden_run.py with commit {commit}",
+        "generated_by": f"tests/end_to_end/make_golden_run.py with commit {commit}",
         "commit": commit,
         "golden_step": GOLDEN_STEP,
         "resume": {"train_steps": RESUME_STEP,

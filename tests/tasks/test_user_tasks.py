@@ -12,9 +12,10 @@ import seqio
 import flan_tasks  # noqa: F401
 from flan_tasks import files, user
 from flan_tasks.templates import TemplateError
+from tests import conftest
 from tests.conftest import xla_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 ROWS = [{"question": f"What is {i} plus {i}?", "reply": str(2 * i),
          "choices": [str(2 * i), str(2 * i + 1)]} for i in range(12)]
 TEMPLATES = ["Q: {question}\n{options_}", "Answer this: {question}\n{options_}",

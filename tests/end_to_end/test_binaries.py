@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
+from tests import conftest
 from tests.conftest import xla_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 TINY = ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin"]
 LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 16}"
 

@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests import conftest
+
+REPO = pathlib.Path(conftest.ROOT)
 SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 

@@ -23,8 +23,8 @@ from flan_jax.checkpoints import gguf_writer as gguf_export
 from flan_jax.errors import UserError
 from flan_jax.model.transformer import Transformer
 from tests import tiny_pretrained
-from tests.test_binaries import binary, run_main
-from tests.test_gguf import SAMPLE, permute
+from tests.checkpoints.test_gguf import SAMPLE, permute
+from tests.end_to_end.test_binaries import binary, run_main
 
 pytest.importorskip("transformers")
 

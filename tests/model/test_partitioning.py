@@ -10,9 +10,10 @@ import pytest
 from flan_jax.model import partitioning
 from flan_jax.model.transformer import ModelConfig
 from flan_jax.training import optimizers, step, trainer
+from tests import conftest
 from tests.conftest import TINY
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+GIN_DIR = os.path.join(conftest.ROOT, "gin")
 MESH_DIR = os.path.join(GIN_DIR, "mesh")
 
 

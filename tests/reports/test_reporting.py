@@ -1,7 +1,6 @@
 """The reporting protocol and `python -m flan_jax.report`, on predictions written by hand (no model)."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,9 +10,10 @@ import pytest
 from flan_jax import report as report_cli
 from flan_jax import reports
 from flan_jax.errors import UserError
+from tests import conftest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 
 
 def record(dataset, template, split, example_id, correct, *, cluster="nli", kind="scoring", step=1000,

@@ -18,7 +18,7 @@ from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
 from flan_jax.training import run_lock
 from tests.conftest import xla_flags
-from tests.test_binaries import LENGTHS, ROOT, TINY, binary, run_main
+from tests.end_to_end.test_binaries import LENGTHS, ROOT, TINY, binary, run_main
 
 TRAIN = [*TINY, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.BATCH_SIZE=8", LENGTHS]
 

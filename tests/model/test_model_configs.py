@@ -15,8 +15,9 @@ import transformers
 
 from flan_jax import checkpoints
 from flan_jax.model.transformer import ModelConfig
+from tests import conftest
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+GIN_DIR = os.path.join(conftest.ROOT, "gin")
 
 LLAMA32_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}

@@ -20,8 +20,8 @@ from flan_jax.training import optimizers
 from flan_jax.training import step as step_lib
 import flan_tasks  # noqa: F401
 from tests import tiny_pretrained
+from tests.checkpoints.test_pretrained import _run_ok
 from tests.conftest import TINY
-from tests.test_pretrained import _run_ok
 
 LENGTHS = {"inputs": 96, "targets": 24}
 LORA = lora_lib.LoraConfig(rank=4, alpha=8.0)

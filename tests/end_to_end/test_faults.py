@@ -22,7 +22,7 @@ from flan_jax.model import partitioning
 from flan_jax.training import trainer
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests.conftest import TINY, xla_flags
-from tests.test_binaries import ROOT, run_main
+from tests.end_to_end.test_binaries import ROOT, run_main
 
 LENGTHS = {"inputs": 64, "targets": 8}
 TASK = "embedded_color_nli_scoring_t0"  # one small scoring task: a short eval

@@ -24,8 +24,8 @@ from flan_jax.text import formats, run_text, tokenizers
 import flan_tasks  # noqa: F401
 from flan_tasks import files, templates
 from tests import tiny_pretrained
-from tests.test_binaries import run_main
-from tests.test_pretrained import _run_ok
+from tests.checkpoints.test_pretrained import _run_ok
+from tests.end_to_end.test_binaries import run_main
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -22,7 +22,7 @@ from flan_jax.model.transformer import Transformer
 from flan_jax.text import run_text, tokenizers
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests import tiny_pretrained
-from tests.test_binaries import ROOT, run_main
+from tests.end_to_end.test_binaries import ROOT, run_main
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
