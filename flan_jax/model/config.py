@@ -61,7 +61,7 @@ class ModelConfig:
   scan_layers: bool = True
   # Attention kernel for training and scoring: "einsum" (the reference), "xla" or "cudnn"
   # (jax.nn.dot_product_attention), "blocked" (flash-style, O(length * block) memory) or "splash"
-  # (the Pallas TPU kernel; no prefix LM); see flan_jax/attention.py and docs/models.md. Decoding
+  # (the Pallas TPU kernel; no prefix LM); see flan_jax/model/attention.py and docs/models.md. Decoding
   # with the KV cache always uses einsum.
   attention: str = "einsum"
   attention_block_size: int = 512  # query and key block length of "blocked" and "splash" (capped at the length)

@@ -2,8 +2,8 @@
 adapter and quantization arithmetic, the split of a parameter tree into adapters and base, and merging.
 
 A target projection W [in..., out...] gains A [in..., rank] and B [rank, out...] (B starts at zero), and
-computes x W + (alpha / rank) (dropout(x) A) B. The model (flan_jax/model.py) creates them; the train step
-(flan_jax/step.py) differentiates the adapters alone. Run records, restore and export: flan_jax/checkpoints/
+computes x W + (alpha / rank) (dropout(x) A) B. The model (flan_jax/model/transformer.py) creates them; the train step
+(flan_jax/training/step.py) differentiates the adapters alone. Run records, restore and export: flan_jax/checkpoints/
 (run_record.py, restore.py, peft.py).
 """
 
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flan_jax import settings
 from flan_jax.errors import UserError
 
-# Target name -> the kernel it adapts (the names of flan_jax/model.py's Attention and MLP parameters).
+# Target name -> the kernel it adapts (the names of flan_jax/model/transformer.py's Attention and MLP parameters).
 TARGETS = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w_gate", "up": "w_up", "down": "w_down"}
 # Hugging Face / PEFT module name of each kernel, and its module's parent.
 HF_MODULES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",

@@ -40,7 +40,7 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("head_dim", None),
     ("layers", None),
-    ("lora_rank", None),  # a LoRA adapter's rank dimension (flan_jax/lora.py): small, kept whole
+    ("lora_rank", None),  # a LoRA adapter's rank dimension (flan_jax/model/lora.py): small, kept whole
 )
 
 

@@ -4,7 +4,7 @@ Packed sequences are supported through segment ids, and a prefix mask gives bidi
 attention over the inputs (prefix LM; off for models pretrained causally). Optional pieces cover the
 Llama family: q/k/v biases (Qwen2), a sliding attention window (Mistral) and Llama 3 rotary
 scaling. Training and scoring run the attention kernel that `ModelConfig.attention` names
-(flan_jax/attention.py); decoding runs the einsum through a KV cache (`Cache`). Every parameter
+(flan_jax/model/attention.py); decoding runs the einsum through a KV cache (`Cache`). Every parameter
 carries logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`)
 that partitioning.py maps onto the device mesh. The block follows the Llama reference so its weights can be loaded 1:1.
 """
@@ -73,7 +73,7 @@ def dense_frozen(x: Array, w: Array | tuple[Array, Array], dtype: jnp.dtype, con
 def linear(module: nn.Module, x: Array, name: str, shape: tuple, axes: tuple, contract: int = 1, *,
            lora: Optional[lora_lib.LoraConfig] = None, deterministic: bool = True) -> Array:
   """x [..., K...] times the projection `name` [shape] (its first `contract` dims are K), plus the low-rank
-  update of its adapter when `lora` targets it (flan_jax/lora.py)."""
+  update of its adapter when `lora` targets it (flan_jax/model/lora.py)."""
   cfg = module.config
   dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
   w = lora_lib.kernel_param(module, name, shape, axes, _init(), pdtype, lora)
@@ -309,7 +309,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
   config: ModelConfig
-  lora: Optional[lora_lib.LoraConfig] = None  # low-rank adapters on the projections (flan_jax/lora.py)
+  lora: Optional[lora_lib.LoraConfig] = None  # low-rank adapters on the projections (flan_jax/model/lora.py)
 
   @nn.compact
   def __call__(self, tokens: Array, *, segment_ids: Optional[Array] = None,

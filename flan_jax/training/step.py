@@ -137,7 +137,7 @@ class Setup:
   state_shardings: TrainState
   batch_sharding: jax.sharding.NamedSharding
   init: Callable[[jax.Array], TrainState]
-  # A LoRA run's frozen base (flan_jax/lora.py): its shapes and shardings; None for full fine-tuning.
+  # A LoRA run's frozen base (flan_jax/model/lora.py): its shapes and shardings; None for full fine-tuning.
   frozen_shapes: Any = None
   frozen_shardings: Any = None
 

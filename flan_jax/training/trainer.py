@@ -89,25 +89,14 @@ def train(model_dir: Optional[str] = None, *,
   With `lora` (`@LoraConfig()`, gin/runs/finetune_lora.gin) the base from `initial_checkpoint_path` stays
   frozen and only low-rank adapters are trained; checkpoints hold the adapters and their optimizer state.
   """
-  if not model_dir:
-    raise UserError("MODEL_DIR is not set: pass --gin.MODEL_DIR=/path/to/run (checkpoints and logs go there)")
-  data_lib.check_task_name(mixture_or_task_name)
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules() if rules is None else rules
   schedule = learning_rate_schedule or optimizers.make_schedule(train_steps)
   tx = optimizer or optimizers.make_optimizer(schedule)
-  if not (isinstance(task_feature_lengths, Mapping) and set(task_feature_lengths) == {"inputs", "targets"}):
-    raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} is not a dict of 'inputs' and 'targets' "
-                    "lengths; pass --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 128, 'targets': 32}\"")
-  _check_settings(task_feature_lengths, train_steps, batch_size, checkpoint_period, checkpoints_to_keep, keep_period,
-                  num_microbatches, z_loss, seed, log_every, async_checkpointing)
+  s = _checked_setup(model_dir, mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
+                     mesh, rules, tx, checkpoint_period, checkpoints_to_keep, keep_period, initial_checkpoint_path,
+                     num_microbatches, z_loss, seed, log_every, async_checkpointing, lora)
   seq_len = sum(task_feature_lengths.values())
-  s = setup(model_config, mesh, rules, tx, seq_len, lora)
-  if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
-    raise UserError(f"BATCH_SIZE={batch_size} must divide by the data-parallel size "
-                    f"{partitioning.data_parallel_size(mesh, rules)} and by num_microbatches={num_microbatches}")
-  if paths.is_pretrained(initial_checkpoint_path):  # before anything is written to MODEL_DIR
-    hf.check_config(model_config, restore.pretrained_model_config(initial_checkpoint_path), initial_checkpoint_path)
   vocab = _check_vocab(mixture_or_task_name, model_config, model_dir, initial_checkpoint_path)
   example_format = _check_format(vocab, model_dir)
   base_record = None if lora is None else run_record.check_base(model_dir, initial_checkpoint_path, lora, model_config)
@@ -128,29 +117,8 @@ def train(model_dir: Optional[str] = None, *,
       run_record.write_run_record(model_dir, model_config, vocab, example_format)
       if base_record is not None:
         run_record.write_lora_base(model_dir, base_record)
-    restored = store.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs,
-                                    on_damaged_checkpoint)
-    if restored:
-      step, params, opt_state = restored
-      state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), s.state_shardings.step),
-                         params=params, opt_state=opt_state)
-      _log(is_main, f"resumed from step {step} in {model_dir}")
-    else:
-      state = s.init(jax.random.key(seed))
-      if initial_checkpoint_path and lora is None:
-        began = time.time()
-        loaded_step, params = restore.restore_params(initial_checkpoint_path, model_config, mesh, rules,
-                                                     s.sharded_param_structs)
-        state = state.replace(params=params)
-        _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
-             f"{time.time() - began:.1f}s; peak host memory {restore.peak_host_memory_gib():.2f} GiB")
-    frozen = None
-    if lora is not None:  # the frozen base: read again at every start, checked against the run's record
-      began = time.time()
-      frozen = restore.load_frozen(initial_checkpoint_path, model_config, lora, mesh, rules, s.sharded_frozen_structs)
-      _log(is_main, f"froze the base {base_record['path']} ({lora.base_quantization} weights) in "
-           f"{time.time() - began:.1f}s; training rank-{lora.rank} adapters on {', '.join(lora.targets)} "
-           f"({sum(x.size for x in jax.tree.leaves(s.state_shapes.params)):,} parameters)")
+    state = _restore_or_init(mngr, s, model_dir, on_damaged_checkpoint, seed, initial_checkpoint_path, lora, is_main)
+    frozen = None if lora is None else _frozen_base(s, initial_checkpoint_path, base_record, is_main)
     start = progress["step"] = int(state.step)
 
     dropout = model_config.dropout_rate > 0 or (lora is not None and lora.dropout > 0)
@@ -190,6 +158,60 @@ def train(model_dir: Optional[str] = None, *,
         _report(writer, throughput, *previous, every=1)
       mngr.wait_until_finished()
     return state
+
+
+def _checked_setup(model_dir, mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
+                   mesh, rules, tx, checkpoint_period, checkpoints_to_keep, keep_period, initial_checkpoint_path,
+                   num_microbatches, z_loss, seed, log_every, async_checkpointing, lora) -> Setup:
+  """Every setting of `train` checked (one line naming the flag to change), then the step's shapes and shardings;
+  nothing is written to MODEL_DIR before this returns."""
+  if not model_dir:
+    raise UserError("MODEL_DIR is not set: pass --gin.MODEL_DIR=/path/to/run (checkpoints and logs go there)")
+  data_lib.check_task_name(mixture_or_task_name)
+  if not (isinstance(task_feature_lengths, Mapping) and set(task_feature_lengths) == {"inputs", "targets"}):
+    raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} is not a dict of 'inputs' and 'targets' "
+                    "lengths; pass --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 128, 'targets': 32}\"")
+  _check_settings(task_feature_lengths, train_steps, batch_size, checkpoint_period, checkpoints_to_keep, keep_period,
+                  num_microbatches, z_loss, seed, log_every, async_checkpointing)
+  s = setup(model_config, mesh, rules, tx, sum(task_feature_lengths.values()), lora)
+  if batch_size % partitioning.data_parallel_size(mesh, rules) or batch_size % num_microbatches:
+    raise UserError(f"BATCH_SIZE={batch_size} must divide by the data-parallel size "
+                    f"{partitioning.data_parallel_size(mesh, rules)} and by num_microbatches={num_microbatches}")
+  if paths.is_pretrained(initial_checkpoint_path):  # before anything is written to MODEL_DIR
+    hf.check_config(model_config, restore.pretrained_model_config(initial_checkpoint_path), initial_checkpoint_path)
+  return s
+
+
+def _restore_or_init(mngr, s: Setup, model_dir: str, on_damaged_checkpoint: str, seed: int,
+                     initial_checkpoint_path: Optional[str], lora: Optional[LoraConfig], is_main: bool) -> TrainState:
+  """The newest good checkpoint in MODEL_DIR; else a fresh state, with a full fine-tuning run's parameters
+  from INITIAL_CHECKPOINT_PATH (a LoRA run's base is frozen apart: _frozen_base)."""
+  restored = store.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs, on_damaged_checkpoint)
+  if restored:
+    step, params, opt_state = restored
+    _log(is_main, f"resumed from step {step} in {model_dir}")
+    return TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), s.state_shardings.step), params=params,
+                      opt_state=opt_state)
+  state = s.init(jax.random.key(seed))
+  if initial_checkpoint_path and lora is None:
+    began = time.time()
+    loaded_step, params = restore.restore_params(initial_checkpoint_path, s.model.config, s.mesh, s.rules,
+                                                 s.sharded_param_structs)
+    state = state.replace(params=params)
+    _log(is_main, f"initialised parameters from {initial_checkpoint_path} (step {loaded_step}) in "
+         f"{time.time() - began:.1f}s; peak host memory {restore.peak_host_memory_gib():.2f} GiB")
+  return state
+
+
+def _frozen_base(s: Setup, initial_checkpoint_path: str, base_record: dict, is_main: bool):
+  """A LoRA run's frozen base, read again at every start (checked against the run's record), on the mesh."""
+  began = time.time()
+  lora = s.model.lora
+  frozen = restore.load_frozen(initial_checkpoint_path, s.model.config, lora, s.mesh, s.rules, s.sharded_frozen_structs)
+  _log(is_main, f"froze the base {base_record['path']} ({lora.base_quantization} weights) in "
+       f"{time.time() - began:.1f}s; training rank-{lora.rank} adapters on {', '.join(lora.targets)} "
+       f"({sum(x.size for x in jax.tree.leaves(s.state_shapes.params)):,} parameters)")
+  return frozen
 
 
 def _check_settings(task_feature_lengths, train_steps, batch_size, checkpoint_period, checkpoints_to_keep,

@@ -1,4 +1,4 @@
-"""Tests for flan_jax/accounting.py: trained_on.json counts exactly what the trainer read, per task,
+"""Tests for flan_jax/data/accounting.py: trained_on.json counts exactly what the trainer read, per task,
 and a resumed run records the same as a straight one."""
 
 import json

@@ -1,4 +1,4 @@
-"""Tests for flan_jax/data.py: the saved input position continues exactly where a run stopped."""
+"""Tests for flan_jax/data/pipeline.py: the saved input position continues exactly where a run stopped."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Tests for flan_jax/evaluation.py and predictions.py: scores, normalisations, batch-size invariance,
+"""Tests for flan_jax/evaluation/ (evaluator.py, predictions.py): scores, normalisations, batch-size invariance,
 rank classification after training, several steps and runs, and bad input."""
 
 import json

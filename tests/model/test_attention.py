@@ -1,4 +1,4 @@
-"""Tests for flan_jax/attention.py: every kernel ModelConfig.attention can choose equals the einsum.
+"""Tests for flan_jax/model/attention.py: every kernel ModelConfig.attention can choose equals the einsum.
 
 Equal means forward outputs and gradients (w.r.t. q, k, v, and w.r.t. a tiny model's parameters)
 agree at float32 within TOL relative to the reference's largest magnitude, with packing (several

@@ -1,4 +1,4 @@
-"""Tests for flan_jax/decoding.py: cached vs recomputed decoding (1, 8 devices), sampling, beams, scores."""
+"""Tests for flan_jax/model/decoding.py: cached vs recomputed decoding (1, 8 devices), sampling, beams, scores."""
 
 import dataclasses
 import functools

@@ -1,4 +1,4 @@
-"""Tests for flan_jax/model.py: shapes, causal and prefix masking, packing, GQA, rotary."""
+"""Tests for flan_jax/model/transformer.py: shapes, causal and prefix masking, packing, GQA, rotary."""
 
 import dataclasses
 

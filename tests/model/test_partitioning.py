@@ -1,4 +1,4 @@
-"""Tests for flan_jax/partitioning.py: meshes from gin, rules, optimizer-state shardings."""
+"""Tests for flan_jax/model/partitioning.py: meshes from gin, rules, optimizer-state shardings."""
 
 import glob
 import os

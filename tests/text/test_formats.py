@@ -1,4 +1,4 @@
-"""Tests for flan_jax/formats.py: decoder-native examples and chat templates, held to transformers and
+"""Tests for flan_jax/text/formats.py: decoder-native examples and chat templates, held to transformers and
 lm-evaluation-harness on tiny Llama models with a BPE tokenizer trained here (with and without BOS,
 with and without a chat template)."""
 

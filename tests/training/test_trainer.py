@@ -1,4 +1,4 @@
-"""Tests for flan_jax/trainer.py: packed loss, overfitting, sharded steps, microbatches."""
+"""Tests for flan_jax/training/trainer.py: packed loss, overfitting, sharded steps, microbatches."""
 
 import functools
 
