@@ -3,6 +3,9 @@ model directory (its BOS/EOS ids, whether it adds BOS, its chat template), and t
 beside a checkpoint (describe, save, load, check_same).
 
 Which vocabulary a run uses is vocabulary.py's; this module only builds, describes and compares them.
+It is one job at about 470 lines: reading a tokenizer directory needs the record's loader, and the record
+(describe, check_same) needs both classes' special ids, so splitting it would make two halves that import
+each other.
 """
 
 import hashlib
