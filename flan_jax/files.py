@@ -1,7 +1,8 @@
 """Result files that are either complete or absent: written under a temporary name, then renamed into place.
 
 A write cut short (a full disk, Ctrl-C, a crash) leaves at most the temporary file, which the failed
-writer removes, so a rerun never takes a half-written result for a finished one.
+writer removes, so a rerun never takes a half-written result for a finished one. In a bucket (gs://,
+s3://) a result is one object, uploaded when complete (flan_jax.storage).
 """
 
 import contextlib
@@ -10,25 +11,16 @@ import os
 import shutil
 from typing import Any, Iterator, Optional
 
+from flan_jax import storage
+
 
 def temporary(path: str) -> str:
-  return path + ".tmp"
+  return storage.temporary(path)
 
 
-@contextlib.contextmanager
-def replacing(path: str, mode: str = "w", **kwargs) -> Iterator[Any]:
-  """Opens a temporary file that becomes `path` when the block ends normally; any failure removes it."""
-  tmp = temporary(path)
-  try:
-    with open(tmp, mode, **kwargs) as f:
-      yield f
-    os.replace(tmp, path)
-  except BaseException as e:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name the result
-      e.filename = path
-    raise
+# Locally: a temporary file NAME.tmp renamed into place, removed on failure; in a bucket: one object upload
+# when the block ends (storage.replacing).
+replacing = storage.replacing
 
 
 def write_json(path: str, value: Any, indent: Optional[int] = 2) -> None:

@@ -1,14 +1,20 @@
 """Metrics by step: JSONL lines and TensorBoard events in MODEL_DIR, the progress line, the ETA.
 
-Only process 0 writes; on the other processes the writer does nothing.
+Only process 0 writes; on the other processes the writer does nothing. With MODEL_DIR in a bucket both
+are written to a local scratch folder and uploaded (flan_jax.storage) at each write: an object store
+cannot append, and TensorBoard's writer would reach a bucket through TensorFlow's own client.
 """
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Callable, Mapping, Optional
 
 from clu import metric_writers
+
+from flan_jax import storage
 
 
 def format_eta(seconds: float) -> str:
@@ -55,9 +61,17 @@ class MetricsWriter:
     self.enabled = enabled
     self._jsonl = None
     self._summary = None
+    self._upload = None  # (local scratch, MODEL_DIR in a bucket, name)
     if enabled:
-      self._jsonl = open(os.path.join(model_dir, f"{name}_metrics.jsonl"), "a")
-      self._summary = metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard", name))
+      local = model_dir
+      if storage.is_remote(model_dir):
+        local = tempfile.mkdtemp(prefix="flan_jax_metrics_")
+        self._upload = (local, model_dir, name)
+        jsonl = storage.join(model_dir, f"{name}_metrics.jsonl")
+        if storage.exists(jsonl):  # a resumed run appends to the lines so far
+          storage.copy_to_local(jsonl, os.path.join(local, f"{name}_metrics.jsonl"))
+      self._jsonl = open(os.path.join(local, f"{name}_metrics.jsonl"), "a")
+      self._summary = metric_writers.SummaryWriter(os.path.join(local, "tensorboard", name))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
     """One JSONL line (the scalars, then `step`) and one TensorBoard point per scalar."""
@@ -68,6 +82,15 @@ class MetricsWriter:
     self._jsonl.flush()
     self._summary.write_scalars(step, scalars)
     self._summary.flush()
+    self._push()
+
+  def _push(self) -> None:
+    """Uploads the JSONL file and the event files written so far to MODEL_DIR in a bucket."""
+    if self._upload is not None:
+      local, model_dir, name = self._upload
+      jsonl = f"{name}_metrics.jsonl"
+      storage.copy_local_to(os.path.join(local, jsonl), storage.join(model_dir, jsonl))
+      storage.copy_local_to(os.path.join(local, "tensorboard", name), storage.join(model_dir, "tensorboard", name))
 
   def write_train_step(self, step: int, scalars: Mapping[str, float], throughput: Throughput) -> None:
     """Writes a train step's scalars with its tokens per second, and prints the progress line."""
@@ -85,9 +108,12 @@ class MetricsWriter:
 
   def close(self) -> None:
     """Flushes and closes both files; closing twice is harmless."""
-    if self.enabled:
+    if self.enabled and not self._jsonl.closed:
       self._jsonl.close()
       self._summary.close()
+      self._push()
+      if self._upload is not None:
+        shutil.rmtree(self._upload[0], ignore_errors=True)
 
   def __enter__(self) -> "MetricsWriter":
     return self

@@ -46,7 +46,8 @@ def tiny_config() -> ModelConfig:
 # hands whole files to its workers (pytest-xdist, --dist loadfile) in collection order, so these start first
 # and the short ones fill in at the end, instead of one worker finishing a long file alone.
 LONGEST_FIRST = ("test_multiprocess.py", "test_study.py", "test_golden_run.py", "test_flan_tasks.py",
-                 "test_reliability.py", "test_binaries.py", "test_lora.py", "test_trainer.py", "test_checkpointing.py",
+                 "test_reliability.py", "test_binaries.py", "test_lora.py", "test_bucket.py", "test_trainer.py",
+                 "test_checkpointing.py",
                  "test_formats.py", "test_accounting.py", "test_data.py", "test_benchmark.py", "test_pretrained.py",
                  "test_faults.py", "test_model.py", "test_evaluation.py", "test_gguf_export.py", "test_user_tasks.py",
                  "test_embedded.py")
@@ -55,3 +56,6 @@ LONGEST_FIRST = ("test_multiprocess.py", "test_study.py", "test_golden_run.py", 
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
+from tests.storage_server import gcs_bucket, gcs_dir, gcs_server  # noqa: E402,F401  (fixtures: a local GCS server)

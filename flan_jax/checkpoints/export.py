@@ -76,7 +76,7 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
   rules = rules or partitioning.axis_rules()
   target = partitioning.sharded_param_structs(Transformer(model_config), mesh, rules)
   step, params = restore.restore_params(checkpoint_path, model_config, mesh, rules, target)
-  vocab = restore.starting_vocabulary(checkpoint_path)
+  vocab = restore.starting_vocabulary(checkpoint_path, missing_ok=True)  # a directory without one exports without one
   bos = tokenizers.bos_id_or_zero(vocab) if vocab is not None else None
   eos = None
   if vocab is not None:
@@ -103,7 +103,7 @@ def _export_gguf(checkpoint_path: str, output_dir: str, model_config: ModelConfi
   cannot run, or a tokenizer it cannot represent, fails at once. Returns the file's path.
   """
   gguf_writer.check_config(model_config)
-  vocab = restore.starting_vocabulary(checkpoint_path)
+  vocab = restore.starting_vocabulary(checkpoint_path, missing_ok=True)
   stops = ()
   if vocab is not None:
     fmt = (restore.starting_format(checkpoint_path) or {"format": formats.DEFAULT})["format"]

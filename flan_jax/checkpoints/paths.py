@@ -4,12 +4,12 @@ A run directory (MODEL_DIR) holds its checkpoints in MODEL_DIR/checkpoints/<step
 pipeline's position of each step in MODEL_DIR/input_positions/process_<i>/<step>; its records
 (model_config.json, vocabulary/, lora_base.json, trained_on.json) are run_record.py's. A pretrained
 model is a Hugging Face directory (config.json + weights) or a .gguf file. Nothing here reads a
-file's contents.
+file's contents. Each path may be local or in a bucket (flan_jax.storage).
 """
 
-import os
 from typing import Optional
 
+from flan_jax import storage
 from flan_jax.errors import UserError
 
 SUBDIR = "checkpoints"  # where a run keeps them inside MODEL_DIR
@@ -18,10 +18,10 @@ INPUT_POSITIONS = "input_positions"  # MODEL_DIR/input_positions/process_<i>/<st
 
 def model_dir_of(path: str) -> str:
   """MODEL_DIR of MODEL_DIR, MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>."""
-  path = os.path.abspath(path)
-  if os.path.basename(path).isdigit():
-    path = os.path.dirname(path)
-  return os.path.dirname(path) if os.path.basename(path) == SUBDIR else path
+  path = storage.absolute(path)
+  if storage.basename(path).isdigit():
+    path = storage.dirname(path)
+  return storage.dirname(path) if storage.basename(path) == SUBDIR else path
 
 
 def is_pretrained(path: Optional[str]) -> bool:
@@ -30,20 +30,20 @@ def is_pretrained(path: Optional[str]) -> bool:
     return False
   if path.endswith(".gguf"):
     return True
-  return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
+  return storage.isfile(storage.join(path, "config.json")) and not storage.isdir(storage.join(path, "checkpoints"))
 
 
 def base_location(path: str) -> str:
   """The files the base's parameters come from: a checkpoint's step directory (MODEL_DIR means its newest),
   else the pretrained model's path."""
   if is_pretrained(path):
-    return os.path.abspath(path)
-  path = os.path.abspath(path)
-  if os.path.basename(path).isdigit():
+    return storage.absolute(path)
+  path = storage.absolute(path)
+  if storage.basename(path).isdigit():
     return path
-  directory = os.path.join(path, SUBDIR) if os.path.isdir(os.path.join(path, SUBDIR)) else path
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  directory = storage.join(path, SUBDIR) if storage.isdir(storage.join(path, SUBDIR)) else path
+  steps = sorted(int(d) for d in storage.listdir(directory) if d.isdigit()) if storage.isdir(directory) else []
   if not steps:
     raise UserError(f"INITIAL_CHECKPOINT_PATH {path} holds no checkpoint to tune adapters on; pass a pretrained "
                     "model or a flan_jax checkpoint")
-  return os.path.join(directory, str(steps[-1]))
+  return storage.join(directory, str(steps[-1]))

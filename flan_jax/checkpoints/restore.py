@@ -179,13 +179,21 @@ def restore_merged(path: str, config: ModelConfig, mesh, rules, param_structs) -
 
 # --- What a run starts from: the vocabulary and example format of a path. --------------------------
 
-def starting_vocabulary(path: str):
-  """The vocabulary of a pretrained model or of a flan_jax run directory; None if it has none."""
+def starting_vocabulary(path: str, missing_ok: bool = False):
+  """The vocabulary of a pretrained model or of a flan_jax run directory; None for a run that recorded none.
+
+  A pretrained model whose tokenizer cannot be read (a Hugging Face directory without tokenizer.json or
+  tokenizer.model, a GGUF file with an unsupported one) is a one-line UserError, as its weights would otherwise
+  meet the byte vocabulary silently; with `missing_ok` (the run chose its vocabulary itself, or an export copies
+  what the directory has) it gives None and the run's choice stands.
+  """
   if paths.is_pretrained(path):
     try:
       return vocabulary.pretrained_vocabulary(path)
-    except UserError:  # weights without a tokenizer: the run's own choice stands
-      return None
+    except UserError:
+      if missing_ok:
+        return None
+      raise
   return run_record.recorded_vocabulary(paths.model_dir_of(path))
 
 

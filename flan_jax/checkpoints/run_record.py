@@ -17,17 +17,21 @@ renamed into place):
 - MODEL_DIR/trained_on.json: what the run read, flan_jax.data.accounting's Tally.summary()
   {"mixture_or_task", "step", "totals", "tasks"}, copied from the tally saved with the input position
   of the newest saved step. The tally is data's; this module only puts the file in place and reads it.
+
+MODEL_DIR may be in a bucket (flan_jax.storage): each record is then one object, uploaded whole, and the
+vocabulary/ files are uploaded with vocabulary.json last.
 """
 
 import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from typing import Optional
 
 import jax
 
-from flan_jax import files
+from flan_jax import files, storage
 from flan_jax.checkpoints import paths
 from flan_jax.errors import UserError
 from flan_jax.model import lora as lora_lib
@@ -49,53 +53,55 @@ _SAMPLES, _CHUNK = 32, 1 << 16
 def write_run_record(model_dir: str, config: ModelConfig, vocab, example_format: Optional[dict] = None) -> None:
   """Records the model config, the vocabulary (with its tokenizer file) and the example format
   (formats.describe) in MODEL_DIR."""
-  with open(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
-  os.replace(os.path.join(model_dir, MODEL_CONFIG + ".tmp"), os.path.join(model_dir, MODEL_CONFIG))
+  storage.write_json(storage.join(model_dir, MODEL_CONFIG), dataclasses.asdict(config), indent=2)
+  if storage.is_remote(model_dir):  # written locally, then uploaded file by file, vocabulary.json last
+    with tempfile.TemporaryDirectory(prefix="flan_jax_vocabulary_") as scratch:
+      if example_format is not None:
+        save_format(example_format, scratch)
+      tokenizers.save(vocab, scratch)
+      storage.copy_local_to(scratch, storage.join(model_dir, VOCABULARY))
+    return
   if example_format is not None:  # first: a vocabulary recorded without a format means an older run's t5 format
     save_format(example_format, os.path.join(model_dir, VOCABULARY))
   tokenizers.save(vocab, os.path.join(model_dir, VOCABULARY))
 
 
 def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
-  path = os.path.join(model_dir, MODEL_CONFIG)
-  if not os.path.isfile(path):
+  path = storage.join(model_dir, MODEL_CONFIG)
+  if not storage.isfile(path):
     return None
-  with open(path) as f:
-    return ModelConfig(**json.load(f))
+  return ModelConfig(**storage.read_json(path))
 
 
 def recorded_vocabulary(model_dir: str):
   """The vocabulary a run recorded, or None (runs from before the record existed)."""
-  directory = os.path.join(model_dir, VOCABULARY)
-  return tokenizers.load(directory) if os.path.isdir(directory) else None
+  directory = storage.join(model_dir, VOCABULARY)
+  if not storage.isdir(directory):
+    return None
+  return tokenizers.load(storage.copy_to_local(directory))  # a bucket's files copied to a local folder
 
 
 def recorded_format(model_dir: str) -> Optional[dict]:
   """The example format a run recorded beside its vocabulary; a run that recorded a vocabulary but
   no format (made before formats existed) used the `t5` format; None for a run with no record."""
-  directory = os.path.join(model_dir, VOCABULARY)
-  if not os.path.isdir(directory):
+  directory = storage.join(model_dir, VOCABULARY)
+  if not storage.isdir(directory):
     return None
   return load_format(directory) or {"format": "t5"}
 
 
 def save_format(record: dict, directory: str) -> None:
   """Writes `record` (formats.describe) as `directory`/format.json."""
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, FORMAT)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
+  storage.makedirs(directory)
+  storage.write_json(storage.join(directory, FORMAT), record, indent=2)
 
 
 def load_format(directory: str) -> Optional[dict]:
   """The record `save_format` wrote in `directory`; None where there is none."""
-  path = os.path.join(directory, FORMAT)
-  if not os.path.isfile(path):
+  path = storage.join(directory, FORMAT)
+  if not storage.isfile(path):
     return None
-  with open(path) as f:
-    record = json.load(f)
+  record = storage.read_json(path)
   if record.get("format") not in formats.FORMATS:
     raise UserError(f"{path} records an unknown example format {record.get('format')!r}; expected one of "
                     f"{', '.join(formats.FORMATS)}")
@@ -112,14 +118,13 @@ def fingerprint(path: str) -> str:
   Reading samples instead of every byte keeps it fast for a model of many GB; two different weight files of
   the same shapes differ in every chunk. `path` is a GGUF file, a Hugging Face directory or a checkpoint step.
   """
-  path = os.path.abspath(path)
-  names = [path] if os.path.isfile(path) else sorted(
-      os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+  path = storage.absolute(path)
+  names = [path] if storage.isfile(path) else storage.files_under(path)
   digest = hashlib.sha256()
   for name in names:
-    size = os.path.getsize(name)
-    digest.update(f"{os.path.relpath(name, os.path.dirname(path))}\0{size}\0".encode())
-    with open(name, "rb") as f:
+    size = storage.size(name)
+    digest.update(f"{storage.relative(name, storage.dirname(path))}\0{size}\0".encode())
+    with storage.open_binary(name) as f:
       for offset in sorted({size * i // _SAMPLES for i in range(_SAMPLES)} | {max(size - _CHUNK, 0)}):
         f.seek(offset)
         digest.update(f.read(_CHUNK))
@@ -128,11 +133,10 @@ def fingerprint(path: str) -> str:
 
 def read_lora_base(model_dir: str) -> Optional[dict]:
   """The LoRA base record of `model_dir`; None for a run that is not a LoRA run."""
-  path = os.path.join(model_dir, LORA_BASE)
-  if not os.path.isfile(path):
+  path = storage.join(model_dir, LORA_BASE)
+  if not storage.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path)
 
 
 def required_lora_base(model_dir: str) -> dict:
@@ -144,7 +148,7 @@ def required_lora_base(model_dir: str) -> dict:
 
 
 def write_lora_base(model_dir: str, record: dict) -> None:
-  files.write_json(os.path.join(model_dir, LORA_BASE), record)
+  files.write_json(storage.join(model_dir, LORA_BASE), record)
 
 
 def check_base(model_dir: str, initial_checkpoint_path: Optional[str], lora: lora_lib.LoraConfig,
@@ -158,7 +162,7 @@ def check_base(model_dir: str, initial_checkpoint_path: Optional[str], lora: lor
             "model_config": json.loads(json.dumps(config.__dict__))}
   recorded = read_lora_base(model_dir)
   if recorded is None:
-    if os.path.isdir(os.path.join(model_dir, paths.SUBDIR)) and os.listdir(os.path.join(model_dir, paths.SUBDIR)):
+    if storage.isdir(storage.join(model_dir, paths.SUBDIR)) and storage.listdir(storage.join(model_dir, paths.SUBDIR)):
       raise UserError(f"{model_dir} holds checkpoints of a full fine-tuning run; a LoRA run needs a new MODEL_DIR")
     return record
   if recorded["lora"] != record["lora"]:
@@ -173,7 +177,7 @@ def check_base(model_dir: str, initial_checkpoint_path: Optional[str], lora: lor
 
 def check_base_unchanged(model_dir: str, record: dict) -> None:
   """Before a LoRA run's adapters are used: its recorded base is still there and still the same files."""
-  if not os.path.exists(record["path"]):
+  if not storage.exists(record["path"]):
     raise UserError(f"the base model of {model_dir}, {record['path']}, is gone; restore it there to use the adapters")
   if fingerprint(record["path"]) != record["hash"]:
     raise UserError(f"the base model at {record['path']} changed since {model_dir}'s adapters were trained on it "
@@ -189,6 +193,9 @@ def publish_trained_on(model_dir: str, tally_path: str) -> None:
   atomically (a hard link, which needs no space on a full disk; a copy where links fail)."""
   if jax.process_index() != 0:
     return
+  if storage.is_remote(model_dir):  # one object: whole or absent
+    storage.write_bytes(storage.join(model_dir, TRAINED_ON), storage.read_bytes(tally_path))
+    return
   target = os.path.join(model_dir, TRAINED_ON)
   tmp = f"{target}.tmp"  # one trainer per MODEL_DIR: a tmp left by a killed one is replaced
   if os.path.lexists(tmp):
@@ -203,8 +210,7 @@ def publish_trained_on(model_dir: str, tally_path: str) -> None:
 
 def read_trained_on(model_dir: str) -> Optional[dict]:
   """What the run read (its trained_on.json); None where it has none."""
-  path = os.path.join(model_dir, TRAINED_ON)
-  if not os.path.exists(path):
+  path = storage.join(model_dir, TRAINED_ON)
+  if not storage.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path)

@@ -6,17 +6,20 @@ a run records beside them (model config, vocabulary, format, LoRA base) is run_r
 each step to a temporary directory and renames it when complete, so a crash mid-save never
 touches the last complete checkpoint. A step that fails to restore (damaged on disk) stops the
 run with a message, or is set aside on request; it is never silently skipped.
+
+The directory may be in a bucket (flan_jax.storage): orbax then writes each step in place and marks it
+complete with a commit file, its own protocol for object stores, and a damaged step is set aside by
+copying its objects to `<step>.damaged`.
 """
 
 import contextlib
 import logging
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-from flan_jax import startup
+from flan_jax import startup, storage
 from flan_jax.checkpoints import paths
 from flan_jax.errors import UserError, first_line
 
@@ -30,7 +33,7 @@ def manager(directory: str, *, save_every: int = 1, keep: Optional[int] = None,
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
       enable_async_checkpointing=async_save, create=create,
       cleanup_tmp_directories=create)  # a save cut short (kill, full disk) leaves nothing in the way
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(storage.as_epath(directory), options=options)
 
 
 @contextlib.contextmanager
@@ -96,7 +99,7 @@ def _handle_damaged(mngr: ocp.CheckpointManager, damaged: list, on_damaged: str,
         f"<step>.damaged and {then}")
   if jax.process_index() == 0:
     for step in steps:
-      os.rename(os.path.join(mngr.directory, str(step)), os.path.join(mngr.directory, f"{step}.damaged"))
+      storage.rename(storage.join(str(mngr.directory), str(step)), storage.join(str(mngr.directory), f"{step}.damaged"))
   _sync("flan_jax_set_aside_damaged")
   mngr.reload()
   if jax.process_index() == 0:
@@ -114,7 +117,7 @@ def check_shapes(mngr: ocp.CheckpointManager, step: int, param_structs: Any) -> 
   """Raises UserError listing missing, unexpected and wrongly shaped parameters."""
   checkpointer = ocp.StandardCheckpointer()
   try:  # read with the params item's own handler (the manager's metadata is None before a restore)
-    saved = checkpointer.metadata(os.path.join(mngr.directory, str(step), PARAMS)).item_metadata
+    saved = checkpointer.metadata(storage.join(str(mngr.directory), str(step), PARAMS)).item_metadata
   except Exception:  # unreadable metadata: a damaged step, for restore() to report
     return
   finally:
@@ -142,15 +145,15 @@ def restore_params(path: str, param_structs: Any) -> tuple[int, Any]:
 
   `path` may be MODEL_DIR, MODEL_DIR/checkpoints, or MODEL_DIR/checkpoints/<step>.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = storage.absolute(path)
+  if not storage.isdir(path):
     raise UserError(f"checkpoint path {path} does not exist; pass CHECKPOINT_PATH=<model dir> "
                     f"or <model dir>/{paths.SUBDIR}/<step>")
   directory, step = path, None
-  if os.path.isdir(os.path.join(path, paths.SUBDIR)):
-    directory = os.path.join(path, paths.SUBDIR)
-  elif os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, PARAMS)):
-    directory, step = os.path.dirname(path), int(os.path.basename(path))
+  if storage.isdir(storage.join(path, paths.SUBDIR)):
+    directory = storage.join(path, paths.SUBDIR)
+  elif storage.basename(path).isdigit() and storage.isdir(storage.join(path, PARAMS)):
+    directory, step = storage.dirname(path), int(storage.basename(path))
   mngr = manager(directory, async_save=False, create=False)
   steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
   if not steps:

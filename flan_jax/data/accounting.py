@@ -4,7 +4,6 @@ the mixture, as the trainer read them (after rates, caps and packing), beside th
 
 import copy
 import json
-import os
 from typing import Any, Mapping
 
 import jax
@@ -12,6 +11,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import seqio
 
+from flan_jax import storage
 from flan_jax.data import pipeline as data_lib
 
 # The run's tally, saved with process 0's position of each step; the trainer makes the newest one
@@ -83,10 +83,9 @@ class Tally:
   def load(self, path: str) -> bool:
     """Continues from the counts saved in `path` (a summary); False, changing nothing, if there is
     no such file or it counts other tasks."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       return False
-    with open(path) as f:
-      summary = json.load(f)
+    summary = storage.read_json(path)
     if summary["mixture_or_task"] != self.name or list(summary["tasks"]) != self.tasks:
       return False
     self.counts = np.array([[t["examples"], t["tokens"], t["target_tokens"]] for t in summary["tasks"].values()],

@@ -9,8 +9,10 @@ On request every batch also carries `task_index`, the task of each token (see `g
 
 import copy
 import difflib
+import json
 import os
 import shutil
+import tempfile
 from typing import Mapping, Optional
 
 import jax
@@ -18,6 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flan_jax import storage
 from flan_jax.errors import UserError
 from flan_jax.text import formats, tokenizers
 
@@ -163,6 +166,14 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+POSITION_SETTINGS = "input_settings.json"  # beside each saved position: what its batches look like
+
+
+def position_settings(global_batch_size: int, task_feature_lengths: Mapping[str, int]) -> dict:
+  """What a saved position fits: its pipeline's batch size, feature lengths and number of processes. A position
+  saved with other ones cannot continue this pipeline (its shuffle, packing and prefetched batches are of others)."""
+  return {"batch_size": int(global_batch_size), "processes": jax.process_count(),
+          "task_feature_lengths": {k: int(v) for k, v in sorted(task_feature_lengths.items())}}
 
 
 class InputIterator:
@@ -172,26 +183,53 @@ class InputIterator:
   iterator: shuffle buffers, packing state and prefetched batches included), into a temporary
   directory renamed when complete. Restoring it continues with exactly the batch an uninterrupted
   run would read next, in time that does not grow with N.
+
+  In a bucket (`directory` gs://..., s3://...) a position is written to a local temporary directory
+  and uploaded file by file, the step's own files last in name order (position.data-*, position.index,
+  then the small records): a resume reads the position only when its records are there, so an upload
+  cut short is never taken for a position; it is read back through a local copy. TensorFlow's own GCS
+  client is not used.
+
+  `settings` (position_settings) are written beside each position (POSITION_SETTINGS) and read back by
+  `saved_settings`, so a resume can tell a position of other batches before restoring it.
   """
 
-  def __init__(self, ds: tf.data.Dataset, directory: str):
+  def __init__(self, ds: tf.data.Dataset, directory: str, settings: Optional[Mapping] = None):
     options = tf.data.Options()
     # Tokenizers that run as py_functions hold no state the position depends on.
     options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     self._iterator = iter(ds.with_options(options))
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
-    self.directory = os.path.join(directory, f"process_{jax.process_index()}")
+    self.directory = storage.join(directory, f"process_{jax.process_index()}")
+    self.settings = dict(settings or {})
+    self._peeked = None  # the batch `fits` read, given out by the next call to next()
 
   def __iter__(self) -> "InputIterator":
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in next(self._iterator).items()}
+    element, self._peeked = self._peeked, None
+    return {k: v.numpy() for k, v in (element if element is not None else next(self._iterator)).items()}
+
+  def fits(self) -> bool:
+    """Whether the restored position continues this pipeline: reads the next batch (kept for next()); False
+    when TensorFlow refuses it, as for a position saved with another batch size or feature lengths (then this
+    iterator is spent: make a new one). Call it before any save: the kept batch is not in a saved position."""
+    try:
+      self._peeked = next(self._iterator)
+    except tf.errors.InvalidArgumentError:
+      return False
+    return True
 
   def save(self, step: int, keep: Optional[set] = None, files: Optional[Mapping[str, str]] = None) -> None:
     """Writes the position after `step` batches, with `files` (name -> text: small records that
     belong to this step, read back by `path`); removes the positions of steps not in `keep` and
     any earlier write that was cut short."""
+    if self.settings:
+      files = {**(files or {}), POSITION_SETTINGS: json.dumps(self.settings) + "\n"}
+    if storage.is_remote(self.directory):
+      self._save_remote(step, keep, files)
+      return
     final = os.path.join(self.directory, str(step))
     tmp = f"{final}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -208,12 +246,42 @@ class InputIterator:
       if ".tmp-" in name or (keep is not None and name.isdigit() and int(name) not in keep | {step}):
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
+  def _save_remote(self, step: int, keep: Optional[set], files: Optional[Mapping[str, str]]) -> None:
+    final = storage.join(self.directory, str(step))
+    with tempfile.TemporaryDirectory(prefix="flan_jax_position_") as scratch:
+      self._checkpoint.write(os.path.join(scratch, "position"))
+      for name, text in (files or {}).items():
+        with open(os.path.join(scratch, name), "w") as f:
+          f.write(text)
+      storage.rmtree(final, ignore_errors=True)
+      storage.copy_local_to(scratch, final)
+    for name in storage.listdir(self.directory):  # positions of dropped steps
+      if keep is not None and name.isdigit() and int(name) not in keep | {step}:
+        storage.rmtree(storage.join(self.directory, name), ignore_errors=True)
+
   def path(self, step: int, name: str) -> str:
     """Where `save(step, files={name: ...})` keeps that file."""
-    return os.path.join(self.directory, str(step), name)
+    return storage.join(self.directory, str(step), name)
+
+  def saved_steps(self) -> list[int]:
+    """The steps this process has a saved position of (or the start of one), newest first."""
+    names = storage.listdir(self.directory) if storage.isdir(self.directory) else []
+    return sorted((int(name) for name in names if name.isdigit()), reverse=True)
+
+  def saved_settings(self, step: int) -> Optional[dict]:
+    """The settings saved with the position of `step`; None for a position saved without them (older runs)."""
+    path = self.path(step, POSITION_SETTINGS)
+    return storage.read_json(path) if storage.isfile(path) else None
 
   def restore(self, step: int) -> bool:
     """Moves to the saved position of `step`; False if there is none (then nothing changes)."""
+    if storage.is_remote(self.directory):
+      directory = storage.join(self.directory, str(step))
+      if not storage.exists(storage.join(directory, "position.index")):
+        return False
+      with tempfile.TemporaryDirectory(prefix="flan_jax_position_") as scratch:
+        self._checkpoint.read(os.path.join(storage.copy_to_local(directory, scratch), "position")).assert_consumed()
+      return True
     path = os.path.join(self.directory, str(step), "position")
     if not tf.io.gfile.exists(path + ".index"):
       return False

@@ -7,7 +7,6 @@ the trainer.
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -16,7 +15,7 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import files, settings, task_info
+from flan_jax import files, settings, storage, task_info
 from flan_jax import metrics as metrics_lib
 from flan_jax.checkpoints import paths, restore, run_record
 from flan_jax.data import pipeline as data_lib
@@ -116,6 +115,10 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   if len(output_dirs) != len(paths):
     raise UserError(f"EVAL_OUTPUT_DIR lists {len(output_dirs)} directories for {len(paths)} checkpoint paths; "
                     "give one directory, or one per path")
+  for path, directory in zip(paths, output_dirs):
+    storage.check(path, "CHECKPOINT_PATH")
+    if directory:
+      storage.check(directory, "EVAL_OUTPUT_DIR")
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules() if rules is None else rules
   if batch_size % partitioning.data_parallel_size(mesh, rules):
@@ -124,7 +127,7 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   reports = []
   with run_text() as followed:  # where gin chooses none: the vocabulary and format the checkpoints recorded
     job = _Job(mixture_or_task_name, dict(task_feature_lengths), splits, batch_size, num_examples,
-               normalization, mesh, rules, followed)
+               normalization, mesh, rules, followed, vocabulary_chosen=vocabulary.is_chosen())
     for name, path, directory in zip(names, paths, output_dirs):
       reports += _evaluate_run(job, name, path, model_config, directory, all_steps, follow_seconds)
   return reports
@@ -158,6 +161,7 @@ class _Job:
   evaluators: dict = dataclasses.field(default_factory=dict)
   vocab_record: Optional[dict] = None
   format_record: Optional[dict] = None
+  vocabulary_chosen: bool = False  # in gin or by the caller's run_text: then weights without a tokenizer are used
 
   def evaluator(self, split: str) -> seqio.Evaluator:
     if split not in self.evaluators:
@@ -173,7 +177,7 @@ class _Job:
 
 
 def _run_name(path: str) -> str:
-  return os.path.basename(paths.model_dir_of(path).rstrip("/")) or path
+  return storage.basename(paths.model_dir_of(path)) or path
 
 
 def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelConfig],
@@ -181,7 +185,7 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
   is_pretrained = paths.is_pretrained(path)
   if is_pretrained and not output_dir:
     raise UserError(f"{path} is a pretrained model: set EVAL_OUTPUT_DIR for the eval results")
-  if not is_pretrained and not os.path.isdir(path):
+  if not is_pretrained and not storage.isdir(path):
     raise UserError(f"checkpoint path {path} does not exist; pass CHECKPOINT_PATH=<model dir> "
                     f"or <model dir>/{paths.SUBDIR}/<step>")
   model_dir = paths.model_dir_of(path)
@@ -206,7 +210,7 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
     pending = [s for s in _steps(path, is_pretrained, every) if s not in done]
     pending = [s for s in pending if not (every and _evaluated(output_dir, job, s))]
     for step in pending:
-      where = path if is_pretrained or step is None else os.path.join(model_dir, paths.SUBDIR, str(step))
+      where = path if is_pretrained or step is None else storage.join(model_dir, paths.SUBDIR, str(step))
       loaded_step, params = restore.restore_params(where, model_config, job.mesh, job.rules, target)
       for runner in runners:
         runner.params = params
@@ -221,22 +225,22 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
 
 def _steps(path: str, is_pretrained: bool, every: bool) -> list:
   """The steps to evaluate: None for a pretrained model or a single step dir (restored as named)."""
-  if is_pretrained or os.path.basename(os.path.abspath(path)).isdigit() or not every:
+  if is_pretrained or storage.basename(storage.absolute(path)).isdigit() or not every:
     return [None]
-  directory = os.path.join(paths.model_dir_of(path), paths.SUBDIR)
-  if not os.path.isdir(directory):
+  directory = storage.join(paths.model_dir_of(path), paths.SUBDIR)
+  if not storage.isdir(directory):
     return [None]  # restore_params explains what is missing
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  return sorted(int(d) for d in storage.listdir(directory) if d.isdigit())
 
 
 def _evaluated(output_dir: str, job: _Job, step) -> bool:
-  return step is not None and all(os.path.exists(_result_path(output_dir, job.name, split, step, "eval"))
+  return step is not None and all(storage.exists(_result_path(output_dir, job.name, split, step, "eval"))
                                   for split in job.splits)
 
 
 def _result_path(output_dir: str, name: str, split: str, step: int, kind: str) -> str:
   suffix = "json" if kind == "eval" else "jsonl"
-  return os.path.join(output_dir, f"{kind}_{name}_{split}_step{step}.{suffix}")
+  return storage.join(output_dir, f"{kind}_{name}_{split}_step{step}.{suffix}")
 
 
 def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, split: str,
@@ -255,7 +259,7 @@ def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, sp
   records = []
   for task in evaluator.eval_tasks:
     info = task_info.lookup(task.name)
-    lineage = predictions_lib.Lineage(run, os.path.abspath(path), step, split, task.name, info.dataset,
+    lineage = predictions_lib.Lineage(run, storage.absolute(path), step, split, task.name, info.dataset,
                                       info.cluster, info.template)
     examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
     out = outputs[task.name]
@@ -269,14 +273,14 @@ def _evaluate_step(job: _Job, run: str, path: str, runners: tuple, step: int, sp
           examples, _postprocessed(task, vocab, out[seqio.metrics.ModelOutputType.PREDICTION], examples),
           _targets(task, examples), lineage)
     records += task_records
-  report = {"checkpoint_path": os.path.abspath(path), "run": run, "step": step,
+  report = {"checkpoint_path": storage.absolute(path), "run": run, "step": step,
             "mixture_or_task_name": job.name, "split": split, "normalization": job.normalization,
             "example_format": job.format_record["format"],
             "metrics": metrics, "average": average(metrics)}
   if jax.process_index() == 0:
     # The metrics file is written last: its presence says the step is evaluated (`_evaluated`), and
     # each file is renamed into place only when whole, so a write cut short leaves no result behind.
-    os.makedirs(output_dir, exist_ok=True)
+    storage.makedirs(output_dir)
     result = _result_path(output_dir, job.name, split, step, "eval")
     predictions_lib.write_jsonl(records, _result_path(output_dir, job.name, split, step, "predictions"))
     with metrics_lib.MetricsWriter(output_dir, enabled=True, name="eval") as writer:  # TensorBoard too
@@ -371,8 +375,9 @@ class _Progress:
 
 def _follow_vocabulary(job: _Job, checkpoint_path: str) -> None:
   """Tokenize with the checkpoint's vocabulary; one chosen in gin, or used by an earlier run of
-  this command (its tasks are already tokenized), must be the same one."""
-  start = restore.starting_vocabulary(checkpoint_path)
+  this command (its tasks are already tokenized), must be the same one. A pretrained model without a
+  tokenizer is refused (one line) unless the vocabulary is chosen in gin or by the caller's run_text."""
+  start = restore.starting_vocabulary(checkpoint_path, missing_ok=job.vocabulary_chosen)
   if start is None:
     return
   if not vocabulary.is_configured() and job.vocab_record is None:

@@ -364,8 +364,11 @@ def from_directory(path: str) -> seqio.Vocabulary:
       eos_ids = _config_ids(path, "eos_token_id")
       return CLASSES[kind](file, _config_id(path, "bos_token_id"), eos_ids[0] if eos_ids else None,
                            add_bos=add_bos, chat_template=template, stop_ids=eos_ids[1:])
-  raise UserError(f"{path} has no tokenizer.json or tokenizer.model; point at a Hugging Face model "
-                  "directory that includes its tokenizer")
+  raise UserError(f"{path} has no tokenizer.json or tokenizer.model, so its weights would be read with another "
+                  "vocabulary than they were trained with: copy the model's tokenizer files into it, or bind that "
+                  "vocabulary: --gin.run_vocabulary.vocabulary=@pretrained_vocabulary() "
+                  "--gin.pretrained_vocabulary.path=<a directory with its tokenizer> (@byte_vocabulary() for a "
+                  "flan_jax export of a run trained with bytes)")
 
 
 def _optional_id(vocab: seqio.Vocabulary, name: str) -> Optional[int]:

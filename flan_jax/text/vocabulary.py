@@ -4,8 +4,9 @@ decode is made, never at import.
 `run_vocabulary()` gives, in this order: gin's `run_vocabulary.vocabulary` (e.g. `@pretrained_vocabulary()`
 with `pretrained_vocabulary.path` naming a Hugging Face model directory or a .gguf file), else the
 vocabulary of the open `run_text(...)` (flan_jax.text.run: the trainer's run, or the checkpoint an eval
-follows), else seqio's byte vocabulary. Tasks are registered at import, before gin is parsed, so their
-features hold a `RunVocabulary`, which asks `run_vocabulary()` at every call.
+follows), else seqio's byte vocabulary (which `@byte_vocabulary()` binds explicitly). Tasks are registered
+at import, before gin is parsed, so their features hold a `RunVocabulary`, which asks `run_vocabulary()` at
+every call.
 """
 
 import atexit
@@ -39,6 +40,18 @@ def is_configured() -> bool:
     return gin.query_parameter("run_vocabulary.vocabulary") is not None
   except ValueError:
     return False
+
+
+def is_chosen() -> bool:
+  """Whether the run's vocabulary is chosen, in gin or by an open run_text, rather than seqio's bytes by default."""
+  return is_configured() or run.current().vocabulary is not None
+
+
+@gin.configurable
+def byte_vocabulary() -> seqio.Vocabulary:
+  """seqio's byte vocabulary, bound explicitly (`run_vocabulary.vocabulary = @byte_vocabulary()`): for weights
+  trained with it whose directory has no tokenizer, such as a Hugging Face export of a run trained from scratch."""
+  return _BYTES
 
 
 @gin.configurable

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flan_jax import errors, settings
+from flan_jax import errors, settings, storage
 from flan_jax import metrics as metrics_lib
 from flan_jax.checkpoints import hf, paths, restore, run_record, store
 from flan_jax.data import accounting
@@ -27,7 +27,7 @@ from flan_jax.errors import DiskFullError, UserError
 from flan_jax.model import partitioning
 from flan_jax.model.lora import LoraConfig
 from flan_jax.model.transformer import ModelConfig, Transformer  # noqa: F401
-from flan_jax.text import formats, tokenizers
+from flan_jax.text import formats, tokenizers, vocabulary
 from flan_jax.text.run import run_text
 from flan_jax.training import optimizers, run_lock
 from flan_jax.training.step import Setup, TrainState, compile_train_step, cross_entropy, loss_fn, setup, train_step  # noqa: F401
@@ -102,7 +102,7 @@ def train(model_dir: Optional[str] = None, *,
   base_record = None if lora is None else run_record.check_base(model_dir, initial_checkpoint_path, lora, model_config)
 
   is_main = jax.process_index() == 0
-  os.makedirs(model_dir, exist_ok=True)
+  storage.makedirs(model_dir)
   progress = {"step": 0, "saving": None}  # where the run is, for the message if the disk fills up
   with contextlib.ExitStack() as stack:
     stack.enter_context(run_lock.hold(model_dir))  # one trainer per MODEL_DIR; kill -9 releases it
@@ -111,7 +111,7 @@ def train(model_dir: Optional[str] = None, *,
     stack.enter_context(run_text(vocabulary=vocab, example_format=example_format["format"]))
     stack.enter_context(_naming_a_full_disk(model_dir, progress))
     mngr = stack.enter_context(store.closing(store.manager(
-        os.path.join(model_dir, paths.SUBDIR), save_every=checkpoint_period, keep=checkpoints_to_keep,
+        storage.join(model_dir, paths.SUBDIR), save_every=checkpoint_period, keep=checkpoints_to_keep,
         keep_period=keep_period, async_save=async_checkpointing)))
     if is_main:
       run_record.write_run_record(model_dir, model_config, vocab, example_format)
@@ -167,6 +167,9 @@ def _checked_setup(model_dir, mixture_or_task_name, task_feature_lengths, train_
   nothing is written to MODEL_DIR before this returns."""
   if not model_dir:
     raise UserError("MODEL_DIR is not set: pass --gin.MODEL_DIR=/path/to/run (checkpoints and logs go there)")
+  storage.check(model_dir, "MODEL_DIR")
+  if initial_checkpoint_path:
+    storage.check(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
   data_lib.check_task_name(mixture_or_task_name)
   if not (isinstance(task_feature_lengths, Mapping) and set(task_feature_lengths) == {"inputs", "targets"}):
     raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} is not a dict of 'inputs' and 'targets' "
@@ -233,20 +236,62 @@ def _check_settings(task_feature_lengths, train_steps, batch_size, checkpoint_pe
 def _input_iterator(model_dir: str, start: int, name: str, lengths: Mapping[str, int], batch_size: int,
                     seed: int, is_main: bool) -> tuple[data_lib.InputIterator, accounting.Tally]:
   """The training batches from step `start` on, tagged with each token's task, and the tally of those
-  before: from the input position and tally saved with that step, or, for a run saved without them
-  (also older runs, whose positions are of untagged batches), by reading and counting `start`
-  batches (exact, but O(start))."""
-  directory = os.path.join(model_dir, paths.INPUT_POSITIONS)
-  inputs = data_lib.InputIterator(
-      data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed, with_task_index=True), directory)
-  tally = accounting.Tally(name)
-  if start == 0 or (tally.load(inputs.path(start, accounting.LOCAL_FILE)) and inputs.restore(start)):
+  before, from the newest input position saved with a tally at or before `start` (that of `start`, or of an
+  earlier kept step when its own was not written), then reading and counting the batches up to `start`.
+
+  A position saved with another BATCH_SIZE, TASK_FEATURE_LENGTHS or number of processes cannot continue this
+  pipeline: the run goes on from its checkpoint with the data read again from its beginning as from that step,
+  and says so in one line (the examples of the steps before it come again). With no position at all (a run
+  saved without them, also older runs, whose positions are of untagged batches): by reading and counting
+  `start` batches (exact, but O(start))."""
+  directory = storage.join(model_dir, paths.INPUT_POSITIONS)
+  settings = data_lib.position_settings(batch_size, lengths)
+  new_inputs = lambda: data_lib.InputIterator(
+      data_lib.get_dataset(name, lengths, "train", batch_size, seed=seed, with_task_index=True), directory, settings)
+  inputs, tally = new_inputs(), accounting.Tally(name)
+  if start == 0:
     return inputs, tally
-  _log(is_main, f"no saved input position for step {start}: reading {start} batches to reach it")
-  tally = accounting.Tally(name)
-  for _ in range(start):
+  for step in (s for s in inputs.saved_steps() if s <= start):
+    if not tally.load(inputs.path(step, accounting.LOCAL_FILE)):  # no position, or one cut short
+      continue
+    saved = inputs.saved_settings(step)
+    if saved is None or saved == settings:
+      if not inputs.restore(step):
+        continue
+      if inputs.fits():
+        if step < start:
+          _log(is_main, f"no saved input position for step {start}: restored step {step}'s and read "
+               f"{start - step} batch{'es' if start - step > 1 else ''} to reach it")
+        break
+      inputs = new_inputs()  # an older run's position of other batches (it recorded no settings)
+    _log(is_main, _data_restart(step, start, saved, settings))
+    break
+  else:
+    _log(is_main, f"no saved input position for step {start}: reading {start} batches to reach it")
+    step, tally = 0, accounting.Tally(name)
+  for _ in range(start - step):
     tally.count(next(inputs))
   return inputs, tally
+
+
+def _data_restart(step: int, start: int, saved: Optional[dict], settings: dict) -> str:
+  """The line saying the input position of `step` does not fit this run, and what the run does instead."""
+  def named(values: dict, keys) -> str:
+    names = {"batch_size": "BATCH_SIZE={}", "task_feature_lengths": "TASK_FEATURE_LENGTHS={}",
+             "processes": "{} processes"}
+    return " and ".join(names[k].format(values.get(k)) for k in keys)
+  if saved is None:
+    why = (f"does not fit this run's batches (saved with another BATCH_SIZE or TASK_FEATURE_LENGTHS than "
+           f"{named(settings, ('batch_size', 'task_feature_lengths'))})")
+    rerun = "the earlier settings"
+  else:
+    changed = [k for k in settings if saved.get(k) != settings[k]]
+    why = f"was saved with {named(saved, changed)}, and this run has {named(settings, changed)}"
+    rerun = named(saved, changed)
+  reach = f" (reading {start - step} batches to reach step {start})" if start > step else ""
+  return (f"the input position of step {step} {why}: the training data starts again from its beginning at step "
+          f"{step}, so examples of the steps before it are trained on again{reach}; rerun with {rerun} to "
+          "continue the data where it stopped")
 
 
 @contextlib.contextmanager
@@ -258,8 +303,8 @@ def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
   except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap the OSError in their own types)
     if not _is_disk_full(e):
       raise
-    directory = os.path.join(model_dir, paths.SUBDIR)
-    complete = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    directory = storage.join(model_dir, paths.SUBDIR)
+    complete = sorted(int(d) for d in storage.listdir(directory) if d.isdigit()) if storage.isdir(directory) else []
     # What was being written: the error names orbax's or the input position's temporary directory.
     text = _chain_text(e)
     checkpoint = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
@@ -297,6 +342,9 @@ def _log(is_main: bool, message: str) -> None:
 
 
 def _write_operative_config(model_dir: str) -> None:
+  if storage.is_remote(model_dir):
+    storage.write_text(storage.join(model_dir, "config.gin"), gin.operative_config_str())
+    return
   with open(os.path.join(model_dir, "config.gin"), "w") as f:
     f.write(gin.operative_config_str())
 
@@ -319,7 +367,9 @@ def _check_vocab(name: str, config: ModelConfig, model_dir: str, initial_checkpo
   recorded = run_record.recorded_vocabulary(model_dir)
   if recorded is not None:
     tokenizers.check_same(tokenizers.describe(recorded), vocab, model_dir)
-  start = restore.starting_vocabulary(initial_checkpoint_path) if initial_checkpoint_path else None
+  # A pretrained model without a tokenizer is refused unless the run chose its vocabulary itself.
+  start = (restore.starting_vocabulary(initial_checkpoint_path, missing_ok=vocabulary.is_chosen())
+           if initial_checkpoint_path else None)
   if start is not None:
     tokenizers.check_same(tokenizers.describe(start), vocab, initial_checkpoint_path)
   return vocab

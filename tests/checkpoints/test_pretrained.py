@@ -289,6 +289,66 @@ def test_bad_input_through_the_train_binary_is_one_line(models, tmp_path, capsys
     assert not os.path.exists(tmp_path / str(k) / "model_config.json")  # refused before writing anything
 
 
+# --- A model directory without its tokenizer. --------------------------------------------------------
+
+EVAL_ARGS = ["--gin_file=runs/eval.gin", "--gin.MIXTURE_OR_TASK_NAME=embedded_color_nli_scoring_t0", LENGTHS,
+             "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8"]
+TRAIN_ARGS = ["--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", LENGTHS, "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8",
+              "--gin.ModelConfig.dtype='float32'", "--gin.ModelConfig.remat_policy='none'"]
+
+
+def _without_tokenizer(models, tmp_path):
+  """A copy of the tiny Llama with its weights and configs but no tokenizer.json."""
+  directory = _copy(models, "llama", tmp_path)
+  os.remove(os.path.join(directory, "tokenizer.json"))
+  return directory
+
+
+def test_a_model_directory_without_its_tokenizer_is_one_line(models, tmp_path, capsys):
+  """Evaluated, or tuned with no vocabulary bound in gin, weights without tokenizer.json / tokenizer.model used to
+  get the byte vocabulary silently (plausible scores); now one line names the directory and the files, exit 2,
+  nothing written."""
+  from flan_jax import eval as eval_binary
+  from flan_jax import train
+  bare = _without_tokenizer(models, tmp_path)
+  message = f"{bare} has no tokenizer.json or tokenizer.model"
+  cases = [
+      (eval_binary, [*EVAL_ARGS, f"--gin.CHECKPOINT_PATH={bare}", f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'eval'}"]),
+      (train, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={bare}", f"--gin.MODEL_DIR={tmp_path / 'a'}",
+               *TRAIN_ARGS]),
+      # The model from the directory, its vocabulary left to the default: this tuned with bytes.
+      (train, ["--gin_file=runs/finetune.gin", f"--gin.INITIAL_CHECKPOINT_PATH={bare}",
+               "--gin.train.model_config=@pretrained_model_config()", f"--gin.pretrained_model_config.path={bare}",
+               f"--gin.MODEL_DIR={tmp_path / 'b'}", *TRAIN_ARGS]),
+  ]
+  for module, argv in cases:
+    code, err = run_main(module, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err[-3000:])
+    assert "run_vocabulary.vocabulary" in lines[0]  # and how to bind the vocabulary the weights were trained with
+  assert not any(os.path.exists(tmp_path / name) for name in ("eval", "a", "b"))
+  with pytest.raises(UserError, match=re.escape(message)):
+    checkpoints.starting_vocabulary(bare)
+
+
+def test_weights_without_a_tokenizer_run_with_a_vocabulary_bound_in_gin(models, tmp_path):
+  """A vocabulary bound in gin is the user's choice: weights without tokenizer files are then evaluated and tuned
+  with it (a tokenizer elsewhere, or @byte_vocabulary() for a flan_jax export trained with bytes)."""
+  from flan_jax import eval as eval_binary
+  from flan_jax import train
+  bare, original = _without_tokenizer(models, tmp_path), models["llama"][0]
+  assert checkpoints.starting_vocabulary(bare, missing_ok=True) is None
+  out = tmp_path / "eval"
+  _run_ok(eval_binary, [*EVAL_ARGS, f"--gin.CHECKPOINT_PATH={bare}", f"--gin.EVAL_OUTPUT_DIR={out}",
+                        "--gin.run_vocabulary.vocabulary=@pretrained_vocabulary()",
+                        f"--gin.pretrained_vocabulary.path={original}"])
+  assert os.path.isfile(out / "eval_embedded_color_nli_scoring_t0_validation_step0.json")
+  model_dir = str(tmp_path / "bytes")
+  _run_ok(train, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={bare}", f"--gin.MODEL_DIR={model_dir}",
+                  "--gin.run_vocabulary.vocabulary=@byte_vocabulary()", *TRAIN_ARGS])
+  assert tokenizers.describe(checkpoints.recorded_vocabulary(model_dir))["kind"] == "byte"
+
+
 def test_pickled_weights_are_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
   (tmp_path / "pytorch_model.bin").write_bytes(b"not read")

@@ -222,7 +222,9 @@ def test_a_truncated_safetensors_file_is_one_line(run_dir, tmp_path, capsys):
     f.truncate(os.path.getsize(weights) // 2)
   with pytest.raises(UserError, match=f"{weights} is truncated: .* copy or download it again"):
     checkpoints.open_pretrained(hf)
-  code, err = run_main(eval_binary, _eval_args(hf, tmp_path / "eval"), capsys)
+  # The run was trained with bytes, so its export has no tokenizer: the eval binds that vocabulary.
+  bytes_bound = "--gin.run_vocabulary.vocabulary=@byte_vocabulary()"
+  code, err = run_main(eval_binary, [*_eval_args(hf, tmp_path / "eval"), bytes_bound], capsys)
   assert code == 2 and "is truncated" in _one_line(err)
 
 

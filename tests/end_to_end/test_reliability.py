@@ -69,6 +69,83 @@ def test_every_checkpoint_damaged_refuses_then_set_aside_starts_fresh(run_dir, t
   assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["1", "1.damaged", "2", "2.damaged", "3"]
 
 
+def _train_ok(*args):
+  """The train binary (one device, as the run it resumes), expected to finish; returns what it printed."""
+  out = binary("train", *args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def _position(model_dir, step):
+  return os.path.join(model_dir, checkpoints.INPUT_POSITIONS, "process_0", str(step))
+
+
+OTHER_LENGTHS = {"inputs": 64, "targets": 16}
+
+
+@pytest.mark.parametrize("change, recorded", [
+    ("--gin.BATCH_SIZE=4", True),
+    (f"--gin.TASK_FEATURE_LENGTHS={OTHER_LENGTHS}", True),
+    ("--gin.BATCH_SIZE=4", False),  # a position saved before positions recorded their settings
+])
+def test_a_rerun_with_another_batch_size_or_feature_lengths_goes_on_from_the_step(run_dir, tmp_path, change, recorded):
+  """The run was saved at steps 1 and 2 with BATCH_SIZE=8; rerun with 4 (or other TASK_FEATURE_LENGTHS) it used to
+  die in a TensorFlow traceback restoring the input position. It goes on from step 2 with the data read again from
+  its beginning, says so in one line, and counts what it read; the new settings are recorded with the new positions."""
+  from flan_jax.data import accounting
+  from flan_jax.data import pipeline as data_lib
+  import flan_tasks  # noqa: F401  (registers the embedded tasks, for the tally below)
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(run_dir, model_dir)
+  if not recorded:
+    for step in (1, 2):
+      os.remove(os.path.join(_position(model_dir, step), data_lib.POSITION_SETTINGS))
+  args = [*TRAIN, f"--gin.MODEL_DIR={model_dir}", "--gin.CHECKPOINT_PERIOD=1", change]
+  out = _train_ok(*args, "--gin.TRAIN_STEPS=4")
+  assert "resumed from step 2" in out
+  (line,) = [line for line in out.splitlines() if "input position" in line]
+  batch, lengths = (4, {"inputs": 96, "targets": 16}) if "BATCH_SIZE" in change else (8, OTHER_LENGTHS)
+  if not recorded:
+    assert "the input position of step 2 does not fit this run's batches" in line, line
+  elif batch == 4:
+    assert "the input position of step 2 was saved with BATCH_SIZE=8, and this run has BATCH_SIZE=4" in line, line
+  else:
+    assert (f"was saved with TASK_FEATURE_LENGTHS={{'inputs': 96, 'targets': 16}}, and this run has "
+            f"TASK_FEATURE_LENGTHS={OTHER_LENGTHS}") in line, line
+  assert "the training data starts again from its beginning at step 2, so examples of the steps before it are " \
+         "trained on again; rerun with " in line, line
+  # What it trained on: step 2's tally, then the first two batches of the new pipeline.
+  tally = accounting.Tally("embedded_no_nli")
+  assert tally.load(os.path.join(_position(run_dir, 2), accounting.LOCAL_FILE))
+  fresh = data_lib.get_dataset("embedded_no_nli", lengths, "train", batch, seed=0, with_task_index=True)
+  for local in fresh.take(2).as_numpy_iterator():
+    tally.count(local)
+  assert json.load(open(os.path.join(model_dir, accounting.FILE))) == json.loads(json.dumps(tally.summary(4)))
+  if not (recorded and batch == 4):
+    return
+  # Rerun with the new settings: step 4's position is restored, silently; without it, step 3's is restored and one
+  # batch read, which gives the same step 5.
+  again = str(tmp_path / "again")
+  shutil.copytree(model_dir, again)
+  shutil.rmtree(_position(again, 4))
+  from concurrent.futures import ThreadPoolExecutor
+  with ThreadPoolExecutor(2) as pool:  # two independent processes
+    runs = [pool.submit(_train_ok, *TRAIN, f"--gin.MODEL_DIR={d}", "--gin.CHECKPOINT_PERIOD=1", change,
+                        "--gin.TRAIN_STEPS=5") for d in (model_dir, again)]
+    out, out_again = (r.result() for r in runs)
+  assert "resumed from step 4" in out and "input position" not in out, out
+  assert "no saved input position for step 4: restored step 3's and read 1 batch" in out_again, out_again
+  import jax
+  import numpy as np
+
+  from tests.end_to_end.test_binaries import _final_params
+  (step_a, a), (step_b, b) = _final_params(model_dir), _final_params(again)
+  assert step_a == step_b == 5
+  assert jax.tree.leaves(a)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_a_second_trainer_on_the_same_model_dir_is_refused(run_dir, capsys):
   from flan_jax import train
   with run_lock.hold(run_dir):  # this process plays the running trainer

