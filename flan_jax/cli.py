@@ -8,8 +8,8 @@ bounds how long the other hosts wait before they exit when one host dies (defaul
 
 Exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad input or a run that cannot go on as
 asked (one line on stderr says what to change; also a path that cannot be read or written), 3 the loss
-diverged, 4 another host of the job died, 5 the disk filled up, 130 stopped by Ctrl-C (SIGINT); anything
-else is a bug, with its traceback.
+diverged, 4 another host of the job died, 5 the disk filled up, 6 a bucket stopped answering, 130 stopped by
+Ctrl-C (SIGINT); anything else is a bug, with its traceback.
 """
 
 import dataclasses
@@ -21,8 +21,8 @@ from typing import Callable, Optional, Sequence
 
 import gin
 
-from flan_jax import settings, startup
-from flan_jax.errors import DiskFullError, UserError, chain, first_line
+from flan_jax import settings, startup, storage
+from flan_jax.errors import DiskFullError, StoreUnavailableError, UserError, chain, first_line
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -39,9 +39,14 @@ class Flags:
   heartbeat_timeout_seconds: int = 100
 
 
+# Libraries that log a failure they are about to raise: absl (orbax, from every thread), and the bucket clients
+# (gcsfs logs each request that ran out of retries, with its traceback).
+_HELD_LOGGERS = ("absl", "gcsfs", "fsspec", "s3fs", "aiobotocore", "botocore")
+
+
 class _HeldLogs(logging.Handler):
-  """Holds the libraries' (absl) log records of a run: dropped when the run ends in a one-line error
-  (orbax logs the failure it is about to raise from every thread), written out otherwise."""
+  """Holds the libraries' log records of a run (_HELD_LOGGERS): dropped when the run ends in a one-line error,
+  written out otherwise."""
 
   def __init__(self):
     super().__init__(logging.WARNING)
@@ -125,10 +130,11 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
 
   The other documented failures (see the module docstring) are one line too, with their own codes.
   """
-  absl_logger, held = logging.getLogger("absl"), _HeldLogs()
-  absl_logger.setLevel(logging.ERROR)
-  absl_logger.addHandler(held)
-  absl_logger.propagate = False
+  loggers, held = [logging.getLogger(name) for name in _HELD_LOGGERS], _HeldLogs()
+  for logger in loggers:
+    logger.setLevel(logging.ERROR)
+    logger.addHandler(held)
+    logger.propagate = False
   sys.unraisablehook = _without_closed_loop_noise  # kept to the end: the noise can come at exit
   code, message = None, None
   try:
@@ -143,6 +149,8 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     code, message = 3, first_line(e)
   except DiskFullError as e:  # names the step and the last complete checkpoint
     code, message = 5, first_line(e)
+  except StoreUnavailableError as e:  # the trainer names the step
+    code, message = 6, first_line(e)
   except KeyboardInterrupt:
     code, message = 130, ("interrupted (Ctrl-C); results and checkpoints are written whole or not at all, so "
                           "rerun the same command to go on")
@@ -154,14 +162,18 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
       code, message = 2, _user_error_in(e)
     elif _os_error(e, (errno.ENOSPC,)) is not None:  # the trainer names its step; the other binaries get this
       code, message = 5, _disk_full_message(_os_error(e, (errno.ENOSPC,)))
+    elif storage.unavailable(e) is not None:
+      code, message = 6, (f"a bucket stopped answering ({storage.unavailable(e)}); files are written whole or "
+                          "not at all, so rerun the same command when it answers again")
     else:
       code, message = 2, None if _os_error(e, _PATH_ERRORS) is None else _path_message(_os_error(e, _PATH_ERRORS))
       if message is None:  # a bug: its traceback, with the library logs that led to it
         held.replay()
         raise
   finally:
-    absl_logger.removeHandler(held)
-    absl_logger.propagate = True
+    for logger in loggers:
+      logger.removeHandler(held)
+      logger.propagate = True
   if message is None:
     held.replay()
     return

@@ -11,6 +11,11 @@ class DiskFullError(OSError):
   """A write failed for lack of space; says where, at which step, and which checkpoint is complete."""
 
 
+class StoreUnavailableError(OSError):
+  """A bucket stopped answering (the store or the network is down) after its client's retries; says where and
+  at which step. The checkpoints complete before then are intact."""
+
+
 def chain(e: Optional[BaseException]) -> Iterator[BaseException]:
   """The exception, then what it was raised from or during (gin and orbax wrap the real cause)."""
   while e is not None:

@@ -2,7 +2,6 @@
 --gin.OUTPUT_DIR=...`."""
 
 import copy
-import os
 
 from flan_jax import cli, startup
 
@@ -13,7 +12,7 @@ import gin  # noqa: E402
 
 # Importing flan_jax.checkpoints registers its configurables (export_checkpoint, and through flan_jax.text the
 # vocabulary's and the format's) before gin parses the flags (gin refuses new ones once the config is locked).
-from flan_jax import files  # noqa: E402,F401
+from flan_jax import files, storage  # noqa: E402,F401
 from flan_jax.checkpoints import export as export_lib  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
 
@@ -27,13 +26,14 @@ def main(flags: cli.Flags) -> None:
   """Exports; an export cut short (a full disk, Ctrl-C, an error) leaves no directory that looks complete."""
   del flags  # everything else comes from gin
   checkpoint_path, output_dir = _bound("checkpoint_path"), _bound("output_dir")
-  if isinstance(checkpoint_path, str) and checkpoint_path and not os.path.exists(checkpoint_path):
+  if (isinstance(checkpoint_path, str) and checkpoint_path
+      and not storage.exists(storage.check(checkpoint_path, "CHECKPOINT_PATH"))):
     raise UserError(f"CHECKPOINT_PATH {checkpoint_path} does not exist; pass --gin.CHECKPOINT_PATH=<model dir>, "
                     "<model dir>/checkpoints/<step>, a Hugging Face model directory or a .gguf file")
   if not isinstance(output_dir, str) or not output_dir:
     export_lib.export_checkpoint()  # it explains what is missing
     return
-  with files.removed_on_failure(output_dir):
+  with files.removed_on_failure(storage.check(output_dir, "OUTPUT_DIR")):
     export_lib.export_checkpoint()
 
 

@@ -54,11 +54,15 @@ class Throughput:
 class MetricsWriter:
   """Writes scalars by step to MODEL_DIR/{name}_metrics.jsonl and MODEL_DIR/tensorboard/{name}.
 
-  `enabled` is true on process 0 only: a disabled writer writes and prints nothing.
+  `enabled` is true on process 0 only: a disabled writer writes and prints nothing. For a MODEL_DIR in a bucket
+  both are written to local scratch and uploaded at most every `push_seconds` (an upload per logged step would
+  hold the train loop up for as long as the store takes to answer), at each `sync()` (the trainer's checkpoint
+  saves) and when the writer closes.
   """
 
-  def __init__(self, model_dir: str, *, enabled: bool, name: str = "train"):
-    self.enabled = enabled
+  def __init__(self, model_dir: str, *, enabled: bool, name: str = "train", push_seconds: float = 30.0):
+    self.enabled, self.push_seconds = enabled, push_seconds
+    self._pushed_at = time.monotonic()
     self._jsonl = None
     self._summary = None
     self._upload = None  # (local scratch, MODEL_DIR in a bucket, name)
@@ -82,10 +86,17 @@ class MetricsWriter:
     self._jsonl.flush()
     self._summary.write_scalars(step, scalars)
     self._summary.flush()
-    self._push()
+    if time.monotonic() - self._pushed_at >= self.push_seconds:
+      self._push()
+
+  def sync(self) -> None:
+    """Uploads what was written so far to a MODEL_DIR in a bucket now."""
+    if self.enabled and not self._jsonl.closed:
+      self._push()
 
   def _push(self) -> None:
     """Uploads the JSONL file and the event files written so far to MODEL_DIR in a bucket."""
+    self._pushed_at = time.monotonic()
     if self._upload is not None:
       local, model_dir, name = self._upload
       jsonl = f"{name}_metrics.jsonl"
@@ -106,17 +117,18 @@ class MetricsWriter:
     if self.enabled:
       print(message, flush=True)
 
-  def close(self) -> None:
-    """Flushes and closes both files; closing twice is harmless."""
+  def close(self, push: bool = True) -> None:
+    """Flushes and closes both files (and uploads them, unless `push` is false); closing twice is harmless."""
     if self.enabled and not self._jsonl.closed:
       self._jsonl.close()
       self._summary.close()
-      self._push()
+      if push:
+        self._push()
       if self._upload is not None:
         shutil.rmtree(self._upload[0], ignore_errors=True)
 
   def __enter__(self) -> "MetricsWriter":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, kind, value, tb) -> None:
+    self.close(push=value is None or storage.unavailable(value) is None)  # not into a store that stopped answering

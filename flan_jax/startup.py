@@ -13,9 +13,18 @@ import sys
 
 
 def prepare() -> None:
-  """The start of every command: the Ctrl-C hook, then TensorFlow imported quietly."""
+  """The start of every command: the Ctrl-C hook, one backend for buckets, then TensorFlow imported quietly."""
   install_interrupt_hook()
+  use_fsspec_for_buckets()
   import_tensorflow_quietly()
+
+
+def use_fsspec_for_buckets() -> None:
+  """etils.epath (and with it orbax's directory work) reaches gs:// and s3:// through fsspec, as
+  flan_jax.storage does, not through TensorFlow's gfile, which it would pick whenever TensorFlow is
+  installed: one client for every bucket operation, the one the tests run against a local GCS server
+  (TensorFlow's GCS client cannot be pointed at one). EPATH_USE_TF set by the user wins."""
+  os.environ.setdefault("EPATH_USE_TF", "false")
 
 
 def install_interrupt_hook() -> None:

@@ -9,15 +9,15 @@ configurables (`MIXTURE_OR_TASK_NAME = @flan_tasks.files.jsonl_task()`); see doc
 """
 
 import csv
+import io
 import json
-import os
 from typing import Mapping, Optional, Sequence, Union
 
 import gin
 import seqio
 import tensorflow as tf
 
-from flan_jax import task_info
+from flan_jax import storage, task_info
 from flan_jax.errors import UserError
 from flan_tasks import instruction
 from flan_tasks import metrics as metrics_lib
@@ -55,10 +55,10 @@ def templates_of(templates: Sequence[TemplateLike]) -> list[Template]:
 
 def _read_rows(path: str, kind: str) -> list[tuple[int, dict]]:
   """(line number, row dict) for every record of the file."""
-  if not os.path.exists(path):
+  if not storage.exists(storage.check(path, "file task path")):  # a local file or an object in a bucket
     raise FileTaskError(f"{path}: file not found")
   rows = []
-  with open(path, newline="", encoding="utf-8") as f:
+  with io.StringIO(storage.read_text(path), newline="") as f:
     if kind == "jsonl":
       for number, line in enumerate(f, start=1):
         if not line.strip():

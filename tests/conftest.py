@@ -45,7 +45,9 @@ def tiny_config() -> ModelConfig:
 # The longest test files on 2 cores, longest first (from `pytest --durations=0`, summed per file). `make test`
 # hands whole files to its workers (pytest-xdist, --dist loadfile) in collection order, so these start first
 # and the short ones fill in at the end, instead of one worker finishing a long file alone.
-LONGEST_FIRST = ("test_reliability.py", "test_study.py", "test_multiprocess.py", "test_flan_tasks.py",
+LONGEST_FIRST = ("test_bucket_multiprocess.py", "test_reliability.py", "test_study.py", "test_multiprocess.py",
+                 "test_bucket_faults.py", "test_flan_tasks.py", "test_bucket_models.py", "test_bucket_study.py",
+                 "test_bucket_eval.py", "test_bucket_s3.py", "test_run_lock_bucket.py",
                  "test_lora.py", "test_binaries.py", "test_bucket.py", "test_pretrained.py", "test_trainer.py",
                  "test_golden_run.py", "test_checkpointing.py", "test_formats.py", "test_accounting.py", "test_data.py",
                  "test_benchmark.py", "test_faults.py", "test_model.py", "test_evaluation.py", "test_gguf_export.py",

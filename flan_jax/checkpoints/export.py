@@ -2,18 +2,22 @@
 directory, one llama.cpp GGUF file, or a LoRA run's adapters as a PEFT directory.
 
 The only module of the folder that both restores (restore.py) and writes (hf.py, gguf_writer.py,
-peft.py); it also writes the tokenizer files an exported model needs beside its weights.
+peft.py); it also writes the tokenizer files an exported model needs beside its weights. The writers write
+local files: an OUTPUT_DIR in a bucket is written into a local temporary directory and uploaded only once
+complete (flan_jax.files.publish), with its marker (config.json, adapter_config.json) last; a GGUF file is one
+object upload.
 """
 
 import json
 import os
 import re
-from typing import Optional
+from typing import Iterable, Optional
 
 import gin
 import jax
 
-from flan_jax import settings
+from flan_jax import files as files_lib
+from flan_jax import settings, storage
 from flan_jax.checkpoints import gguf_writer, hf, paths, peft, restore, run_record, safetensors_io
 from flan_jax.errors import UserError
 from flan_jax.model import partitioning
@@ -50,9 +54,11 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
     raise UserError(f"export dtype {dtype!r} is not supported for EXPORT_FORMAT {export_format!r}; use "
                     f"{', '.join(allowed[export_format])}")
   settings.number("export_checkpoint.max_shard_gb", max_shard_gb, low=0, low_open=True)
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+  storage.check(checkpoint_path, "CHECKPOINT_PATH")
+  storage.check(output_dir, "OUTPUT_DIR")
+  if storage.exists(output_dir) and not storage.isdir(output_dir):
     raise UserError(f"OUTPUT_DIR {output_dir} is a file; pass a directory")
-  if not overwrite and os.path.isdir(output_dir) and os.listdir(output_dir):
+  if not overwrite and storage.isdir(output_dir) and storage.listdir(output_dir):
     raise UserError(f"OUTPUT_DIR {output_dir} is not empty; choose a new directory, or pass --gin.OVERWRITE=True "
                     "to replace the files an earlier export wrote there")
   if adapter and export_format != "huggingface":
@@ -83,12 +89,16 @@ def export_checkpoint(checkpoint_path: str = gin.REQUIRED, output_dir: str = gin
     fmt = (restore.starting_format(checkpoint_path) or {"format": formats.DEFAULT})["format"]
     stops = list(formats.stop_ids(vocab, fmt))
     eos = stops if len(stops) > 1 else vocab.eos_id
-  files = hf.write(params, model_config, output_dir, dtype=dtype, bos_id=bos, eos_id=eos,
-                   max_shard_bytes=int(max_shard_gb * 2 ** 30))
+  with files_lib.local_output(output_dir) as local:
+    files = hf.write(params, model_config, local, dtype=dtype, bos_id=bos, eos_id=eos,
+                     max_shard_bytes=int(max_shard_gb * 2 ** 30))
+    if jax.process_index() == 0 and vocab is not None and tokenizers.describe(vocab)["kind"] != "byte":
+      _save_tokenizer(vocab, local)
+    if jax.process_index() == 0 and storage.is_remote(output_dir):  # config.json last, an earlier one's first gone
+      earlier = storage.listdir(output_dir) if overwrite and storage.isdir(output_dir) else []
+      files_lib.publish(local, output_dir, hf.CONFIG, remove=_stale_export_files(earlier, files, vocab))
   if jax.process_index() == 0:
-    if vocab is not None and tokenizers.describe(vocab)["kind"] != "byte":
-      _save_tokenizer(vocab, output_dir)
-    if overwrite:
+    if overwrite and not storage.is_remote(output_dir):
       _remove_stale_export_files(output_dir, files, vocab)
     print(f"exported step {step} of {checkpoint_path} to {output_dir} ({len(files)} safetensors file(s), "
           f"{dtype})", flush=True)
@@ -113,12 +123,17 @@ def _export_gguf(checkpoint_path: str, output_dir: str, model_config: ModelConfi
   rules = rules or partitioning.axis_rules()
   target = partitioning.sharded_param_structs(Transformer(model_config), mesh, rules)
   step, params = restore.restore_params(checkpoint_path, model_config, mesh, rules, target)
-  name = os.path.basename(os.path.normpath(checkpoint_path if paths.is_pretrained(checkpoint_path)
-                                           else paths.model_dir_of(checkpoint_path)))
-  path = os.path.join(output_dir, gguf_writer.file_name(dtype))
-  gguf_writer.write(params, model_config, tokenizer, path, gguf_writer.TYPES[dtype], name=name)
+  name = storage.basename(storage.absolute(checkpoint_path if paths.is_pretrained(checkpoint_path)
+                                          else paths.model_dir_of(checkpoint_path)))
+  path = storage.join(output_dir, gguf_writer.file_name(dtype))
+  with files_lib.local_output(output_dir) as local:
+    written = os.path.join(local, gguf_writer.file_name(dtype))  # `path` itself unless OUTPUT_DIR is a bucket's
+    gguf_writer.write(params, model_config, tokenizer, written, gguf_writer.TYPES[dtype], name=name)
+    if jax.process_index() == 0:
+      size = os.path.getsize(written) / 2 ** 20
+      if written != path:
+        storage.copy_local_to(written, path)  # one object, visible only once whole
   if jax.process_index() == 0:
-    size = os.path.getsize(path) / 2 ** 20
     print(f"exported step {step} of {checkpoint_path} to {path} (GGUF {gguf_writer.TYPES[dtype].name}, "
           f"{size:.1f} MiB)", flush=True)
   return path
@@ -127,7 +142,10 @@ def _export_gguf(checkpoint_path: str, output_dir: str, model_config: ModelConfi
 def _export_adapter(checkpoint_path: str, output_dir: str, mesh, rules) -> str:
   """Writes the run's adapters as a PEFT LoRA directory (adapter_config.json, adapter_model.safetensors)."""
   step, adapters, record, lora = restore.restore_adapters(checkpoint_path, mesh, rules)
-  peft.write(adapters, ModelConfig(**record["model_config"]), lora, record["path"], output_dir)
+  with files_lib.local_output(output_dir) as local:
+    peft.write(adapters, ModelConfig(**record["model_config"]), lora, record["path"], local)
+    if jax.process_index() == 0 and storage.is_remote(output_dir):
+      files_lib.publish(local, output_dir, peft.CONFIG)
   if jax.process_index() == 0:
     print(f"exported the adapters of step {step} of {checkpoint_path} to {output_dir} (PEFT LoRA, rank {lora.rank}"
           f"{f', trained on an {lora.base_quantization} base' if lora.quantized else ''})", flush=True)
@@ -138,6 +156,15 @@ def _remove_stale_export_files(output_dir: str, written: list[str], vocab) -> No
   """After an export over an earlier one: removes the earlier export's weights and tokenizer files that
   this one did not write (a loader would prefer a stale model.safetensors or tokenizer.json to the new
   files). Only names an export writes are candidates; nothing else in the directory is touched."""
+  for name in _stale_export_files(os.listdir(output_dir), written, vocab):
+    path = os.path.join(output_dir, name)
+    if os.path.isfile(path) and not os.path.islink(path):
+      os.remove(path)
+
+
+def _stale_export_files(names: Iterable[str], written: list[str], vocab) -> list[str]:
+  """Of the names in an export's directory, those of an earlier export's weights and tokenizer files that this
+  export (`written`: its safetensors files; `vocab`: its vocabulary) does not write again."""
   kind = tokenizers.describe(vocab)["kind"] if vocab is not None else "byte"
   keep = set(written) | ({safetensors_io.INDEX} if len(written) > 1 else set())
   if kind in tokenizers.FILES:
@@ -146,11 +173,8 @@ def _remove_stale_export_files(output_dir: str, written: list[str], vocab) -> No
       keep.add(tokenizers.CHAT_TEMPLATE)
   owned = {safetensors_io.SINGLE, safetensors_io.INDEX, tokenizers.RECORD, tokenizers.TOKENIZER_CONFIG,
            tokenizers.CHAT_TEMPLATE, *tokenizers.FILES.values()}
-  for name in os.listdir(output_dir):
-    if name not in keep and (name in owned or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name)):
-      path = os.path.join(output_dir, name)
-      if os.path.isfile(path) and not os.path.islink(path):
-        os.remove(path)
+  return [name for name in names
+          if name not in keep and (name in owned or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name))]
 
 
 def _save_tokenizer(vocab, output_dir: str) -> None:

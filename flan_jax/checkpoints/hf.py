@@ -27,6 +27,7 @@ from flan_jax.model import partitioning
 from flan_jax.model.config import ModelConfig
 from flan_jax.model.transformer import Transformer
 
+CONFIG = "config.json"  # the file whose presence makes a directory a model (paths.is_pretrained): written last
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 # ModelConfig fields that describe the weights and what they compute; the rest (dtypes, remat,
 # dropout, max_position_embeddings) are the run's choice.
@@ -275,10 +276,12 @@ def to_host(x: jax.Array) -> np.ndarray:
 def write(params: Any, config: ModelConfig, output_dir: str, *, dtype: str = "bfloat16",
           bos_id: Optional[int] = None, eos_id: Union[int, Sequence[int], None] = None,
           max_shard_bytes: int = 5 * 2 ** 30) -> list[str]:
-  """Writes a Hugging Face model directory (weights and configs); returns the safetensors files.
+  """Writes a Hugging Face model directory (weights and configs) into the local `output_dir`; returns the
+  safetensors files.
 
   config.json, which makes a directory a model (`paths.is_pretrained`), is written last and renamed into place
-  whole, so an export cut short never looks like a model.
+  whole, so an export cut short never looks like a model. (An export into a bucket writes here into a local
+  directory first and uploads it with config.json last: export.py.)
   """
   np_dtype = jnp.dtype(dtype)
   is_main = jax.process_index() == 0
@@ -289,7 +292,7 @@ def write(params: Any, config: ModelConfig, output_dir: str, *, dtype: str = "bf
   if is_main:
     files_lib.write_json(os.path.join(output_dir, "generation_config.json"),
                          {"bos_token_id": bos_id, "eos_token_id": eos_id})
-    files_lib.write_json(os.path.join(output_dir, "config.json"),
+    files_lib.write_json(os.path.join(output_dir, CONFIG),
                          hf_config(config, bos_id=bos_id, eos_id=eos_id, dtype=str(np_dtype)))
   return files
 

@@ -16,6 +16,18 @@ SUBDIR = "checkpoints"  # where a run keeps them inside MODEL_DIR
 INPUT_POSITIONS = "input_positions"  # MODEL_DIR/input_positions/process_<i>/<step>: see data.InputIterator
 
 
+# Orbax's last file of a whole checkpoint on GCS, which has no rename: a step's folder there fills under its final
+# name (elsewhere orbax renames a finished folder into place: a folder named by its step is whole).
+COMMIT_FILE = "commit_success.txt"
+
+
+def is_complete_step(step_dir: str) -> bool:
+  """Whether a step's folder holds a finished checkpoint (one still being written into a bucket does not)."""
+  if storage.scheme(step_dir) != "gs":
+    return True
+  return storage.exists(storage.join(step_dir, COMMIT_FILE))
+
+
 def model_dir_of(path: str) -> str:
   """MODEL_DIR of MODEL_DIR, MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>."""
   path = storage.absolute(path)

@@ -1,6 +1,8 @@
 """A LoRA run's adapters as a PEFT LoRA directory (adapter_config.json, adapter_model.safetensors).
 
-Takes the adapter arrays (restore.restore_adapters gives them) and writes; it never restores.
+Takes the adapter arrays (restore.restore_adapters gives them) and writes into a local directory; it never
+restores. adapter_config.json, the file PEFT loads a directory by, is written last (for a bucket, export.py
+uploads the local directory with it last too).
 """
 
 import os

@@ -6,19 +6,21 @@ straight onto the mesh, shard by shard: each host reads only the slices its devi
 its newest (or named) checkpoint's parameters; a LoRA run's checkpoints hold the adapters only, so its
 parameters are its adapters merged into its base, read again from the recorded path and checked
 against the recorded hash. Also the vocabulary and example format a path starts a run with.
+A pretrained model in a bucket is read from its local copy in the staging cache (storage.staged): a GGUF
+file, or a Hugging Face directory's config, safetensors and tokenizer files (not its other files).
 Never writes: the writers are hf.py, gguf_writer.py and peft.py, the export command's body export.py.
 """
 
+import contextlib
 import dataclasses
-import json
-import os
 import resource
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import gin
 import jax
 import numpy as np
 
+from flan_jax import storage
 from flan_jax.checkpoints import gguf_reader, hf, paths, run_record, safetensors_io, store
 from flan_jax.errors import UserError
 from flan_jax.model import lora as lora_lib
@@ -38,12 +40,17 @@ class Pretrained:
   source: hf.TensorSource
 
 
+# What a bucket's Hugging Face directory gives its staged copy: the config, the safetensors weights and the
+# tokenizer files, at its top. Another framework's weights (pytorch_model.bin, an original/ folder) are not fetched.
+_MODEL_FILES = (".json", ".safetensors", ".model", ".jinja", ".txt")
+
+
 def open_pretrained(path: str, **overrides: Any) -> Pretrained:
   """Opens a Hugging Face directory or a GGUF file; `overrides` set non-shape ModelConfig fields."""
   if path.endswith(".gguf"):
     hf_config, source = _open_gguf(path)
   else:
-    hf_config, source = read_config(path), safetensors_io.SafetensorsDirectory(path)
+    hf_config, source = read_config(path), _open_safetensors(path)
   config = ModelConfig(**hf.config_fields(hf_config, path), **overrides)
   hf.check_tensors(config, source, path)
   return Pretrained(path, hf_config, config, source)
@@ -59,17 +66,38 @@ def read_config(path: str) -> dict:
   """The Hugging Face config dict of a model directory or a GGUF file."""
   if path.endswith(".gguf"):
     return _open_gguf(path)[0]
-  config_file = os.path.join(path, "config.json")
-  if not os.path.isfile(config_file):
+  config_file = storage.join(path, hf.CONFIG)
+  if not storage.isfile(config_file):
     raise UserError(f"{path} is neither a Hugging Face model directory (no config.json) nor a .gguf file")
-  with open(config_file) as f:
-    return json.load(f)
+  return storage.read_json(config_file)
 
 
 def _open_gguf(path: str) -> tuple[dict, hf.TensorSource]:
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise UserError(f"GGUF file {path} does not exist")
-  return gguf_reader.open_gguf(path)
+  local = storage.staged(path)
+  with _named(local, path):
+    return gguf_reader.open_gguf(local)
+
+
+def _open_safetensors(path: str) -> safetensors_io.SafetensorsDirectory:
+  if not storage.is_remote(path):
+    return safetensors_io.SafetensorsDirectory(path)
+  safetensors_io.check_weights(path, storage.listdir(path))  # before fetching anything
+  local = storage.staged(path, include=lambda name: "/" not in name and name.endswith(_MODEL_FILES))
+  with _named(local, path):
+    return safetensors_io.SafetensorsDirectory(local)
+
+
+@contextlib.contextmanager
+def _named(local: str, path: str) -> Iterator[None]:
+  """A UserError about the staged copy `local` names the bucket path `path` the user gave instead."""
+  try:
+    yield
+  except UserError as e:
+    if local != path and local in str(e):
+      raise UserError(str(e).replace(local, path)) from e
+    raise
 
 
 def load_params(pretrained: Pretrained, mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[tuple] = None,

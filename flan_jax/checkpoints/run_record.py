@@ -25,7 +25,6 @@ vocabulary/ files are uploaded with vocabulary.json last.
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 from typing import Optional
 
@@ -62,8 +61,8 @@ def write_run_record(model_dir: str, config: ModelConfig, vocab, example_format:
       storage.copy_local_to(scratch, storage.join(model_dir, VOCABULARY))
     return
   if example_format is not None:  # first: a vocabulary recorded without a format means an older run's t5 format
-    save_format(example_format, os.path.join(model_dir, VOCABULARY))
-  tokenizers.save(vocab, os.path.join(model_dir, VOCABULARY))
+    save_format(example_format, storage.join(model_dir, VOCABULARY))
+  tokenizers.save(vocab, storage.join(model_dir, VOCABULARY))
 
 
 def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
@@ -124,7 +123,7 @@ def fingerprint(path: str) -> str:
   for name in names:
     size = storage.size(name)
     digest.update(f"{storage.relative(name, storage.dirname(path))}\0{size}\0".encode())
-    with storage.open_binary(name) as f:
+    with storage.open_binary(name, block_size=_CHUNK) as f:  # in a bucket, only the sampled ranges
       for offset in sorted({size * i // _SAMPLES for i in range(_SAMPLES)} | {max(size - _CHUNK, 0)}):
         f.seek(offset)
         digest.update(f.read(_CHUNK))
@@ -193,19 +192,7 @@ def publish_trained_on(model_dir: str, tally_path: str) -> None:
   atomically (a hard link, which needs no space on a full disk; a copy where links fail)."""
   if jax.process_index() != 0:
     return
-  if storage.is_remote(model_dir):  # one object: whole or absent
-    storage.write_bytes(storage.join(model_dir, TRAINED_ON), storage.read_bytes(tally_path))
-    return
-  target = os.path.join(model_dir, TRAINED_ON)
-  tmp = f"{target}.tmp"  # one trainer per MODEL_DIR: a tmp left by a killed one is replaced
-  if os.path.lexists(tmp):
-    os.remove(tmp)
-  try:
-    os.link(tally_path, tmp)
-  except OSError:
-    with open(tally_path) as f, open(tmp, "w") as out:
-      out.write(f.read())
-  os.replace(tmp, target)
+  storage.copy_file(tally_path, storage.join(model_dir, TRAINED_ON))  # one trainer per MODEL_DIR: a .tmp is stale
 
 
 def read_trained_on(model_dir: str) -> Optional[dict]:

@@ -55,9 +55,7 @@ class SafetensorsDirectory:
     elif os.path.isfile(single):
       weight_map = None
     else:
-      pickled = [f for f in os.listdir(directory) if f.endswith((".bin", ".pt", ".pth"))]
-      hint = " (only pickled weights were found; re-save them with safe_serialization=True)" if pickled else ""
-      raise UserError(f"{directory} has no {SINGLE} or {INDEX}{hint}")
+      check_weights(directory, os.listdir(directory))
     files = sorted(set(weight_map.values())) if weight_map else [SINGLE]
     missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
     if missing:
@@ -101,6 +99,16 @@ class SafetensorsDirectory:
     if name not in self._where:
       raise UserError(f"{self.directory}: no tensor named {name}")
     return self._headers[self._where[name]][name]
+
+
+def check_weights(directory: str, names: list[str]) -> None:
+  """Refuses a model directory whose file names `names` include neither model.safetensors nor an index,
+  saying so when all it has is pickled weights."""
+  if SINGLE in names or INDEX in names:
+    return
+  pickled = [f for f in names if f.endswith((".bin", ".pt", ".pth"))]
+  hint = " (only pickled weights were found; re-save them with safe_serialization=True)" if pickled else ""
+  raise UserError(f"{directory} has no {SINGLE} or {INDEX}{hint}")
 
 
 def plan_shards(sizes: Iterable[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:

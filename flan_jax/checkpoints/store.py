@@ -29,11 +29,21 @@ PARAMS, OPT_STATE = "params", "opt_state"
 def manager(directory: str, *, save_every: int = 1, keep: Optional[int] = None,
             keep_period: Optional[int] = None, async_save: bool = True,
             create: bool = True) -> ocp.CheckpointManager:
+  check_supported(directory)
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
       enable_async_checkpointing=async_save, create=create,
       cleanup_tmp_directories=create)  # a save cut short (kill, full disk) leaves nothing in the way
   return ocp.CheckpointManager(storage.as_epath(directory), options=options)
+
+
+def check_supported(directory: str) -> None:
+  """A UserError for a checkpoint directory orbax cannot write: s3:// (orbax builds tensorstore specs only for
+  local paths and gs://, and would drop the sharding files into a local folder named `s3:`)."""
+  if storage.scheme(directory) == "s3":
+    raise UserError(f"checkpoints cannot be kept in {storage.dirname(directory)} yet: orbax-checkpoint "
+                    f"{ocp.__version__} writes them only to a local disk or gs://; keep MODEL_DIR there (eval "
+                    "results and exports may still go to s3://)")
 
 
 @contextlib.contextmanager
@@ -154,6 +164,9 @@ def restore_params(path: str, param_structs: Any) -> tuple[int, Any]:
     directory = storage.join(path, paths.SUBDIR)
   elif storage.basename(path).isdigit() and storage.isdir(storage.join(path, PARAMS)):
     directory, step = storage.dirname(path), int(storage.basename(path))
+  if storage.is_remote(path):  # orbax lists through a cache: a step saved since an earlier restore would be missed
+    storage.forget(path)
+    storage.forget(directory)
   mngr = manager(directory, async_save=False, create=False)
   steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
   if not steps:

@@ -5,6 +5,7 @@ global batch; `jax.make_array_from_process_local_data` stitches them into one ar
 `InputIterator` saves and restores the pipeline's exact position (tf.data iterator checkpoints), so
 a resumed run continues without re-reading the batches it has already trained on.
 On request every batch also carries `task_index`, the task of each token (see `get_dataset`).
+Where TFDS-backed tasks (the flan_* collection) find their prepared data is `tfds_data_dir` (gin: TFDS_DATA_DIR).
 """
 
 import copy
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 from typing import Mapping, Optional
 
+import gin
 import jax
 import numpy as np
 import seqio
@@ -39,6 +41,35 @@ def check_task_name(name: str) -> None:
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise UserError(f"unknown task or mixture '{name}'{hint}; `python -m flan_tasks` lists the "
                     "registered names, and a task module of your own must be imported by a gin file")
+
+
+@gin.configurable("tfds_data_dir")
+def use_tfds_data_dir(path: Optional[str] = None) -> Optional[str]:
+  """Makes every TFDS-backed task read (and prepare) its data in `path`; returns it.
+
+  None keeps TFDS's own choice: $TFDS_DATA_DIR, else ~/tensorflow_datasets. A bucket path (gs://) is read
+  by TensorFlow's own GCS client. Gin binds it as `tfds_data_dir.path = %TFDS_DATA_DIR` (gin/runs/finetune.gin,
+  gin/runs/eval.gin); training (`get_dataset`), eval and a study's contamination check call it before
+  they read data. It is set on each registered task's source as well as seqio's process-wide override,
+  because a source keeps the override it saw first: a later job of the same process with another
+  TFDS_DATA_DIR, or none, would otherwise still read the first one's.
+  """
+  if path is not None:
+    if not isinstance(path, str) or not path:
+      raise UserError(f"TFDS_DATA_DIR={path!r}: pass a folder of prepared TFDS datasets, e.g. "
+                      "--gin.TFDS_DATA_DIR=/data/tensorflow_datasets, or None for TFDS's default")
+    path = storage.check(path, "TFDS_DATA_DIR")
+    found = storage.scheme(path)
+    if found and found not in tf.io.gfile.get_registered_schemes():
+      raise UserError(f"TFDS_DATA_DIR={path!r}: TFDS reads through TensorFlow's file systems, which cannot read "
+                      f"{found}:// here; copy the data to a local folder or gs://bucket/path")
+    path = path if found else storage.absolute(os.path.expanduser(path))
+  seqio.set_tfds_data_dir_override(path)
+  for name in list(seqio.TaskRegistry.names()):
+    source = seqio.TaskRegistry.get(name).source
+    if isinstance(source, seqio.TfdsDataSource):
+      source.tfds_dataset.override_data_dir(path)
+  return path
 
 
 def vocabulary(name: str) -> seqio.Vocabulary:
@@ -146,6 +177,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   must not be given it.
   """
   check_task_name(mixture_or_task_name)
+  use_tfds_data_dir()  # TFDS_DATA_DIR, as gin binds it
   index, num_processes = shard or (jax.process_index(), jax.process_count())
   if global_batch_size % num_processes:
     raise UserError(f"BATCH_SIZE={global_batch_size} is not divisible by the {num_processes} processes")

@@ -93,11 +93,12 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
   `checkpoint_path` is one path or a list of them (several runs, e.g. base, tuned, ablation);
   each is a flan_jax run (its newest step, or with `all_steps` every step not yet evaluated), one
   step of a run, a Hugging Face model directory or a GGUF file. With `follow_seconds`, a run is
-  watched for new checkpoints until none has appeared for that long. Each (step, split) writes
-  `eval_<name>_<split>_step<step>.json` (metrics) and `predictions_<name>_<split>_step<step>.jsonl`
-  (every example, for `python -m flan_jax.report`) into `output_dir` (default: the run's MODEL_DIR;
-  a list gives one directory per checkpoint path). The model config and the vocabulary follow the
-  checkpoint unless the gin config sets them (then they must match it).
+  watched for new checkpoints (each once whole, in a bucket too) until none has appeared for that long.
+  Each (step, split) writes `eval_<name>_<split>_step<step>.json` (metrics) and
+  `predictions_<name>_<split>_step<step>.jsonl` (every example, for `python -m flan_jax.report`), each
+  whole, into `output_dir` (default: the run's MODEL_DIR; a list gives one directory per checkpoint path;
+  local or in a bucket). The model config and the vocabulary follow the checkpoint unless the gin config
+  sets them (then they must match it).
   """
   paths = [checkpoint_path] if isinstance(checkpoint_path, str) else list(checkpoint_path or [])
   if not paths:
@@ -106,6 +107,7 @@ def evaluate(checkpoint_path: Union[str, Sequence[str], None] = None, *,
     raise UserError(f"evaluate.normalization={normalization!r}; choose one of "
                     f"{', '.join(predictions_lib.NORMALIZATIONS)}")
   data_lib.check_task_name(mixture_or_task_name)
+  data_lib.use_tfds_data_dir()  # TFDS_DATA_DIR, as gin binds it
   _check_settings(task_feature_lengths, batch_size, num_examples, all_steps, follow_seconds, split)
   splits = [split] if isinstance(split, str) else list(split)
   names = list(run_names) if run_names else [_run_name(p) for p in paths]
@@ -218,19 +220,27 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
                   for split in job.splits]
       done.add(step)
       waited_since = time.time()
-    if time.time() - waited_since >= follow_seconds:
+    left = follow_seconds - (time.time() - waited_since)
+    if left <= 0:
       return reports
-    time.sleep(min(10.0, follow_seconds))
+    time.sleep(min(POLL_SECONDS, follow_seconds / 4, left))
 
 
+POLL_SECONDS = 10.0  # how often a followed run is looked at, at most (a short follow_seconds looks more often)
 def _steps(path: str, is_pretrained: bool, every: bool) -> list:
-  """The steps to evaluate: None for a pretrained model or a single step dir (restored as named)."""
+  """The steps to evaluate: None for a pretrained model or a single step dir (restored as named).
+
+  Of a run, its whole checkpoints only: one still being written (into a bucket, by a training run this
+  eval follows) is left for a later look. The listing is read afresh each time (flan_jax.storage caches
+  no bucket listing), so steps saved since the last look are seen.
+  """
   if is_pretrained or storage.basename(storage.absolute(path)).isdigit() or not every:
     return [None]
   directory = storage.join(paths.model_dir_of(path), paths.SUBDIR)
   if not storage.isdir(directory):
     return [None]  # restore_params explains what is missing
-  return sorted(int(d) for d in storage.listdir(directory) if d.isdigit())
+  steps = sorted(int(d) for d in storage.listdir(directory) if d.isdigit())
+  return [s for s in steps if paths.is_complete_step(storage.join(directory, str(s)))]
 
 
 def _evaluated(output_dir: str, job: _Job, step) -> bool:

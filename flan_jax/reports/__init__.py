@@ -9,7 +9,8 @@
 - study.py: the study report (sizes x seeds x conditions x held-out clusters); its manifest in
   study_manifest.py, its markdown in study_markdown.py, its figures in study_plots.py.
 
-Imports: numpy, matplotlib (only while drawing a figure) and the leaves (flan_jax.errors, flan_jax.files).
+Imports: numpy, matplotlib (only while drawing a figure) and the leaves (flan_jax.errors, flan_jax.files,
+flan_jax.storage: predictions and reports may live in a bucket).
 Never JAX, TensorFlow or seqio, nor flan_jax's model, text, checkpoints, data, training, evaluation, studies
 or cli: a report runs where none of them is installed, and `python -m flan_jax.report` starts in a moment.
 """

@@ -1,11 +1,13 @@
 """The report command's arguments and outputs: `python -m flan_jax.report`'s flags (as one-line errors,
 not usage text), RUN=PATH pairs, and the files one report writes (report.json, report.md and charts).
+Every path may be local or in a bucket (gs://bucket/path, s3://bucket/path; flan_jax.storage).
 """
 
 import argparse
 import re
 from typing import Sequence
 
+from flan_jax import storage
 from flan_jax.errors import UserError
 from flan_jax.reports import output, plots
 from flan_jax.reports.markdown import markdown
@@ -25,15 +27,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = _Parser(prog="python -m flan_jax.report", allow_abbrev=False,
                    description="FLAN-style report (tables, bootstrap CIs, charts) from eval predictions.")
   parser.add_argument("--predictions", nargs="+", action="extend", required=True, metavar="RUN=PATH",
-                      help="a run's predictions .jsonl file, or a directory holding predictions_*.jsonl")
-  parser.add_argument("--output_dir", required=True, help="where report.json, report.md and the PNGs go")
+                      help="a run's predictions .jsonl file, or a directory holding predictions_*.jsonl "
+                           "(local, or gs://bucket/path, s3://bucket/path)")
+  parser.add_argument("--output_dir", required=True,
+                      help="where report.json, report.md and the PNGs go (local, or in a bucket)")
   parser.add_argument("--baseline", help="the run the others are compared with (paired bootstrap)")
   parser.add_argument("--held_out", help="the held-out cluster, listed first (inferred when only one)")
   parser.add_argument("--normalization", default="none", help=", ".join(NORMALIZATIONS))
   parser.add_argument("--bootstrap", type=int, default=1000, help="resamples per CI (0: no CIs)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--confidence", type=float, default=0.95)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  storage.check(args.output_dir, "--output_dir")  # before any work: a bucket URL flan_jax cannot use is one line
+  return args
 
 
 def parse_runs(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -45,7 +51,7 @@ def parse_runs(specs: Sequence[str]) -> dict[str, list[str]]:
       raise UserError(f"--predictions {spec}: write RUN=PATH, e.g. tuned=/runs/tuned")
     if not _RUN_NAME.fullmatch(name):
       raise UserError(f"--predictions {spec}: name runs with letters, digits, '_', '.' or '-'")
-    runs.setdefault(name, []).append(path)
+    runs.setdefault(name, []).append(storage.check(path, f"--predictions {name}"))
   return runs
 
 

@@ -1,14 +1,17 @@
 """A report's files: report.json, report.md and its figures, each complete or absent (flan_jax.files).
 
 Shared by the FLAN report (flan_jax.report) and the study report (`study.write`): a full disk is a
-DiskFullError, any other failed write a UserError, each one line that says where.
+DiskFullError, any other failed write a UserError, each one line that says where. The output folder may
+be local or in a bucket (flan_jax.storage): matplotlib writes only local files, so a figure for a bucket
+is drawn into a local scratch folder and uploaded as one object.
 """
 
 import errno
 import os
+import tempfile
 from typing import Callable, Mapping
 
-from flan_jax import files
+from flan_jax import files, storage
 from flan_jax.errors import DiskFullError, UserError
 
 
@@ -20,15 +23,26 @@ def write_files(output_dir: str, report: Mapping, markdown: Callable[[Mapping], 
   reads "`refused`: the reason".
   """
   try:
-    os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, name) for name in ("report.json", "report.md", *figures)]
+    storage.makedirs(output_dir)
+    paths = [storage.join(output_dir, name) for name in ("report.json", "report.md", *figures)]
     files.write_json(paths[0], report)
     with files.replacing(paths[1]) as f:
       f.write(markdown(report))
     for path, draw in zip(paths[2:], figures.values()):
-      draw(report, path)
+      _draw(draw, report, path)
   except OSError as e:
     if e.errno == errno.ENOSPC:
       raise DiskFullError(disk_full) from e
     raise UserError(f"{refused}: {e.strerror or e}") from e
   return paths
+
+
+def _draw(draw: Callable[[Mapping, str], None], report: Mapping, path: str) -> None:
+  """Draws a figure into `path`; for a bucket, into a local file of the same name that is then uploaded."""
+  if not storage.is_remote(path):
+    draw(report, path)
+    return
+  with tempfile.TemporaryDirectory(prefix="flan_jax_figure_") as scratch:
+    local = os.path.join(scratch, storage.basename(path))  # the same suffix: matplotlib picks the format by it
+    draw(report, local)
+    storage.copy_local_to(local, path)

@@ -5,18 +5,19 @@ A predictions file (`predictions_*.jsonl`) holds one JSON object per evaluated e
 generative), `example_id`, `prompt`, for a scoring example its `options` and `scores` (per
 normalisation, one number per option), then `prediction`, `target` and `correct`; `metrics` is
 optional. `new_record` builds one (flan_jax.evaluation.predictions writes them); `parse_record`
-checks one line and keeps what the reports use; `load_run` reads a run's files.
+checks one line and keeps what the reports use; `load_run` reads a run's files, local or in a bucket
+(flan_jax.storage).
 """
 
 import dataclasses
-import glob
+import fnmatch
 import json
 import math
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
+from flan_jax import storage
 from flan_jax.errors import UserError
 
 # Each option's score under these normalisations: flan_jax.evaluation.predictions.normalized says what each is.
@@ -64,13 +65,14 @@ class Run:
 
 def prediction_files(path: str) -> list[str]:
   """A predictions file, or every predictions_*.jsonl in a directory (e.g. a MODEL_DIR)."""
-  if os.path.isdir(path):
-    files = sorted(glob.glob(os.path.join(path, "predictions_*.jsonl")))
+  if storage.isdir(path):
+    files = sorted(storage.join(path, name) for name in storage.listdir(path)
+                   if fnmatch.fnmatchcase(name, "predictions_*.jsonl"))
     if not files:
       raise UserError(f"{path} holds no predictions_*.jsonl files; pass a predictions file or the "
                       "directory the eval wrote them to")
     return files
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise UserError(f"{path} does not exist; pass a predictions .jsonl file or a directory holding "
                     "predictions_*.jsonl")
   return [path]
@@ -78,7 +80,7 @@ def prediction_files(path: str) -> list[str]:
 
 def read_predictions(path: str) -> list[dict]:
   records = []
-  with open(path, "rb") as f:
+  with storage.open_binary(path) as f:  # line by line: a bucket's object is read by ranges, not whole
     for number, raw in enumerate(f, 1):
       where = f"{path} line {number}"
       try:

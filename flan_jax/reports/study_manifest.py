@@ -2,12 +2,12 @@
 
 A cell names its `id`, model `size` and `params`, `seed`, `condition` (one of CONDITIONS), `held_out`
 cluster, number of tuning clusters `n_clusters` and `eval_dir` (its predictions); optionally `mixture`
-and `trained_on` (its run's trained_on.json).
+and `trained_on` (its run's trained_on.json). An eval_dir may be local or in a bucket (flan_jax.storage).
 """
 
-import os
 from typing import Any, Mapping
 
+from flan_jax import storage
 from flan_jax.errors import UserError
 
 CONDITIONS = ("base", "instructions", "notemplate", "datasetname")
@@ -70,7 +70,7 @@ def _check_cell(cell: Any, where: str) -> None:
                     "want 0 for base, at least 1 otherwise")
   if cell["params"] <= 0:
     raise UserError(f"{where} has {cell['params']} parameters: want the model's parameter count")
-  if not os.path.isdir(cell["eval_dir"]):
+  if not storage.isdir(storage.check(cell["eval_dir"], f"{where}: eval_dir")):
     raise UserError(f"{where}: eval_dir {cell['eval_dir']} is not a directory; evaluate the cell or fix its eval_dir")
 
 

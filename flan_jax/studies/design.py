@@ -3,16 +3,17 @@ makes: every training and eval job (`Job`, a binary call with gin files and bind
 each after the jobs it reads, and every evaluated model (`Cell`, a row of the report).
 
 Planning reads the task registry (seqio) for the clusters a mixture spans; it runs nothing and writes nothing.
+The study's folder (`output_dir`, STUDY_DIR) may be local or in a bucket: paths are joined as
+flan_jax.storage joins them.
 """
 
 import dataclasses
-import os
 import shlex
 from typing import Any, Mapping, Optional, Sequence
 
 import seqio
 
-from flan_jax import settings, task_info
+from flan_jax import settings, storage, task_info
 from flan_jax.checkpoints import paths
 from flan_jax.errors import UserError
 
@@ -97,6 +98,7 @@ class Cell:
 
 
 def check(design: Design) -> None:
+  storage.check(design.output_dir, "STUDY_DIR")  # a local folder or gs://bucket/path, s3://bucket/path
   bad = [c for c in design.conditions if c not in CONDITIONS]
   if bad:
     raise UserError(f"study.conditions has {bad}; choose from {', '.join(CONDITIONS)}")
@@ -135,7 +137,7 @@ def num_clusters(mixture: str) -> int:
 
 def plan(design: Design) -> tuple[list[Job], list[Cell]]:
   """Every job in an order that runs each after the jobs it reads, and every evaluated cell."""
-  runs = os.path.join(design.output_dir, "runs")
+  runs = storage.join(design.output_dir, "runs")
   jobs, cells = [], []
   for size, model_gin in design.sizes.items():
     for seed in design.seeds:
@@ -143,24 +145,24 @@ def plan(design: Design) -> tuple[list[Job], list[Cell]]:
       if design.base_checkpoints:
         base, base_job = design.base_checkpoints[size], None
       else:
-        base = os.path.join(runs, group, "pretrain")
+        base = storage.join(runs, group, "pretrain")
         base_job = f"{group}/pretrain"
         jobs.append(Job(base_job, "train", tuple(design.train_gin) + tuple(model_gin),
                         tuple(dict(design.pretrain, MODEL_DIR=base, **{"train.seed": seed}).items()), base))
-      start = base if not base_job else os.path.join(base, paths.SUBDIR, str(design.pretrain["TRAIN_STEPS"]))
+      start = base if not base_job else storage.join(base, paths.SUBDIR, str(design.pretrain["TRAIN_STEPS"]))
       for held_out in design.held_out:
         group_cells = []
         wanted = [(c, None) for c in design.conditions] + [
             ("instructions", k) for k in design.cluster_counts]
         for condition, count in wanted:
-          evals = os.path.join(design.output_dir, "evals", group, held_out)
+          evals = storage.join(design.output_dir, "evals", group, held_out)
           if condition == "base":
-            group_cells.append(Cell(size, seed, held_out, "base", 0, base, os.path.join(evals, "base"), base_job,
+            group_cells.append(Cell(size, seed, held_out, "base", 0, base, storage.join(evals, "base"), base_job,
                                     None))
             continue
           mixture = _mixture(design, held_out, condition, count)
           label = condition if count is None else f"clusters{count}"
-          directory = os.path.join(runs, group, mixture)  # one run per mixture, whichever cells read it
+          directory = storage.join(runs, group, mixture)  # one run per mixture, whichever cells read it
           job_id = f"{group}/{mixture}"
           bindings = dict(design.tune, MODEL_DIR=directory, MIXTURE_OR_TASK_NAME=mixture,
                           INITIAL_CHECKPOINT_PATH=start, **{"train.seed": seed})
@@ -171,8 +173,8 @@ def plan(design: Design) -> tuple[list[Job], list[Cell]]:
           if job not in jobs:
             jobs.append(job)
           group_cells.append(Cell(size, seed, held_out, condition, num_clusters(mixture), directory,
-                                  os.path.join(evals, label), job_id, mixture))
-        eval_dir = os.path.join(design.output_dir, "evals", group, held_out)
+                                  storage.join(evals, label), job_id, mixture))
+        eval_dir = storage.join(design.output_dir, "evals", group, held_out)
         bindings = dict(design.evaluate, CHECKPOINT_PATH=[c.checkpoint for c in group_cells],
                         EVAL_OUTPUT_DIR=[c.eval_dir for c in group_cells],
                         MIXTURE_OR_TASK_NAME=design.eval_mixture.format(held_out=held_out),

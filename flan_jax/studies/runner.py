@@ -1,20 +1,25 @@
 """Running a study: the `study` gin entry point, its jobs run in this process one after another (each under its
 own gin configuration), a `done.json` per finished job so a rerun skips it, the contamination checks before
 anything trains, and the manifest and report of the finished cells.
+
+STUDY_DIR may be a local folder or a bucket (gs://, s3://): every file here is read and written through
+flan_jax.storage, each one whole (one object upload in a bucket), so a reader never sees half a manifest and a
+done marker exists only once its job has finished.
 """
 
+import dataclasses
 import json
 import logging
-import os
 import time
 from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import seqio
 
-from flan_jax import files
+from flan_jax import storage
 from flan_jax.checkpoints import paths, restore, run_record
 from flan_jax.data import contamination
+from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator
 from flan_jax.reports import study as study_report
@@ -22,6 +27,7 @@ from flan_jax.studies.design import ACTIONS, CONDITIONS, Cell, Design, Job, chec
 from flan_jax.training import trainer
 
 DONE = "done.json"
+TFDS_DATA_DIR = "TFDS_DATA_DIR"  # where the data lives, not what a job computes: a done job is done wherever it is
 
 
 @gin.configurable
@@ -52,6 +58,9 @@ def study(name: str = gin.REQUIRED, output_dir: str = gin.REQUIRED, *,
   `tune` and `evaluate` are the bindings of every tuning and eval job (steps, batch, lengths, learning
   rate, eval examples...). The mixture names are format strings over {held_out}, {mixture}, {variant}
   and {count}. `cluster_counts` adds instruction-tuned runs on the first K tuning clusters.
+  `output_dir` (STUDY_DIR) is a local folder or a bucket (gs://bucket/path). A TFDS_DATA_DIR the study's gin
+  binds (`tfds_data_dir.path`) is where its contamination check and every job read TFDS data (each job gets it
+  as a binding; moving the data does not make finished jobs run again).
   """
   if action not in ACTIONS:
     raise UserError(f"study.action={action!r}; choose one of {', '.join(ACTIONS)}")
@@ -61,6 +70,9 @@ def study(name: str = gin.REQUIRED, output_dir: str = gin.REQUIRED, *,
                   cluster_count_mixture, eval_mixture, contamination_ngram, max_dirty_fraction)
   check(design)
   jobs, cells = plan(design)
+  tfds_data_dir = data_lib.use_tfds_data_dir()  # the study's TFDS_DATA_DIR: for its checks, and each job's
+  if tfds_data_dir is not None:
+    jobs = [dataclasses.replace(j, bindings=j.bindings + ((TFDS_DATA_DIR, tfds_data_dir),)) for j in jobs]
   if action == "print":
     print_jobs(jobs)
     return {}
@@ -84,7 +96,7 @@ def print_jobs(jobs: Sequence[Job]) -> None:
 
 def check_contamination(design: Design, cells: Sequence[Cell]) -> dict:
   """Refuses a held-out cluster whose datasets or examples appear in a tuning mixture; records the checks."""
-  path = os.path.join(design.output_dir, "contamination.json")
+  path = storage.join(design.output_dir, "contamination.json")
   records = _read_json(path) or {}
   for mixture, held_out in sorted({(c.mixture, c.held_out) for c in cells if c.mixture}):
     key = f"{mixture} vs {held_out}"
@@ -100,10 +112,10 @@ def check_contamination(design: Design, cells: Sequence[Cell]) -> dict:
 
 
 def is_done(job: Job) -> bool:
-  done = _read_json(os.path.join(job.directory, DONE))
+  done = _read_json(storage.join(job.directory, DONE))
   if done is None:
     return False
-  if done["spec"] != _jsonable(job.spec()):
+  if _what(done["spec"]) != _what(_jsonable(job.spec())):
     raise UserError(f"job {job.id} in {job.directory} was finished with other settings; use another STUDY_DIR "
                     "or delete that directory to redo it")
   return True
@@ -118,7 +130,7 @@ def run_jobs(jobs: Sequence[Job]) -> None:
     print(f"study: [{i}/{total}] {job.id}: {job.command()}", flush=True)
     began = time.time()
     run_job(job)
-    _write_json(os.path.join(job.directory, DONE), {"spec": job.spec(), "seconds": time.time() - began})
+    _write_json(storage.join(job.directory, DONE), {"spec": job.spec(), "seconds": time.time() - began})
     print(f"study: [{i}/{total}] {job.id}: finished in {time.time() - began:.0f}s", flush=True)
 
 
@@ -147,10 +159,10 @@ def run_job(job: Job) -> None:
 def manifest(design: Design, cells: Sequence[Cell], jobs: Sequence[Job]) -> dict:
   """The report's input: every finished cell (its eval is done), with the model's parameter count."""
   done_evals = {j.directory for j in jobs if j.kind == "eval" and is_done(j)}
-  seconds = {j.id: (_read_json(os.path.join(j.directory, DONE)) or {}).get("seconds") for j in jobs}
+  seconds = {j.id: (_read_json(storage.join(j.directory, DONE)) or {}).get("seconds") for j in jobs}
   rows = []
   for cell in cells:
-    if os.path.dirname(cell.eval_dir) not in done_evals:
+    if storage.dirname(cell.eval_dir) not in done_evals:
       continue
     rows.append({"id": cell.id, "size": cell.size, "params": _params(cell), "seed": cell.seed,
                  "condition": cell.condition, "held_out": cell.held_out, "n_clusters": cell.n_clusters,
@@ -178,11 +190,16 @@ def write_report(design: Design, cells: Sequence[Cell], jobs: Sequence[Job]) -> 
   rows = manifest(design, cells, jobs)
   if not rows["cells"]:
     raise UserError(f"no finished eval in {design.output_dir} yet: run the study first (study.action='run')")
-  _write_json(os.path.join(design.output_dir, "study.json"), rows)
-  report = study_report.write(rows, os.path.join(design.output_dir, "report"))
-  print(f"study: report in {os.path.join(design.output_dir, 'report')} "
+  _write_json(storage.join(design.output_dir, "study.json"), rows)
+  report = study_report.write(rows, storage.join(design.output_dir, "report"))
+  print(f"study: report in {storage.join(design.output_dir, 'report')} "
         f"({len(rows['cells'])} cells, jobs took {rows['wall_seconds_of_jobs']:.0f}s)", flush=True)
   return report
+
+
+def _what(spec: dict) -> dict:
+  """A job's spec without TFDS_DATA_DIR, as finished jobs are compared."""
+  return {**spec, "bindings": {k: v for k, v in spec["bindings"].items() if k != TFDS_DATA_DIR}}
 
 
 def _jsonable(value):
@@ -190,13 +207,13 @@ def _jsonable(value):
 
 
 def _read_json(path: str) -> Optional[Any]:
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path)
 
 
 def _write_json(path: str, value: Any) -> None:
-  """Whole or not at all (flan_jax.files): a done.json cut short must not mark its job finished."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  files.write_json(path, value)
+  """Whole or not at all (flan_jax.storage): a done.json cut short must not mark its job finished, and a
+  study.json is one object in a bucket, never half of one."""
+  storage.makedirs(storage.dirname(path))
+  storage.write_json(path, value)

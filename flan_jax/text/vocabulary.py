@@ -19,6 +19,7 @@ from typing import Optional
 import gin
 import seqio
 
+from flan_jax import storage
 from flan_jax.errors import UserError
 from flan_jax.text import gguf_tokenizer, run, tokenizers
 
@@ -54,10 +55,34 @@ def byte_vocabulary() -> seqio.Vocabulary:
   return _BYTES
 
 
+# What a bucket's model directory gives the staged copy its tokenizer is read from: the files at its top that
+# describe the tokenizer, never the weights.
+_TOKENIZER_FILES = (".json", ".model", ".jinja", ".txt")
+
+
 @gin.configurable
 def pretrained_vocabulary(path: str) -> seqio.Vocabulary:
-  """The vocabulary of a Hugging Face model directory or a .gguf file, loaded once per path."""
+  """The vocabulary of a Hugging Face model directory or a .gguf file, loaded once per path (in a bucket: once
+  per version of its files, read from their local copy in the staging cache, storage.staged)."""
+  if storage.is_remote(path):
+    return _from_bucket(storage.absolute(storage.check(path, "pretrained_vocabulary.path")))
   return _pretrained(os.path.abspath(os.path.expanduser(path)))
+
+
+def _from_bucket(path: str) -> seqio.Vocabulary:
+  if path.endswith(".gguf"):
+    if not storage.isfile(path):
+      raise UserError(f"pretrained_vocabulary.path={path} does not exist; point it at a .gguf file")
+    local = storage.staged(path)
+  elif storage.isdir(path):
+    local = storage.staged(path, include=lambda name: "/" not in name and name.endswith(_TOKENIZER_FILES))
+  else:
+    raise UserError(f"pretrained_vocabulary.path={path} is not a directory; point it at a Hugging Face "
+                    "model directory or a .gguf file")
+  try:
+    return _pretrained(local)
+  except UserError as e:  # named by the path the user gave, not by its staged copy
+    raise UserError(str(e).replace(local, path)) from e
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,7 +7,6 @@ and re-exported here: `trainer.setup`, `trainer.compile_train_step`, `trainer.Tr
 import contextlib
 import errno
 import math
-import os
 import re
 import signal
 import time
@@ -23,7 +22,7 @@ from flan_jax import metrics as metrics_lib
 from flan_jax.checkpoints import hf, paths, restore, run_record, store
 from flan_jax.data import accounting
 from flan_jax.data import pipeline as data_lib
-from flan_jax.errors import DiskFullError, UserError
+from flan_jax.errors import DiskFullError, StoreUnavailableError, UserError
 from flan_jax.model import partitioning
 from flan_jax.model.lora import LoraConfig
 from flan_jax.model.transformer import ModelConfig, Transformer  # noqa: F401
@@ -34,7 +33,13 @@ from flan_jax.training.step import Setup, TrainState, compile_train_step, cross_
 
 
 class _StopSignal:
-  """Turns SIGTERM into a flag checked at the next step boundary."""
+  """Turns SIGTERM into a flag checked at the next step boundary, in a one-process job.
+
+  In a multi-host job SIGTERM is left to JAX's preemption service (jax.distributed installs its handler):
+  each host may get the notice at a different step, and the service has them all agree on one step to save
+  at (`reached_preemption`), where flags of their own would stop them at different steps and leave the
+  others waiting in a collective.
+  """
 
   def __init__(self):
     self.requested = False
@@ -43,11 +48,13 @@ class _StopSignal:
   def __enter__(self):
     def handler(signum, frame):
       self.requested = True
-    self._previous = signal.signal(signal.SIGTERM, handler)
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, handler)
     return self
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
@@ -105,7 +112,7 @@ def train(model_dir: Optional[str] = None, *,
   storage.makedirs(model_dir)
   progress = {"step": 0, "saving": None}  # where the run is, for the message if the disk fills up
   with contextlib.ExitStack() as stack:
-    stack.enter_context(run_lock.hold(model_dir))  # one trainer per MODEL_DIR; kill -9 releases it
+    lock = stack.enter_context(run_lock.hold(model_dir))  # one trainer per MODEL_DIR; kill -9 releases it
     # The vocabulary and format checked above (gin's, else the caller's run_text's, else bytes and 'prompt')
     # are this run's until it returns: its datasets and converters read them, and nothing is left behind.
     stack.enter_context(run_text(vocabulary=vocab, example_format=example_format["format"]))
@@ -146,10 +153,12 @@ def train(model_dir: Optional[str] = None, *,
             _write_operative_config(model_dir)
         preempted = stop.requested or (jax.process_count() > 1 and mngr.reached_preemption(step))
         if step % checkpoint_period == 0 or step == train_steps or preempted:
+          lock.check()  # a bucket lock taken over by another trainer: stop before writing over its run
           _check_finite(step, jax.device_get(metrics))
           store.save(mngr, step, state.params, state.opt_state, force=True)
           inputs.save(step, keep=set(mngr.all_steps()), files=tally.files(step))  # with the tally up to `step`
           run_record.publish_trained_on(model_dir, inputs.path(step, accounting.FILE))  # MODEL_DIR/trained_on.json
+          writer.sync()  # the metrics in a bucket reach at least the newest checkpoint
           progress["saving"] = step  # an async save that fails surfaces at a later call
         if preempted:
           writer.log(f"stop requested: saved step {step}; rerun the same command to resume")
@@ -170,6 +179,9 @@ def _checked_setup(model_dir, mixture_or_task_name, task_feature_lengths, train_
   storage.check(model_dir, "MODEL_DIR")
   if initial_checkpoint_path:
     storage.check(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
+  store.check_supported(storage.join(model_dir, paths.SUBDIR))  # s3://: one line before anything is written
+  if jax.process_index() == 0:  # a bucket that does not exist or cannot be reached: one line before any work
+    storage.check_reachable(model_dir, "MODEL_DIR")
   data_lib.check_task_name(mixture_or_task_name)
   if not (isinstance(task_feature_lengths, Mapping) and set(task_feature_lengths) == {"inputs", "targets"}):
     raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} is not a dict of 'inputs' and 'targets' "
@@ -297,10 +309,14 @@ def _data_restart(step: int, start: int, saved: Optional[dict], settings: dict) 
 @contextlib.contextmanager
 def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
   """Turns a write that failed for lack of space (a checkpoint, an input position, the metrics) into
-  one DiskFullError."""
+  one DiskFullError, and a bucket that stopped answering into one StoreUnavailableError."""
   try:
     yield
   except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap the OSError in their own types)
+    if storage.is_remote(model_dir) and (reason := storage.unavailable(e)) is not None:
+      raise StoreUnavailableError(
+          f"{model_dir} stopped answering at step {progress['step']} ({reason[:200]}); the checkpoints complete "
+          "there before then are intact: rerun the same command when the bucket answers again") from e
     if not _is_disk_full(e):
       raise
     directory = storage.join(model_dir, paths.SUBDIR)
@@ -342,11 +358,7 @@ def _log(is_main: bool, message: str) -> None:
 
 
 def _write_operative_config(model_dir: str) -> None:
-  if storage.is_remote(model_dir):
-    storage.write_text(storage.join(model_dir, "config.gin"), gin.operative_config_str())
-    return
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
+  storage.write_text(storage.join(model_dir, "config.gin"), gin.operative_config_str())
 
 
 def _check_format(vocab, model_dir: str) -> dict:

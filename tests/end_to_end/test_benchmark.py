@@ -182,3 +182,28 @@ def test_readme_memory_table_is_the_computed_one():
   expected = table.markdown(table.rows(16), 16)
   with open(os.path.join(ROOT, "README.md")) as f:
     assert expected in f.read(), "README's memory table is stale: paste the output of scripts/memory_table.py"
+
+
+def test_checkpoint_benchmark_times_both_backends(tmp_path, gcs_server):
+  """scripts/benchmark_checkpoint.py on the tiny model, on local disk and on the session's GCS server."""
+  spec = importlib.util.spec_from_file_location("benchmark_checkpoint",
+                                                os.path.join(ROOT, "scripts", "benchmark_checkpoint.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "checkpoint.json"
+  try:
+    bench.main(["--models=tiny", "--backends=local,gcs", f"--gcs_url={gcs_server.url}", "--repeats=2", "--steps=2",
+                "--warmup=1", "--batch_size=8", "--seq_len=16", f"--local_dir={tmp_path}", f"--output={out}"])
+  finally:
+    gin.clear_config()
+  saved = json.load(open(out))
+  assert [(r["model"], r["backend"]) for r in saved["results"]] == [("tiny", "local"), ("tiny", "gcs")]
+  for r in saved["results"]:
+    assert r["restored_equal"] and r["params"] == conftest.TINY.num_params()
+    for key in ("state_mib", "checkpoint_mib", "save_seconds", "restore_seconds", "save_mib_per_second",
+                "restore_mib_per_second", "save_call_seconds", "step_seconds_without_save",
+                "train_seconds_lost_per_save"):
+      assert r[key] > 0, (r["backend"], key, r[key])
+    assert r["save_mib_per_second"] == r["checkpoint_mib"] / r["save_seconds"]
+    assert len(r["save_seconds_all"]) == len(r["steps_during_save"]) == 2
+  assert os.listdir(tmp_path) == ["checkpoint.json"]  # every checkpoint written was deleted

@@ -14,9 +14,11 @@ from flan_jax.checkpoints import paths, run_record
 from flan_jax.errors import UserError
 from flan_jax.evaluation import evaluator as evaluation
 from flan_jax.model import partitioning
-from flan_jax.training import trainer
+from flan_jax.training import run_lock, trainer
 import flan_tasks  # noqa: F401
 from tests.conftest import TINY
+from tests.end_to_end.test_binaries import ROOT, binary
+from tests.end_to_end.test_binaries import TINY as TINY_FLAGS
 
 ARGS = dict(mixture_or_task_name="embedded_no_nli", task_feature_lengths={"inputs": 64, "targets": 16},
             batch_size=4, model_config=TINY, checkpoint_period=2, log_every=1, async_checkpointing=False)
@@ -119,3 +121,19 @@ def test_a_model_dir_flan_jax_cannot_use_is_one_line_and_writes_nothing(model_di
   with pytest.raises(UserError, match=says):
     _train(model_dir, 2)
   assert os.listdir(tmp_path) == []
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_exit_2_and_nothing_is_written(gcs_server):
+  out = binary("train", *TINY_FLAGS, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.TRAIN_STEPS=2",
+               "--gin.MODEL_DIR='gs://no-such-bucket/run'")
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "error: MODEL_DIR='gs://no-such-bucket/run': bucket 'no-such-bucket' does not exist (or these credentials "
+      "cannot see it); create it or pass a path in another bucket"], out.stderr[-3000:]
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
+def test_a_second_trainer_on_a_bucket_dir_is_refused_naming_the_holder(gcs_dir):
+  with run_lock.hold(gcs_dir):  # this process plays the running trainer
+    with pytest.raises(UserError, match=f"MODEL_DIR {gcs_dir} is in use by pid {os.getpid()} on host"):
+      _train(gcs_dir, 2)
+  assert not storage.exists(storage.join(gcs_dir, paths.SUBDIR))

@@ -137,3 +137,15 @@ flan_tasks.files.jsonl_task.answer_field = 'reply'
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert any(model_dir.iterdir())
+
+
+def test_a_task_file_in_a_bucket_gives_the_examples_of_the_same_file_on_disk(tmp_path, gcs_dir):
+  from flan_jax import storage
+  local = _write_jsonl(tmp_path / "qa.jsonl", ROWS)
+  remote = storage.join(gcs_dir, "qa.jsonl")
+  storage.write_bytes(remote, open(local, "rb").read())
+  names = [files.jsonl_task(f"user_test_{where}", path, TEMPLATES, answer_field="reply", options_field="choices")
+           for where, path in (("disk", local), ("bucket", remote))]
+  assert _texts(names[0]) == _texts(names[1]) and len(_texts(names[1])) == len(ROWS)
+  with pytest.raises(files.FileTaskError, match="file not found"):
+    files.jsonl_task("user_test_bucket_missing", storage.join(gcs_dir, "nothing.jsonl"), TEMPLATES)
