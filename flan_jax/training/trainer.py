@@ -116,7 +116,7 @@ def train(model_dir: Optional[str] = None, *,
     # The vocabulary and format checked above (gin's, else the caller's run_text's, else bytes and 'prompt')
     # are this run's until it returns: its datasets and converters read them, and nothing is left behind.
     stack.enter_context(run_text(vocabulary=vocab, example_format=example_format["format"]))
-    stack.enter_context(_naming_a_full_disk(model_dir, progress))
+    stack.enter_context(_naming_a_failed_write(model_dir, progress))
     mngr = stack.enter_context(store.closing(store.manager(
         storage.join(model_dir, paths.SUBDIR), save_every=checkpoint_period, keep=checkpoints_to_keep,
         keep_period=keep_period, async_save=async_checkpointing)))
@@ -180,8 +180,7 @@ def _checked_setup(model_dir, mixture_or_task_name, task_feature_lengths, train_
   if initial_checkpoint_path:
     storage.check(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
   store.check_supported(storage.join(model_dir, paths.SUBDIR))  # s3://: one line before anything is written
-  if jax.process_index() == 0:  # a bucket that does not exist or cannot be reached: one line before any work
-    storage.check_reachable(model_dir, "MODEL_DIR")
+  storage.check_reachable(model_dir, "MODEL_DIR")  # a bucket missing or out of reach: one line, on every host
   data_lib.check_task_name(mixture_or_task_name)
   if not (isinstance(task_feature_lengths, Mapping) and set(task_feature_lengths) == {"inputs", "targets"}):
     raise UserError(f"TASK_FEATURE_LENGTHS={task_feature_lengths!r} is not a dict of 'inputs' and 'targets' "
@@ -307,7 +306,7 @@ def _data_restart(step: int, start: int, saved: Optional[dict], settings: dict) 
 
 
 @contextlib.contextmanager
-def _naming_a_full_disk(model_dir: str, progress: Mapping[str, Optional[int]]):
+def _naming_a_failed_write(model_dir: str, progress: Mapping[str, Optional[int]]):
   """Turns a write that failed for lack of space (a checkpoint, an input position, the metrics) into
   one DiskFullError, and a bucket that stopped answering into one StoreUnavailableError."""
   try:
