@@ -5,14 +5,14 @@ report command reads predictions from the bucket and writes its report there."""
 import os
 import uuid
 
-import gin
 import pytest
 import seqio
 
-from flan_jax import cli, report, storage, studies
+from flan_jax import report, storage, studies
 from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
+from tests.studies.test_study import run_study  # the same study call, from gin files and bindings
 
 # The smallest study the report accepts: one size, one seed, the base model and its instruction-tuned run on one
 # held-out cluster, a few steps each (the lengths and batch of tests/studies/test_study.py: its compiled programs).
@@ -36,14 +36,6 @@ EVAL_TASKS = [f"embedded_movie_review_scoring_t{t}" for t in range(3)]
 JOBS = {"tiny_seed0/pretrain": "runs/tiny_seed0/pretrain",
         "tiny_seed0/embedded_no_sentiment": "runs/tiny_seed0/embedded_no_sentiment",
         "tiny_seed0/sentiment_eval": "evals/tiny_seed0/sentiment"}
-
-
-def run_study(gin_file, *bindings):
-  cli.configure_gin(cli.Flags(gin_files=[gin_file], gin_bindings=list(bindings)))
-  try:
-    return studies.study()
-  finally:
-    gin.clear_config()
 
 
 @pytest.fixture(scope="module")
