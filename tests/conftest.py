@@ -24,6 +24,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
@@ -57,6 +58,39 @@ LONGEST_FIRST = ("test_bucket_multiprocess.py", "test_reliability.py", "test_stu
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
+# Skips. A test skips only where this machine lacks what it needs (an accelerator, an optional package, a user
+# namespace for a tmpfs). Under CI (the CI environment variable, which .ci/run sets) the only skips allowed are
+# the accelerator-only tests; any other skip fails the run, so a missing package or a refused mount cannot turn
+# a fault test into a silent pass. Every run prints how many tests skipped and why.
+ACCELERATOR_ONLY = re.compile(r"\b(GPU|TPU)\b")
+_skipped: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report):
+  if report.skipped and not hasattr(report, "wasxfail"):
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    _skipped[report.nodeid] = reason.removeprefix("Skipped: ")
+
+
+def _unexpected_skips() -> dict[str, str]:
+  return {node: reason for node, reason in _skipped.items() if not ACCELERATOR_ONLY.search(reason)}
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if os.environ.get("CI") and not hasattr(session.config, "workerinput") and _unexpected_skips() and exitstatus == 0:
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  if hasattr(config, "workerinput"):
+    return
+  unexpected = _unexpected_skips()
+  terminalreporter.write_line(f"skipped: {len(_skipped)} ({len(_skipped) - len(unexpected)} need a GPU or TPU, "
+                              f"{len(unexpected)} other)")
+  for node, reason in sorted(unexpected.items()):
+    terminalreporter.write_line(f"  {'FAILED (CI is set)' if os.environ.get('CI') else 'skipped'}: {node}: {reason}")
 
 
 from tests.storage_server import gcs_bucket, gcs_dir, gcs_server  # noqa: E402,F401  (fixtures: a local GCS server)

@@ -12,9 +12,10 @@ from flan_jax.model import decoding, partitioning
 from flan_jax.model.transformer import ModelConfig
 from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
+from tests.checks import one_line, run_main
 from tests.conftest import TINY
 from tests.end_to_end.test_binaries import TINY as TINY_GIN
-from tests.end_to_end.test_binaries import binary, run_main
+from tests.end_to_end.test_binaries import binary
 
 LENGTHS = {"inputs": 32, "targets": 8}
 
@@ -159,11 +160,11 @@ EVAL_GIN = ["--gin_file=runs/eval.gin", "--gin.CHECKPOINT_PATH=/tmp/x", "--gin.M
      "mesh data=3 x fsdp=1 x tensor=1 x dcn_data=1 needs 3 devices; there are 8"),
     ("eval", [*EVAL_GIN, "--gin.EVAL_BATCH_SIZE='8'"], "EVAL_BATCH_SIZE='8' (a str) must be a positive integer"),
 ])
-def test_bad_settings_through_gin_are_one_line(binary_name, args, message, capsys):
+def test_bad_settings_through_gin_are_one_line(binary_name, args, message, capfd):
   import importlib
-  code, err = run_main(importlib.import_module(f"flan_jax.{binary_name}"), args, capsys)
-  lines = err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and message in lines[0], err
+  code, err = run_main(importlib.import_module(f"flan_jax.{binary_name}"), args, capfd)
+  line = one_line(err)
+  assert code == 2 and message in line, err
 
 
 def test_the_train_binary_exits_2_with_one_line_for_batch_size_0():

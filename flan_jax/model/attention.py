@@ -57,6 +57,14 @@ def check_backend(implementation: str, interpret: bool = False) -> None:
                     "use 'blocked' or 'xla', or set ModelConfig.attention_interpret=True (slow, for tests)")
 
 
+def check_dtype(implementation: str, dtype) -> None:
+  """Raises a one-line UserError when `implementation` cannot compute in `dtype` (cuDNN's fused attention takes
+  bfloat16 or float16 only; JAX would say so in a NotImplementedError from deep in the trace)."""
+  if implementation == "cudnn" and jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    raise UserError(f"ModelConfig.attention='cudnn' computes in bfloat16 or float16, and ModelConfig.dtype is "
+                    f"'{jnp.dtype(dtype).name}': set --gin.ModelConfig.dtype='bfloat16', or use 'xla'")
+
+
 def attend(query: Array, key: Array, value: Array, mask, *, kernel: str, sliding_window: Optional[int],
            block_size: int, interpret: bool, kv_layout: str = "bskh") -> Array:
   """Attention by `kernel`: query [b, t, n, h] -> [b, t, n, h].
@@ -98,6 +106,7 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional
   prefix and segments all in it), or None for causal attention with an optional sliding window.
   """
   check_backend(implementation)
+  check_dtype(implementation, query.dtype)
   if mask is not None:
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
   window = None if sliding_window is None else (sliding_window - 1, 0)  # i - j < sliding_window

@@ -110,6 +110,11 @@ def _endings(ex):
           "answer": features.pick(options, ex["label"])}
 
 
+def _story_endings(ex):
+  """StoryCloze's TFDS label is the CSV's AnswerRightEnding as written: 1 or 2, counted from 1."""
+  return _endings({**ex, "label": tf.cast(ex["label"], tf.int32) - 1})
+
+
 def _candidates(ex):
   options = tf.reshape(ex["candidates"], [-1])
   return {"sentence": ex["sentence"], "pronoun": ex["pronoun"], "options": options,
@@ -133,7 +138,7 @@ DATASETS = [
         fields=("goal", "answer", "options"), templates=GOAL_SOLUTION),
     FlanDataset(
         name="story_cloze", cluster=clusters.COMMONSENSE, paper_name="StoryCloze",
-        tfds="story_cloze/2016:1.0.0", train_size=1_871, to_fields=_endings,
+        tfds="story_cloze/2016:1.0.0", train_size=1_871, to_fields=_story_endings,
         fields=("context", "answer", "options"), templates=ENDING,
         train_split="validation", test_split="test",
         manual="TFDS needs a manual download (a form on the StoryCloze site), and the 2016 "

@@ -13,6 +13,7 @@ from flan_jax.model import partitioning
 from flan_jax.model.transformer import ModelConfig
 from flan_jax.training import trainer
 import flan_tasks  # noqa: F401
+from tests.checks import assert_trees_equal
 from tests.conftest import TINY
 
 ARGS = dict(mixture_or_task_name="embedded_no_topic", task_feature_lengths={"inputs": 64, "targets": 16},
@@ -37,10 +38,8 @@ def runs(tmp_path_factory):
 def test_stop_and_resume_equals_one_run(runs):
   straight, resumed, _, _ = runs
   assert int(resumed.step) == int(straight.step) == 6
-  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  for a, b in zip(jax.tree.leaves(resumed.opt_state), jax.tree.leaves(straight.opt_state)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(resumed.params, straight.params)
+  assert_trees_equal(resumed.opt_state, straight.opt_state)
 
 
 def test_keeps_last_k_and_writes_operative_config(runs):
@@ -143,8 +142,7 @@ def test_initial_checkpoint_restores_parameters_only(runs, tmp_path):
   state = run(str(tmp_path / "ft"), 1, initial_checkpoint_path=straight_dir, optimizer=frozen,
               learning_rate_schedule=lambda step: 0.0)
   assert int(state.step) == 1  # a new run: its own step count and a fresh optimizer state
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(straight.params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(state.params, straight.params)
   bigger = ModelConfig(**{**TINY.__dict__, "num_layers": 3})
   with pytest.raises(UserError, match="wrong shape"):
     run(str(tmp_path / "ft2"), 1, initial_checkpoint_path=straight_dir, model_config=bigger)

@@ -14,6 +14,7 @@ import torch
 from flan_jax.checkpoints import gguf_reader as gguf_io
 from flan_jax.errors import UserError
 from tests import tiny_pretrained
+from tests.checks import assert_trees_equal
 
 Q = gguf.GGMLQuantizationType
 TT = gguf.TokenType
@@ -514,8 +515,7 @@ def test_a_gguf_file_is_a_starting_point_like_a_model_directory(models, ggufs):
   step, params = checkpoints.restore_params(path, config, mesh, partitioning.axis_rules(), None)
   want = checkpoints.load_params(checkpoints.open_pretrained(directory))
   assert step == 0
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(params, want)
   from_gguf = checkpoints.starting_vocabulary(path)
   original = tokenizers.from_directory(directory)
   text = " ".join(SAMPLE)

@@ -24,7 +24,8 @@ from flan_jax.errors import UserError
 from flan_jax.model.transformer import Transformer
 from tests import tiny_pretrained
 from tests.checkpoints.test_gguf import SAMPLE, permute
-from tests.end_to_end.test_binaries import binary, run_main
+from tests.checks import one_line, run_main
+from tests.end_to_end.test_binaries import binary
 
 pytest.importorskip("transformers")
 
@@ -332,7 +333,7 @@ def _snapshot(directory):
 
 
 @pytest.mark.parametrize("export_format", ["huggingface", "gguf"])
-def test_non_empty_output_dir_needs_overwrite(export_format, models, tmp_path, capsys):
+def test_non_empty_output_dir_needs_overwrite(export_format, models, tmp_path, capfd):
   out = tmp_path / "out"
   out.mkdir()
   (out / "notes.txt").write_text("mine")
@@ -341,9 +342,10 @@ def test_non_empty_output_dir_needs_overwrite(export_format, models, tmp_path, c
   before = _snapshot(out)
   args = ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={models['llama']}", f"--gin.OUTPUT_DIR={out}",
           f"--gin.EXPORT_FORMAT='{export_format}'", "--gin.EXPORT_DTYPE='float32'"]
-  code, err = run_main(export_binary, args, capsys)
+  code, err = run_main(export_binary, args, capfd)
   assert code == 2
-  assert err.strip().count("\n") == 0 and "is not empty" in err and "OVERWRITE=True" in err, err
+  line = one_line(err)
+  assert "is not empty" in line and "OVERWRITE=True" in line, err
   assert _snapshot(out) == before  # nothing written or overwritten
   gin.clear_config()
   try:

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -22,7 +21,8 @@ from flan_jax.model.transformer import Transformer
 from flan_jax.text import run_text, tokenizers
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests import tiny_pretrained
-from tests.end_to_end.test_binaries import ROOT, run_main
+from tests.checks import assert_trees_equal, one_line, run_main
+from tests.end_to_end.test_binaries import ROOT
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -116,8 +116,7 @@ def test_sharded_placement_matches_one_device(models):
     sharded = checkpoints.load_params(p, partitioning.make_mesh(*shape))
     wq = sharded["layers"]["attn"]["wq"]
     assert wq.sharding.shard_shape(wq.shape) != wq.shape  # really split over devices
-    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
-      assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert_trees_equal(single, sharded)
 
 
 def test_bfloat16_export_is_bit_identical(tmp_path):
@@ -210,17 +209,17 @@ def test_tuned_run_exports_to_transformers_and_evaluates(tuned, tmp_path):
   assert len(prompts) == 8 and all("hypothesis" in p.lower() or "?" in p for p in prompts)
 
 
-def test_resuming_with_another_vocabulary_is_one_line(tuned, capsys):
+def test_resuming_with_another_vocabulary_is_one_line(tuned, capfd):
   from flan_jax import train
   _, model_dir, _ = tuned
   code, err = run_main(train, ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin", LENGTHS,
                                f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
-                               "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8"], capsys)
-  lines = err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and "was made with the vocabulary huggingface" in lines[0], err
+                               "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8"], capfd)
+  line = one_line(err)
+  assert code == 2 and "was made with the vocabulary huggingface" in line, err
 
 
-def test_eval_with_another_tokenizer_is_one_line(tuned, tmp_path, capsys):
+def test_eval_with_another_tokenizer_is_one_line(tuned, tmp_path, capfd):
   from flan_jax import eval as eval_binary
   _, model_dir, _ = tuned
   other = tmp_path / "other_tokenizer"
@@ -229,9 +228,9 @@ def test_eval_with_another_tokenizer_is_one_line(tuned, tmp_path, capsys):
   code, err = run_main(eval_binary, [
       "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}", LENGTHS,
       "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli", "--gin.run_vocabulary.vocabulary=@pretrained_vocabulary()",
-      f"--gin.pretrained_vocabulary.path={other}"], capsys)
-  lines = err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and "was made with the vocabulary huggingface (size 320" in lines[0], err
+      f"--gin.pretrained_vocabulary.path={other}"], capfd)
+  line = one_line(err)
+  assert code == 2 and "was made with the vocabulary huggingface (size 320" in line, err
 
 
 # --- Bad input: one line each. ---------------------------------------------------------------------
@@ -268,7 +267,7 @@ def test_missing_shard_is_one_line_error(models, tmp_path):
     checkpoints.open_pretrained(directory)
 
 
-def test_bad_input_through_the_train_binary_is_one_line(models, tmp_path, capsys):
+def test_bad_input_through_the_train_binary_is_one_line(models, tmp_path, capfd):
   from flan_jax import train
   common = ["--gin_file=runs/finetune_hf.gin", LENGTHS,
             "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8"]
@@ -283,9 +282,9 @@ def test_bad_input_through_the_train_binary_is_one_line(models, tmp_path, capsys
        "was made with the vocabulary huggingface"),
   ]
   for k, (args, message) in enumerate(cases):
-    code, err = run_main(train, [*common, f"--gin.MODEL_DIR={tmp_path / str(k)}", *args], capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and message in lines[0], (args, err)
+    code, err = run_main(train, [*common, f"--gin.MODEL_DIR={tmp_path / str(k)}", *args], capfd)
+    line = one_line(err)
+    assert code == 2 and message in line, (args, err)
     assert not os.path.exists(tmp_path / str(k) / "model_config.json")  # refused before writing anything
 
 
@@ -304,7 +303,7 @@ def _without_tokenizer(models, tmp_path):
   return directory
 
 
-def test_a_model_directory_without_its_tokenizer_is_one_line(models, tmp_path, capsys):
+def test_a_model_directory_without_its_tokenizer_is_one_line(models, tmp_path, capfd):
   """Evaluated, or tuned with no vocabulary bound in gin, weights without tokenizer.json / tokenizer.model used to
   get the byte vocabulary silently (plausible scores); now one line names the directory and the files, exit 2,
   nothing written."""
@@ -322,10 +321,10 @@ def test_a_model_directory_without_its_tokenizer_is_one_line(models, tmp_path, c
                f"--gin.MODEL_DIR={tmp_path / 'b'}", *TRAIN_ARGS]),
   ]
   for module, argv in cases:
-    code, err = run_main(module, argv, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err[-3000:])
-    assert "run_vocabulary.vocabulary" in lines[0]  # and how to bind the vocabulary the weights were trained with
+    code, err = run_main(module, argv, capfd)
+    line = one_line(err)
+    assert code == 2 and message in line, (argv, err[-3000:])
+    assert "run_vocabulary.vocabulary" in line  # and how to bind the vocabulary the weights were trained with
   assert not any(os.path.exists(tmp_path / name) for name in ("eval", "a", "b"))
   with pytest.raises(UserError, match=re.escape(message)):
     checkpoints.starting_vocabulary(bare)

@@ -117,7 +117,8 @@ def test_the_task_index_leaves_the_batches_unchanged_and_names_each_tokens_task(
   checked = 0
   tagged = data_lib.get_dataset(name, LENGTHS, "train", BATCH, seed=0, with_task_index=True)
   for b in tagged.take(2).as_numpy_iterator():
-    for segments, task, tokens in zip(b["decoder_segment_ids"], b[data_lib.TASK_INDEX], b["decoder_target_tokens"]):
+    for segments, task, tokens in zip(b["decoder_segment_ids"], b[data_lib.TASK_INDEX], b["decoder_target_tokens"],
+                                      strict=True):
       for s in range(1, segments.max() + 1):
         (index,) = set(task[segments == s])
         assert tuple(tokens[segments == s]) in examples[names[index]]

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests import conftest
+from tests.checks import assert_trees_equal, one_line, run_main
 from tests.conftest import xla_flags
 
 ROOT = conftest.ROOT
@@ -95,20 +96,6 @@ def test_unknown_task_is_one_clear_line_from_the_binary():
   assert len(lines) == 1 and "unknown task or mixture 'no_such_task'" in lines[0], out.stderr[-2000:]
 
 
-def run_main(module, argv, capsys):
-  """Runs a binary's main in this process (cheaper than a subprocess); returns (exit code, stderr)."""
-  import gin
-
-  from flan_jax import cli
-  gin.clear_config()
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      cli.run(module.main, argv)
-  finally:
-    gin.clear_config()
-  return exit_info.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("args, message", [
     (["--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.MODEL_DIR=/tmp/x", "--gin.train.no_such_arg=1"],
      "gin: Configurable 'train' doesn't have a parameter named 'no_such_arg'"),
@@ -129,20 +116,20 @@ def run_main(module, argv, capsys):
     (["--gin.MODEL_DIR=/tmp/x", "--gin.MIXTURE_OR_TASK_NAME=embedded_all", "--gin.TASK_FEATURE_LENGTHS={inputs: 96}"],
      "TASK_FEATURE_LENGTHS='{inputs: 96}' is not a dict of 'inputs' and 'targets' lengths"),
 ])
-def test_train_bad_input_is_one_clear_line(args, message, capsys):
+def test_train_bad_input_is_one_clear_line(args, message, capfd):
   from flan_jax import train
-  code, err = run_main(train, [*TINY, *args], capsys)
-  lines = err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and message in lines[0], err
+  code, err = run_main(train, [*TINY, *args], capfd)
+  line = one_line(err)
+  assert code == 2 and message in line, err
 
 
-def test_eval_without_checkpoint_is_one_clear_line(tmp_path, capsys):
+def test_eval_without_checkpoint_is_one_clear_line(tmp_path, capfd):
   from flan_jax import eval as eval_binary
   code, err = run_main(eval_binary, ["--gin_file=runs/eval.gin", "--gin_file=models/tiny.gin",
                                      f"--gin.CHECKPOINT_PATH={tmp_path}",
-                                     "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli"], capsys)
-  lines = err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and "no checkpoint found" in lines[0], err
+                                     "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli"], capfd)
+  line = one_line(err)
+  assert code == 2 and "no checkpoint found" in line, err
 
 
 def _final_params(model_dir):
@@ -157,11 +144,25 @@ def _final_params(model_dir):
   return checkpointing.restore_params(model_dir, target)
 
 
+def final_state(model_dir):
+  """(step, params, optimizer state) of a tiny one-device run's newest checkpoint (the default optimizer's)."""
+  import jax
+
+  from flan_jax.checkpoints import paths
+  from flan_jax.checkpoints import store as checkpointing
+  from flan_jax.model import partitioning
+  from flan_jax.training import optimizers
+  from flan_jax.training import step as step_lib
+  from tests.conftest import TINY
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  s = step_lib.setup(TINY, mesh, partitioning.axis_rules(), optimizers.make_optimizer(optimizers.make_schedule(1)))
+  with checkpointing.closing(checkpointing.manager(os.path.join(model_dir, paths.SUBDIR), create=False)) as mngr:
+    return checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs)
+
+
 def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
   import random
 
-  import jax
-  import numpy as np
 
   def args(model_dir):
     return [*TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
@@ -194,8 +195,7 @@ def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
   step_a, a = _final_params(str(tmp_path / "straight"))
   step_b, b = _final_params(str(tmp_path / "killed"))
   assert step_a == step_b == 8
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    assert np.array_equal(np.asarray(x), np.asarray(y)), f"killed at step {kill_at}"
+  assert_trees_equal(a, b)  # killed at step kill_at
 
 
 @pytest.mark.parametrize("value, binding", [

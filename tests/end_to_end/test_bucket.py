@@ -6,7 +6,6 @@ import json
 import os
 
 import jax
-import numpy as np
 import pytest
 
 from flan_jax import storage
@@ -16,6 +15,7 @@ from flan_jax.evaluation import evaluator as evaluation
 from flan_jax.model import partitioning
 from flan_jax.training import run_lock, trainer
 import flan_tasks  # noqa: F401
+from tests.checks import assert_trees_equal
 from tests.conftest import TINY
 from tests.end_to_end.test_binaries import ROOT, binary
 from tests.end_to_end.test_binaries import TINY as TINY_FLAGS
@@ -48,9 +48,7 @@ def bucket_run(gcs_bucket, tmp_path_factory):
 def test_a_run_in_a_bucket_resumes_exactly_as_an_uninterrupted_run(bucket_run):
   local, resumed, _ = bucket_run
   assert int(resumed.step) == int(local.step) == 6
-  for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state)),
-                  jax.tree.leaves((local.params, local.opt_state))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal((resumed.params, resumed.opt_state), (local.params, local.opt_state))
 
 
 def test_every_file_of_the_run_is_in_the_bucket(bucket_run):

@@ -33,7 +33,7 @@ from flan_jax.training import trainer
 import flan_tasks  # noqa: F401
 from tests import tiny_pretrained
 from tests.checkpoints.test_pretrained import _run_ok
-from tests.end_to_end.test_binaries import run_main
+from tests.checks import assert_trees_equal, run_main
 
 pytest.importorskip("transformers")
 
@@ -68,12 +68,6 @@ def _params(path):
   return jax.tree.map(np.asarray, restore.load_params(restore.open_pretrained(path)))
 
 
-def _assert_same_tree(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def _files(path) -> dict[str, bytes]:
   """name -> bytes of every file of a local or bucket directory."""
   return {storage.relative(name, path): storage.read_bytes(name) for name in storage.files_under(path)}
@@ -96,7 +90,7 @@ def test_a_model_in_the_bucket_reads_as_from_local_disk(kind, models):
   opened = restore.open_pretrained(remote)
   assert opened.path == remote and opened.config == restore.open_pretrained(local).config
   assert restore.pretrained_model_config(remote) == restore.pretrained_model_config(local)
-  _assert_same_tree(_params(remote), _params(local))  # bit-identical
+  assert_trees_equal(_params(remote), _params(local))  # bit-identical
   ours, theirs = restore.starting_vocabulary(remote), restore.starting_vocabulary(local)
   assert ours.encode(TEXT) == theirs.encode(TEXT) and (ours.bos_id, ours.eos_id) == (theirs.bos_id, theirs.eos_id)
 
@@ -113,7 +107,7 @@ def test_the_staging_cache_is_reused_and_fetched_again_when_an_object_changes(mo
   inodes = _inodes(first)
   assert storage.staged(remote, include=lambda name: not name.endswith(".bin")) == first
   assert _inodes(first) == inodes  # nothing fetched again
-  _assert_same_tree(_params(remote), _params(local))
+  assert_trees_equal(_params(remote), _params(local))
 
   # Another model's weights under the same name: read anew; the unchanged files are not fetched again.
   other = str(tmp_path / "other")
@@ -125,7 +119,7 @@ def test_the_staging_cache_is_reused_and_fetched_again_when_an_object_changes(mo
   assert changed["model.safetensors"] != inodes["model.safetensors"]
   assert {k: v for k, v in changed.items() if k != "model.safetensors"} == {
       k: v for k, v in inodes.items() if k != "model.safetensors"}
-  _assert_same_tree(_params(remote), _params(other))
+  assert_trees_equal(_params(remote), _params(other))
 
   # A single object, e.g. a GGUF file: reused, fetched again when rewritten, and a damaged copy is not trusted.
   gguf_local, _ = models["gguf"]
@@ -170,7 +164,7 @@ def test_exports_into_the_bucket_equal_local_ones_with_the_marker_last(models, g
   config = _generation(f"{gcs_dir}/hf/config.json")
   assert all(_generation(name) < config for name in storage.files_under(f"{gcs_dir}/hf")
              if not name.endswith("/config.json"))
-  _assert_same_tree(_params(f"{gcs_dir}/hf"), _params(local))  # and it reads back from the bucket
+  assert_trees_equal(_params(f"{gcs_dir}/hf"), _params(local))  # and it reads back from the bucket
 
   gguf_local, _ = models["gguf"]
   (path,) = export_lib.export_checkpoint(remote, f"{gcs_dir}/gguf", dtype="float32", export_format="gguf")
@@ -196,7 +190,7 @@ def _export(checkpoint, out, *extra):
                           f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_DTYPE='float32'", *extra])
 
 
-def test_a_failed_export_into_the_bucket_leaves_nothing_that_looks_complete(models, gcs_dir, monkeypatch, capsys):
+def test_a_failed_export_into_the_bucket_leaves_nothing_that_looks_complete(models, gcs_dir, monkeypatch, capfd):
   local, remote = models["hf"]
   args = ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={remote}", "--gin.EXPORT_DTYPE='float32'"]
 
@@ -206,13 +200,13 @@ def test_a_failed_export_into_the_bucket_leaves_nothing_that_looks_complete(mode
   # Failing after the weights and config.json were written locally: nothing reaches the bucket.
   with monkeypatch.context() as patch:
     patch.setattr(export_lib, "_save_tokenizer", no_space)
-    code, err = run_main(export_binary, args + [f"--gin.OUTPUT_DIR={gcs_dir}/new"], capsys)
+    code, err = run_main(export_binary, args + [f"--gin.OUTPUT_DIR={gcs_dir}/new"], capfd)
   assert code != 0 and "no space left" in err.lower()
   assert not storage.exists(f"{gcs_dir}/new")
   with monkeypatch.context() as patch:
     patch.setattr(gguf_writer, "_encode", no_space)
     code, _ = run_main(export_binary, args + [f"--gin.OUTPUT_DIR={gcs_dir}/gguf", "--gin.EXPORT_FORMAT='gguf'"],
-                       capsys)
+                       capfd)
   assert code != 0 and not storage.exists(f"{gcs_dir}/gguf")
 
   # An upload cut short over an earlier export: the earlier config.json goes first, what was uploaded is undone.
@@ -292,4 +286,4 @@ def test_a_lora_run_on_a_base_in_the_bucket_exports_into_the_bucket(lora_run, gc
   structs = partitioning.sharded_param_structs(Transformer(config), _mesh(), partitioning.axis_rules())
   step, merged = restore.restore_params(model_dir, config, _mesh(), partitioning.axis_rules(), structs)
   assert step == 3
-  _assert_same_tree(_params(f"{out}/merged"), merged)  # read back from the bucket: the merged model, bit for bit
+  assert_trees_equal(_params(f"{out}/merged"), merged)  # read back from the bucket: the merged model, bit for bit

@@ -90,37 +90,37 @@ def test_the_study_runs_and_reports_into_the_bucket(bucket_study):
   assert png.startswith(b"\x89PNG") and len(png) > 1000  # the figure drawn locally, uploaded whole
 
 
-def test_a_rerun_skips_the_finished_jobs_and_gives_the_same_report(bucket_study, capsys):
+def test_a_rerun_skips_the_finished_jobs_and_gives_the_same_report(bucket_study, capfd):
   gin_file, study_dir, result, _ = bucket_study
-  capsys.readouterr()
+  capfd.readouterr()
   again = run_study(gin_file, f"STUDY_DIR = '{study_dir}'")
-  out = capsys.readouterr().out
+  out = capfd.readouterr().out
   skipped = [line for line in out.splitlines() if "done before, skipped" in line]
   assert [line.split(": ")[1].split(" ")[1] for line in skipped] == list(JOBS)
   assert again["groups"] == result["groups"] and again["differences"] == result["differences"]
   assert f"study: report in {study_dir}/report" in out
 
 
-def test_a_study_s_tfds_data_dir_is_bound_in_every_job_and_redoes_none(bucket_study, tmp_path, capsys):
+def test_a_study_s_tfds_data_dir_is_bound_in_every_job_and_redoes_none(bucket_study, tmp_path, capfd):
   gin_file, study_dir, _, _ = bucket_study
-  capsys.readouterr()
+  capfd.readouterr()
   try:
     run_study(gin_file, f"STUDY_DIR = '{study_dir}'", f"tfds_data_dir.path = '{tmp_path}'", "study.action = 'print'")
   finally:
     data_lib.use_tfds_data_dir(None)  # TFDS's default again, for the tests that follow in this process
-  lines = capsys.readouterr().out.splitlines()
+  lines = capfd.readouterr().out.splitlines()
   commands = [line for line in lines if line.startswith("python -m")]
   assert len(commands) == 3 and all(f"--gin.TFDS_DATA_DIR={tmp_path}" in c for c in commands)
   assert all("[done]" in line for line in lines if line.startswith("# ") and "training jobs" not in line)
 
 
-def test_the_report_command_reads_and_writes_the_bucket(bucket_study, capsys):
+def test_the_report_command_reads_and_writes_the_bucket(bucket_study, capfd):
   _, study_dir, _, _ = bucket_study
   evals = f"{study_dir}/evals/tiny_seed0/sentiment"
   out = f"{study_dir}/flan_report"
   code = report.main(["--predictions", f"base={evals}/base", f"tuned={evals}/instructions", "--baseline", "base",
                       "--bootstrap", "10", "--output_dir", out])
-  assert code == 0, capsys.readouterr().err
+  assert code == 0, capfd.readouterr().err
   assert set(storage.listdir(out)) == {"report.json", "report.md", "clusters.png", "templates.png"}
   assert set(storage.read_json(f"{out}/report.json")["runs"]) == {"base", "tuned"}
   assert storage.read_bytes(f"{out}/clusters.png").startswith(b"\x89PNG")

@@ -21,8 +21,9 @@ from flan_jax.errors import UserError
 from flan_jax.model import partitioning
 from flan_jax.training import trainer
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
+from tests.checks import cannot_set_up, one_line, run_main
 from tests.conftest import TINY, xla_flags
-from tests.end_to_end.test_binaries import ROOT, run_main
+from tests.end_to_end.test_binaries import ROOT
 
 LENGTHS = {"inputs": 64, "targets": 8}
 TASK = "embedded_color_nli_scoring_t0"  # one small scoring task: a short eval
@@ -49,12 +50,6 @@ def _export_args(checkpoint, output_dir):
           "--gin.EXPORT_DTYPE='float32'"]
 
 
-def _one_line(err):
-  lines = err.strip().splitlines()
-  assert len(lines) == 1, err[-3000:]
-  return lines[0]
-
-
 def _leftovers(directory):
   """Every file under `directory` (relative paths)."""
   return sorted(os.path.relpath(os.path.join(root, f), directory)
@@ -67,7 +62,7 @@ DRIVER = textwrap.dedent("""
     import json, os, signal, sys, types
     sys.path.insert(0, {root!r})
     import gin
-    from flan_jax import checkpoints, cli, study
+    from flan_jax import checkpoints, cli, report, study
     from flan_jax.evaluation import predictions
     from flan_jax import eval as eval_binary
     from flan_jax import export as export_binary
@@ -99,8 +94,11 @@ DRIVER = textwrap.dedent("""
       err, saved = os.open(os.path.join(sys.argv[2], name + ".err"), os.O_WRONLY | os.O_CREAT), os.dup(2)
       os.dup2(err, 2)
       try:
-        cli.run(MAINS[binary], argv)
-        codes[name] = 0
+        if binary == "report":  # its own argument parser and exit status
+          codes[name] = report.main(argv)
+        else:
+          cli.run(MAINS[binary], argv)
+          codes[name] = 0
       except SystemExit as e:
         codes[name] = e.code
       finally:
@@ -151,17 +149,22 @@ study.eval_mixture = '{task}'
 
 
 def test_full_disk_read_only_disk_and_ctrl_c_are_one_line_and_leave_no_result(run_dir, tmp_path):
-  """On a full tmpfs (eval, export, study), a read-only one (train, eval, export), and under SIGINT, all in
-  one process (a private mount namespace) to pay for the imports once."""
+  """On a full tmpfs (eval, export, study, report), a read-only one (train, eval, export), and under SIGINT, all
+  in one process (a private mount namespace) to pay for the imports once. The report reads predictions that an
+  eval wrote first onto a disk with room."""
   full, read_only = tmp_path / "full", tmp_path / "ro"
   full.mkdir()
   read_only.mkdir()
   if not _can_mount_tmpfs(full):
-    pytest.skip("needs unshare and a tmpfs mount in a user namespace")
+    cannot_set_up("needs unshare and a tmpfs mount in a user namespace")
   study_gin = tmp_path / "study.gin"
   study_gin.write_text(STUDY.format(run=run_dir, lengths=LENGTHS, task=TASK))
   interrupted = tmp_path / "interrupted"
+  kept = tmp_path / "kept"
   cases = {
+      "eval_kept": ("eval", _eval_args(run_dir, kept), None),
+      "report_full": ("report", ["--predictions", f"run={kept}", "--output_dir", str(full / "report"),
+                                 "--bootstrap", "10"], None),
       "eval_full": ("eval", _eval_args(run_dir, full / "eval"), None),
       "export_full": ("export", _export_args(run_dir, full / "hf"), None),
       "study_full": ("study", [f"--gin_file={study_gin}", f"--gin.STUDY_DIR='{full / 'study'}'"], None),
@@ -179,13 +182,13 @@ def test_full_disk_read_only_disk_and_ctrl_c_are_one_line_and_leave_no_result(ru
             f"mount -t tmpfs -o ro,size=256k tmpfs {read_only}\n"
             f"trap 'find {full} -type f > {listing}' EXIT")  # the mounts end with the namespace
   codes, errs = _run_cases(tmp_path, cases, mounts)
-  for name, err in errs.items():  # one line each: no traceback, no library logs
-    assert len(err.strip().splitlines()) == 1, (name, codes[name], err[-3000:])
-  lines = {name: err.strip() for name, err in errs.items()}
-  for name in ("eval_full", "export_full", "study_full"):
+  assert codes.pop("eval_kept") == 0 and errs.pop("eval_kept") == ""
+  lines = {name: one_line(err) for name, err in errs.items()}  # one each: no traceback, no library logs
+  for name in ("eval_full", "export_full", "study_full", "report_full"):
     assert codes[name] == 5 and lines[name].startswith("error: no space left on device"), (name, lines[name])
   assert f"while writing {full}/eval/predictions_{TASK}_validation_step1.jsonl;" in lines["eval_full"]
   assert "while writing" in lines["export_full"] and f"{full}/hf/" in lines["export_full"]
+  assert f"while writing the report in --output_dir {full}/report;" in lines["report_full"], lines["report_full"]
   for name in ("train_ro", "eval_ro", "export_ro"):
     assert codes[name] == 2 and "Read-only file system" in lines[name] and str(read_only) in lines[name], lines[name]
   for name in ("eval_ctrl_c", "export_ctrl_c"):
@@ -196,7 +199,7 @@ def test_full_disk_read_only_disk_and_ctrl_c_are_one_line_and_leave_no_result(ru
   assert not os.path.exists(interrupted / "hf")
 
 
-def test_an_unreadable_file_is_one_line_naming_it(run_dir, tmp_path, capsys, monkeypatch):
+def test_an_unreadable_file_is_one_line_naming_it(run_dir, tmp_path, capfd, monkeypatch):
   from flan_jax import eval as eval_binary
   unreadable = os.path.join(run_dir, checkpoints.run_record.MODEL_CONFIG)
   real_open = builtins.open
@@ -207,12 +210,12 @@ def test_an_unreadable_file_is_one_line_naming_it(run_dir, tmp_path, capsys, mon
     return real_open(path, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "open", open_as_another_user)
-  code, err = run_main(eval_binary, _eval_args(run_dir, tmp_path / "eval"), capsys)
-  assert code == 2 and _one_line(err) == f"error: Permission denied: {unreadable}; check its permissions or choose " \
+  code, err = run_main(eval_binary, _eval_args(run_dir, tmp_path / "eval"), capfd)
+  assert code == 2 and one_line(err) == f"error: Permission denied: {unreadable}; check its permissions or choose " \
                                          "another path"
 
 
-def test_a_truncated_safetensors_file_is_one_line(run_dir, tmp_path, capsys):
+def test_a_truncated_safetensors_file_is_one_line(run_dir, tmp_path, capfd):
   from flan_jax import eval as eval_binary
   hf = str(tmp_path / "hf")
   checkpoints.export_checkpoint(run_dir, hf, dtype="float32", mesh=partitioning.make_mesh(devices=jax.devices()[:1]))
@@ -224,8 +227,8 @@ def test_a_truncated_safetensors_file_is_one_line(run_dir, tmp_path, capsys):
     checkpoints.open_pretrained(hf)
   # The run was trained with bytes, so its export has no tokenizer: the eval binds that vocabulary.
   bytes_bound = "--gin.run_vocabulary.vocabulary=@byte_vocabulary()"
-  code, err = run_main(eval_binary, [*_eval_args(hf, tmp_path / "eval"), bytes_bound], capsys)
-  assert code == 2 and "is truncated" in _one_line(err)
+  code, err = run_main(eval_binary, [*_eval_args(hf, tmp_path / "eval"), bytes_bound], capfd)
+  assert code == 2 and "is truncated" in one_line(err)
 
 
 def test_a_truncated_gguf_file_is_one_line(tmp_path):
@@ -258,16 +261,3 @@ def test_an_interrupted_export_into_an_existing_directory_keeps_it_from_looking_
     with files.removed_on_failure(str(directory)):  # a failure before any write touches nothing
       raise UserError("refused")
   assert sorted(os.listdir(directory)) == ["notes.txt"]
-
-
-def test_the_report_on_a_full_disk_exits_5(tmp_path, monkeypatch, capsys):
-  from flan_jax import files, report
-
-  def no_space(path, value, indent=2):
-    raise OSError(errno.ENOSPC, "No space left on device", path)
-
-  monkeypatch.setattr(files, "write_json", no_space)
-  monkeypatch.setattr(report.reports, "load_run", lambda name, paths: None)
-  monkeypatch.setattr(report.reports, "build_report", lambda runs, settings, baseline, held_out: {"runs": {}})
-  code = report.main(["--predictions", f"a={tmp_path}", "--output_dir", str(tmp_path / "report")])
-  assert code == 5 and _one_line(capsys.readouterr().err).startswith("error: no space left on device while writing")

@@ -90,7 +90,7 @@ def _close(actual, expected, rtol, where="") -> None:
       _close(actual[key], expected[key], rtol, f"{where}.{key}")
   elif isinstance(expected, list):
     assert isinstance(actual, list) and len(actual) == len(expected), (where, actual, expected)
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
       _close(a, e, rtol, f"{where}[{i}]")
   elif isinstance(expected, float) and not isinstance(actual, bool) and isinstance(actual, (int, float)):
     assert math.isclose(actual, expected, rel_tol=rtol, abs_tol=1e-9), (where, actual, expected)

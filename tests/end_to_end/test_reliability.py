@@ -17,8 +17,9 @@ from flan_jax import checkpoints
 from flan_jax.checkpoints import store as checkpointing
 from flan_jax.errors import UserError
 from flan_jax.training import run_lock
+from tests.checks import assert_trees_equal, cannot_set_up, one_line, run_main
 from tests.conftest import xla_flags
-from tests.end_to_end.test_binaries import LENGTHS, ROOT, TINY, binary, run_main
+from tests.end_to_end.test_binaries import LENGTHS, ROOT, TINY, binary
 
 TRAIN = [*TINY, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.BATCH_SIZE=8", LENGTHS]
 
@@ -39,21 +40,15 @@ def _truncate_params(model_dir, step):
         f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
 
 
-def _one_line(err):
-  lines = err.strip().splitlines()
-  assert len(lines) == 1, err[-3000:]
-  return lines[0]
-
-
-def test_every_checkpoint_damaged_refuses_then_set_aside_starts_fresh(run_dir, tmp_path, capsys):
+def test_every_checkpoint_damaged_refuses_then_set_aside_starts_fresh(run_dir, tmp_path, capfd):
   from flan_jax import train
   model_dir = str(tmp_path / "run")
   shutil.copytree(run_dir, model_dir)
   for step in (1, 2):
     _truncate_params(model_dir, step)
   args = [*TRAIN, f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1"]
-  code, err = run_main(train, args, capsys)
-  line = _one_line(err)
+  code, err = run_main(train, args, capfd)
+  line = one_line(err)
   assert code == 2 and "checkpoint step(s) [2, 1]" in line and "on_damaged_checkpoint=set_aside" in line
   assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["1", "2"]  # nothing touched
 
@@ -65,7 +60,7 @@ def test_every_checkpoint_damaged_refuses_then_set_aside_starts_fresh(run_dir, t
     cli.run(train.main, [*args, "--gin.train.on_damaged_checkpoint='set_aside'"])
   finally:
     gin.clear_config()
-  assert "set aside damaged checkpoint step(s) [2, 1]" in capsys.readouterr().out
+  assert "set aside damaged checkpoint step(s) [2, 1]" in capfd.readouterr().out
   assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["1", "1.damaged", "2", "2.damaged", "3"]
 
 
@@ -135,22 +130,17 @@ def test_a_rerun_with_another_batch_size_or_feature_lengths_goes_on_from_the_ste
     out, out_again = (r.result() for r in runs)
   assert "resumed from step 4" in out and "input position" not in out, out
   assert "no saved input position for step 4: restored step 3's and read 1 batch" in out_again, out_again
-  import jax
-  import numpy as np
-
   from tests.end_to_end.test_binaries import _final_params
   (step_a, a), (step_b, b) = _final_params(model_dir), _final_params(again)
   assert step_a == step_b == 5
-  assert jax.tree.leaves(a)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    assert np.array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(a, b)
 
 
-def test_a_second_trainer_on_the_same_model_dir_is_refused(run_dir, capsys):
+def test_a_second_trainer_on_the_same_model_dir_is_refused(run_dir, capfd):
   from flan_jax import train
   with run_lock.hold(run_dir):  # this process plays the running trainer
-    code, err = run_main(train, [*TRAIN, f"--gin.MODEL_DIR={run_dir}", "--gin.TRAIN_STEPS=3"], capsys)
-  line = _one_line(err)
+    code, err = run_main(train, [*TRAIN, f"--gin.MODEL_DIR={run_dir}", "--gin.TRAIN_STEPS=3"], capfd)
+  line = one_line(err)
   assert code == 2 and f"in use by pid {os.getpid()} on host {socket.gethostname()}" in line, line
   with run_lock.hold(run_dir):  # released when the block ended
     pass
@@ -177,7 +167,7 @@ def test_a_killed_trainer_leaves_no_lock_behind(tmp_path):
     assert json.load(open(tmp_path / run_lock.LOCK_FILE))["pid"] == os.getpid()
 
 
-def test_a_broken_task_file_bound_in_gin_is_one_line(tmp_path, capsys):
+def test_a_broken_task_file_bound_in_gin_is_one_line(tmp_path, capfd):
   from flan_jax import train
   data = tmp_path / "qa.jsonl"
   data.write_text('{"question": "a?", "reply": "b"}\n{"question": "c?", "reply": \n')
@@ -191,8 +181,8 @@ def test_a_broken_task_file_bound_in_gin_is_one_line(tmp_path, capsys):
       flan_tasks.files.jsonl_task.answer_field = 'reply'
       """))
   code, err = run_main(train, [*TINY, f"--gin_file={gin_file}", f"--gin.MODEL_DIR={tmp_path / 'run'}",
-                               "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8", LENGTHS], capsys)
-  line = _one_line(err)
+                               "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8", LENGTHS], capfd)
+  line = one_line(err)
   assert code == 2 and f"{data}" in line and "row 2: not valid JSON" in line, line
 
 
@@ -202,7 +192,7 @@ def test_an_eval_of_a_checkpoint_that_does_not_fit_is_only_the_message(run_dir, 
   os.remove(os.path.join(old_run, checkpoints.run_record.MODEL_CONFIG))
   out = binary("eval", "--gin_file=runs/eval.gin", "--gin_file=models/small.gin", f"--gin.CHECKPOINT_PATH={old_run}",
                "--gin.MIXTURE_OR_TASK_NAME=embedded_eval_nli", timeout=300)
-  line = _one_line(out.stderr)  # no "Event loop is closed" tracebacks before it
+  line = one_line(out.stderr)  # no "Event loop is closed" tracebacks before it
   assert out.returncode == 2 and "does not match the model config" in line
 
 
@@ -229,7 +219,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
   disk = tmp_path / "disk"
   disk.mkdir()
   if shutil.which("unshare") is None or not _can_mount_tmpfs(disk):
-    pytest.skip("needs unshare and a tmpfs mount in a user namespace")
+    cannot_set_up("needs unshare and a tmpfs mount in a user namespace")
   # What one saved step writes (checkpoint and input position), measured on the same run.
   step_bytes = (_size(os.path.join(run_dir, "checkpoints", "1"))
                 + _size(os.path.join(run_dir, checkpoints.INPUT_POSITIONS, "process_0", "1")))
@@ -248,11 +238,18 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
       {train} --gin.CHECKPOINTS_TO_KEEP=1 > {tmp_path}/second.out 2> {tmp_path}/second.err
       echo $? > {tmp_path}/second.rc
       ls {model_dir}/checkpoints > {tmp_path}/left.txt
+      cp -r {model_dir} {tmp_path}/after
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
+  # The same four steps run straight through on a disk with room, beside the namespace's two runs.
+  straight = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *TRAIN, "--gin.TRAIN_STEPS=4",
+                               f"--gin.MODEL_DIR={tmp_path / 'straight'}", "--gin.CHECKPOINT_PERIOD=1"], cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=env, check=True, timeout=600)
+  _, straight_err = straight.communicate(timeout=300)
+  assert straight.returncode == 0, straight_err[-3000:]
   read = lambda name: (tmp_path / name).read_text()
-  line = _one_line(read("first.err"))  # no orbax logs, no "Event loop is closed" tracebacks
+  line = one_line(read("first.err"))  # no orbax logs, no "Event loop is closed" tracebacks
   assert read("first.rc").strip() == "5", read("first.err")[-3000:]
   complete = sorted(int(d) for d in os.listdir(out_dir / "checkpoints") if d.isdigit())
   assert complete and f"no space left on device in {model_dir}" in line
@@ -264,40 +261,67 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
   assert read("second.rc").strip() == "0", read("second.err")[-3000:]
   assert f"resumed from step {last}" in read("second.out")
   assert read("left.txt").split() == ["4"]  # the half-written step was cleaned up, nothing else left
+  from tests.end_to_end.test_binaries import final_state
+  step, params, opt_state = final_state(str(tmp_path / "after"))
+  straight_step, straight_params, straight_opt_state = final_state(str(tmp_path / "straight"))
+  assert step == straight_step == 4
+  assert_trees_equal((params, opt_state), (straight_params, straight_opt_state))
+
+
+SIGTERM_STEPS = 12
 
 
 @pytest.fixture(scope="module")
 def sigterm_run(tmp_path_factory):
-  """The train binary sent SIGTERM at step 3, started in a directory that holds a user's own tasks.py
-  (which must not shadow the collection: imported, it would end the run before step 1)."""
+  """The train binary sent SIGTERM after it logged step 3 of 12, started in a directory that holds a user's own
+  tasks.py (which must not shadow the collection: imported, it would end the run before step 1); then the same
+  command rerun, and, beside it, the same command run straight through in another MODEL_DIR."""
   cwd = tmp_path_factory.mktemp("user_cwd")
   (cwd / "tasks.py").write_text('raise SystemExit("the user\'s tasks.py was imported")\n')
-  model_dir = cwd / "run"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
-  proc = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *TRAIN, f"--gin.MODEL_DIR={model_dir}",
-                           "--gin.TRAIN_STEPS=200", "--gin.CHECKPOINT_PERIOD=100", "--gin.train.log_every=1"],
-                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-  seen = []
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
+
+  def command(model_dir):
+    return [sys.executable, "-m", "flan_jax.train", *TRAIN, f"--gin.MODEL_DIR={model_dir}",
+            f"--gin.TRAIN_STEPS={SIGTERM_STEPS}", "--gin.CHECKPOINT_PERIOD=100", "--gin.train.log_every=1"]
+
+  def start(model_dir):
+    return subprocess.Popen(command(model_dir), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+  proc, seen = start(cwd / "run"), []
   for line in proc.stdout:
     seen.append(line)
     if line.startswith("step 3/"):
       proc.send_signal(signal.SIGTERM)
       break
-  rest = proc.stdout.read()
-  return proc.wait(timeout=120), "".join(seen), rest, model_dir
+  rest, err = proc.communicate(timeout=120)
+  saved = sorted(int(d) for d in os.listdir(cwd / "run" / "checkpoints") if d.isdigit())
+  rerun, straight = start(cwd / "run"), start(cwd / "straight")  # two processes at once
+  reran, straight_ran = rerun.communicate(timeout=300), straight.communicate(timeout=300)
+  return {"code": proc.returncode, "seen": "".join(seen), "rest": rest, "err": err, "saved": saved,
+          "rerun": (rerun.returncode, *reran), "straight": (straight.returncode, *straight_ran), "cwd": cwd}
 
 
-def test_sigterm_saves_at_the_next_step_and_exits_0(sigterm_run):
-  code, seen, rest, model_dir = sigterm_run
-  assert "step 3/200" in seen, seen[-3000:]
-  assert code == 0
-  saved = sorted(int(d) for d in os.listdir(model_dir / "checkpoints") if d.isdigit())
-  assert len(saved) == 1 and 3 <= saved[0] < 200 and f"saved step {saved[0]}" in rest, rest
+def test_sigterm_saves_at_the_next_step_exits_0_and_the_rerun_ends_as_a_straight_run(sigterm_run):
+  from tests.end_to_end.test_binaries import final_state
+  run = sigterm_run
+  assert "step 3/12" in run["seen"], run["seen"][-3000:]
+  assert run["code"] == 0 and run["err"] == "", run["err"][-3000:]
+  # The signal came after step 3's line; the step then running (4) is the next boundary, one more at most.
+  assert len(run["saved"]) == 1 and run["saved"][0] in (3, 4, 5), run["saved"]
+  assert f"saved step {run['saved'][0]}" in run["rest"], run["rest"]
+  for name in ("rerun", "straight"):
+    code, out, err = run[name]
+    assert code == 0 and err == "" and f"step {SIGTERM_STEPS}/{SIGTERM_STEPS}" in out, (name, err[-3000:])
+  assert f"resumed from step {run['saved'][0]} in {run['cwd'] / 'run'}" in run["rerun"][1], run["rerun"][1]
+  step, params, opt_state = final_state(str(run["cwd"] / "run"))
+  straight_step, straight_params, straight_opt_state = final_state(str(run["cwd"] / "straight"))
+  assert step == straight_step == SIGTERM_STEPS
+  assert_trees_equal((params, opt_state), (straight_params, straight_opt_state))
 
 
 def test_a_users_tasks_module_does_not_shadow_the_collection(sigterm_run):
-  code, seen, _, _ = sigterm_run  # the run started in the directory with the user's tasks.py
-  assert code == 0 and "step 1/200" in seen, seen[-3000:]
+  assert sigterm_run["code"] == 0 and "step 1/12" in sigterm_run["seen"], sigterm_run["seen"][-3000:]
 
 
 def test_the_binaries_import_no_collection_the_gin_files_do():

@@ -82,8 +82,8 @@ def test_scores_do_not_depend_on_the_batch_size(toy, tmp_path):
   _evaluate(model_dir, mesh, batch_size=2, output_dir=str(tmp_path / "b2"), split="test")
   name = "predictions_toy_colors_scoring_test_step120.jsonl"
   a, b = _records(tmp_path / "b8" / name), _records(tmp_path / "b2" / name)
-  assert [r["example_id"] for r in a] == [r["example_id"] for r in b]
-  for x, y in zip(a, b):
+  assert a and [r["example_id"] for r in a] == [r["example_id"] for r in b]
+  for x, y in zip(a, b, strict=True):
     for norm in predictions.NORMALIZATIONS:
       np.testing.assert_allclose(x["scores"][norm], y["scores"][norm], rtol=1e-5, atol=1e-5)
 

@@ -6,6 +6,10 @@ segments and padding per row), the prefix-LM mask, GQA (4 heads, 2 kv heads) and
 a sliding window; on one device and on an 8-device (data 2, fsdp 2, tensor 2) mesh. 'splash' (the
 Pallas TPU kernel, run here in interpret mode) has no prefix LM and needs 128-token blocks, so it
 has its own 256-token inputs.
+
+At the end, the accelerator-only kernels in bfloat16 against the float32 einsum (see BF16_TOL): 'cudnn'
+on a GPU and compiled 'splash' on a TPU, kernel and whole model; they skip elsewhere. On a GPU:
+`JAX_PLATFORMS=cuda python -m pytest tests/model/test_attention.py -k cudnn`; on a TPU: `-k tpu`.
 """
 
 import dataclasses
@@ -19,7 +23,8 @@ import pytest
 
 from flan_jax.errors import UserError
 from flan_jax.model import attention, partitioning
-from flan_jax.model.transformer import ModelConfig, Transformer, attention_mask, init_cache
+from flan_jax.model.transformer import ModelConfig, Transformer, attention_mask, attention_mask_arg, init_cache
+from tests.checks import leaf_pairs
 
 TOL = 1e-5  # max |got - want| <= TOL * max |want|, per array (float32)
 
@@ -33,8 +38,9 @@ POSITIONS = np.array([list(range(11)) + list(range(17)) + list(range(7)) + [0] *
 
 
 def assert_close(got, want):
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+  for g, w in leaf_pairs(got, want):
     g, w = np.asarray(g), np.asarray(w)
+    assert g.shape == w.shape, (g.shape, w.shape)
     scale, err = np.max(np.abs(w)), np.max(np.abs(g - w))
     assert err <= TOL * scale, f"max error {err:.2e} > {TOL} x {scale:.2e}"
 
@@ -184,12 +190,21 @@ def test_the_kv_cache_path_uses_the_einsum_whatever_the_choice(model_batch):
   np.testing.assert_array_equal(prefill(dataclasses.replace(CONFIG, attention="xla")), want)
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="on a GPU cudnn runs: the GPU tests below check it")
 def test_cudnn_on_cpu_is_a_one_line_error(model_batch):
   params, batch = model_batch
   model = Transformer(dataclasses.replace(CONFIG, attention="cudnn"))
   with pytest.raises(UserError, match="needs a GPU") as e:
     model.apply({"params": params}, batch["tokens"])
   assert "\n" not in str(e.value) and "'xla' or 'einsum'" in str(e.value)
+
+
+def test_cudnn_in_float32_is_a_one_line_error():
+  with pytest.raises(UserError, match="ModelConfig.dtype is 'float32'") as e:
+    attention.check_dtype("cudnn", jnp.float32)
+  assert "\n" not in str(e.value) and "--gin.ModelConfig.dtype='bfloat16'" in str(e.value)
+  attention.check_dtype("cudnn", jnp.bfloat16)
+  attention.check_dtype("xla", jnp.float32)
 
 
 def test_unknown_attention_is_a_user_error():
@@ -300,6 +315,7 @@ def test_splash_with_prefix_lm_is_a_one_line_error():
   assert "\n" not in message and "ModelConfig.prefix_lm = False" in message and "'blocked'" in message
 
 
+@pytest.mark.skipif(jax.default_backend() == "tpu", reason="on a TPU splash compiles: the TPU tests below check it")
 def test_splash_off_tpu_without_interpret_is_a_one_line_error(splash_model_batch):
   params, batch = splash_model_batch
   model = Transformer(dataclasses.replace(SPLASH_CONFIG, attention_interpret=False))
@@ -313,3 +329,191 @@ def test_splash_length_not_a_multiple_of_the_block_is_a_user_error(splash_model_
   model = Transformer(dataclasses.replace(SPLASH_CONFIG, attention_block_size=256))
   with pytest.raises(UserError, match=r"sequence length \(192\) to be a multiple of its block"):
     model.apply({"params": params}, batch["tokens"][:, :192])
+
+
+# On accelerators, in bfloat16: cudnn (jax.nn.dot_product_attention's cuDNN flash attention) on a GPU, splash
+# compiled for a TPU (interpret=False), each called as the model calls it (attention_mask_arg's mask, then
+# attention.attend), on bf16 inputs, against the einsum in float32 on the same inputs (exactly representable
+# in both). Outputs and q/k/v gradients must agree elementwise within
+#   |got - want| <= BF16_TOL * (max |want| + |want|)   (per array: atol scaled by its largest value, and rtol).
+# bf16 keeps 8 significant bits (unit roundoff 2^-9 ~ 2e-3); a flash kernel rounds its output, the softmax
+# probabilities before P.V, and in the backward pass dS = P (dP - D) before dS.K and dS^T.Q. A gradient
+# element is a sum with cancellation, so its relative error means nothing near zero: the atol term, scaled
+# by the array's largest value, is what bounds gradients. Calibration on CPU with inputs of these shapes:
+# 'xla', 'blocked' (which rounds P and dS to bf16 as flash kernels do) and interpreted 'splash' in bf16 stay
+# within 6e-3 x max |want| on outputs and all three gradients, at head_dim 64 and 128 and every mask below
+# (splash: those without prefix); a wrong mask (a window of 30 instead of none, or none instead of 40) is
+# off by 0.2-0.85 x max |want|. 2e-2 leaves 3x to rounding and at least 5x to a mask error (an element may
+# pass at up to 2 x 2e-2 x max |want|).
+# test_the_bf16_comparison_passes_xla_and_catches_a_wrong_mask runs the same comparison on any backend, so
+# only the accelerator kernels' own calls go unrun on CPU.
+BF16_TOL = 2e-2
+needs_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (cuDNN attention)")
+needs_tpu = pytest.mark.skipif(jax.default_backend() != "tpu", reason="needs a TPU (compiled splash attention)")
+
+AB, AT, AN, AK = 4, 256, 8, 2  # batch, length (a multiple of cuDNN's 64/128-token tiles and of splash's block), heads
+ACCEL_BLOCK = 128  # splash's block: two per row, so segments and windows cross a block boundary
+ACCEL_WINDOW = 40
+ACCEL_SEGMENTS = SPLASH_SEGMENTS  # [4, 256]: packing, padding at the end and at the start
+
+
+def runs(row):
+  """[(start, stop, id)] of the runs of equal ids in a row of segment ids."""
+  edges = [0, *(np.flatnonzero(np.diff(row)) + 1), len(row)]
+  return [(a, b, row[a]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def first_thirds(segments):
+  """Prefix LM flags: the first third of every example (none of the padding) is its input."""
+  prefix = np.zeros(segments.shape, bool)
+  for r, row in enumerate(segments):
+    for a, b, segment in runs(row):
+      prefix[r, a:a + (b - a) // 3] = segment != 0
+  return prefix
+
+
+ACCEL_PREFIX = first_thirds(ACCEL_SEGMENTS)
+ACCEL_POSITIONS = np.stack([np.concatenate([np.arange(b - a) for a, b, _ in runs(row)]) for row in ACCEL_SEGMENTS])
+
+
+def assert_close_at_bf16(got, want, dtype=jnp.bfloat16, tol=BF16_TOL):
+  """Every array of `got` is `dtype` (None: any) and within `tol` of `want`'s (see BF16_TOL)."""
+  for g, w in leaf_pairs(got, want):
+    assert dtype is None or g.dtype == dtype, f"{g.dtype}, not {dtype}: the kernel did not run in bfloat16"
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    assert g.shape == w.shape, (g.shape, w.shape)
+    scale, err = np.max(np.abs(w)), np.abs(g - w)
+    excess = err - tol * (scale + np.abs(w))
+    worst = np.unravel_index(np.argmax(excess), w.shape)
+    assert np.all(excess <= 0), (f"at {worst}: got {g[worst]:.4g}, want {w[worst]:.4g}; max error "
+                                 f"{err.max():.2e} = {err.max() / scale:.2e} x max |want| {scale:.2e}")
+
+
+def through_attend(name, window, block_size=ACCEL_BLOCK):
+  """f(q, k, v, seg, prefix) -> the kernel `name`'s output, with the mask the model would give it."""
+  config = ModelConfig(attention=name, sliding_window=window, prefix_lm=name != "splash",
+                       attention_block_size=block_size)
+
+  def f(q, k, v, seg, prefix):
+    mask = attention_mask_arg(config, q.shape[1], seg, prefix)
+    if name in ("xla", "cudnn"):  # causal (and window) alone go as is_causal / local_window_size
+      assert (mask is None) == (seg is None and prefix is None)
+    return attention.attend(q, k, v, mask, kernel=name, sliding_window=window, block_size=block_size,
+                            interpret=False)
+  return f
+
+
+def bf16_inputs(length, head_dim):
+  """bf16 (q, k, v, output cotangent, segment ids, prefix, window) of the given length and head_dim."""
+  rng = np.random.default_rng(head_dim + length)
+  if length == AT:
+    batch, seg, prefix, window = AB, ACCEL_SEGMENTS, ACCEL_PREFIX, ACCEL_WINDOW
+  else:  # the CPU tests' 40 tokens: not a multiple of cuDNN's tiles
+    assert length == T
+    batch, seg, prefix, window = B, SEGMENTS, PREFIX, 6
+  shapes = [(batch, length, AN, head_dim), (batch, length, AK, head_dim), (batch, length, AK, head_dim),
+            (batch, length, AN, head_dim)]
+  return (*(jnp.asarray(rng.normal(size=s), jnp.bfloat16) for s in shapes), seg, prefix, window)
+
+
+def bf16_outputs_and_reference(name, head_dim, masks, length=AT):
+  """(the kernel's bf16 outputs and q/k/v gradients, the float32 einsum's on the same inputs), and the
+  kernel's lowered program (StableHLO text)."""
+  q, k, v, cotangent, seg, prefix, window = bf16_inputs(length, head_dim)
+  seg = jnp.asarray(seg) if "packed" in masks else None
+  prefix = jnp.asarray(prefix) if "prefix" in masks else None
+  window = window if "window" in masks else None
+  f32 = lambda x: x.astype(jnp.float32)
+
+  def outputs(fn):
+    loss = lambda q, k, v: jnp.sum(f32(fn(q, k, v)) * f32(cotangent))
+    return jax.jit(lambda q, k, v: (fn(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)))
+
+  fn = outputs(lambda q, k, v: through_attend(name, window)(q, k, v, seg, prefix))
+  with jax.default_matmul_precision("highest"):  # no TF32 (GPU) or one-pass bf16 (TPU) in the reference
+    want = outputs(lambda q, k, v: reference(q, k, v, seg, prefix, window))(f32(q), f32(k), f32(v))
+  return fn(q, k, v), want, fn.lower(q, k, v).as_text()
+
+
+MASKS = ["causal", "causal+window", "packed", "packed+prefix", "packed+prefix+window", "prefix"]
+
+
+@pytest.mark.parametrize("name,head_dim,masks,length", [
+    *(pytest.param("cudnn", h, m, AT, marks=needs_gpu, id=f"cudnn-h{h}-{m}") for h in (64, 128) for m in MASKS),
+    pytest.param("cudnn", 64, "packed+prefix+window", T, marks=needs_gpu, id=f"cudnn-h64-packed+prefix+window-t{T}"),
+    *(pytest.param("splash", h, m, AT, marks=needs_tpu, id=f"tpu-splash-h{h}-{m}") for h in (64, 128)
+      for m in ["causal", "causal+window", "packed", "packed+window"]),
+])
+def test_bf16_kernel_and_its_gradients_match_the_f32_einsum(name, head_dim, masks, length):
+  got, want, program = bf16_outputs_and_reference(name, head_dim, masks, length)
+  if name == "cudnn":  # cuDNN's fused attention ran, forward and backward (no fallback to XLA's)
+    assert "__cudnn$fmha" in program and re.search(r"__cudnn\$fmha\w*Backward", program)
+  else:  # the Mosaic kernel, not the interpreter
+    assert "tpu_custom_call" in program
+  assert_close_at_bf16(got, want)
+
+
+@pytest.mark.parametrize("masks", ["causal+window", "packed+prefix+window"])
+def test_the_bf16_comparison_passes_xla_and_catches_a_wrong_mask(masks):
+  """The accelerator tests' comparison, run with 'xla' (on any backend): it passes a correct kernel in bf16,
+  and fails one whose mask is wrong only in its window."""
+  got, want, _ = bf16_outputs_and_reference("xla", 64, masks)
+  assert_close_at_bf16(got, want)
+  q, k, v, cotangent, seg, prefix, _ = bf16_inputs(AT, 64)
+  seg = jnp.asarray(seg) if "packed" in masks else None
+  prefix = jnp.asarray(prefix) if "prefix" in masks else None
+  wrong = through_attend("xla", ACCEL_WINDOW // 2)(q, k, v, seg, prefix)
+  with pytest.raises(AssertionError, match="max error"):
+    assert_close_at_bf16(wrong, want[0])
+
+
+# A whole model in bf16 (compute dtype; float32 parameters): the kernel's logits against the einsum's (the
+# default kernel, also in bf16). Weights are N(0, 0.125^2), so attention logits have a standard deviation of
+# about 0.125^2 x d_model = 2: peaked, but not so near one-hot that bf16 rounding flips which key wins.
+# Rounding compounds through the layers (every matmul, norm and residual add rounds to bf16), so the
+# tolerance is wider than a kernel's: calibrated on CPU with these inputs, 'xla', 'blocked' and interpreted
+# 'splash' in bf16 differ from the bf16 einsum by up to 2.4e-2 x max |logits| (the bf16 einsum from the
+# float32 one by up to 4e-2), and the same model with a wrong mask (segments merged, or half the window)
+# by 1.0-1.3 x max |logits|.
+MODEL_BF16_TOL = 6e-2
+ACCEL_CONFIG = ModelConfig(vocab_size=64, d_model=128, num_layers=2, num_heads=AN, num_kv_heads=AK, head_dim=64,
+                           d_ff=256, dtype="bfloat16", attention_block_size=ACCEL_BLOCK)
+
+
+@pytest.fixture(scope="module")
+def bf16_model_batch():
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(1, ACCEL_CONFIG.vocab_size, ACCEL_SEGMENTS.shape) * (ACCEL_SEGMENTS > 0)
+  batch = {"tokens": tokens, "segment_ids": ACCEL_SEGMENTS, "positions": ACCEL_POSITIONS,
+           "prefix_mask": ACCEL_PREFIX.astype(np.int32)}
+  batch = {name: jnp.asarray(x) for name, x in batch.items()}
+  shapes = jax.eval_shape(Transformer(ACCEL_CONFIG).init, jax.random.key(0), batch["tokens"])["params"]
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.asarray((path[-1].key == "scale") + 0.125 * rng.normal(size=x.value.shape), jnp.float32),
+      shapes, is_leaf=lambda x: hasattr(x, "names"))
+  return params, batch
+
+
+def bf16_logits(config, params, batch, masks):
+  inputs = {"segment_ids": batch["segment_ids"]} if "packed" in masks else {}
+  if "prefix" in masks:
+    inputs["prefix_mask"] = batch["prefix_mask"]
+  if "window" in masks:
+    config = dataclasses.replace(config, sliding_window=ACCEL_WINDOW)
+  apply = lambda params: Transformer(config).apply({"params": params}, batch["tokens"], positions=batch["positions"],
+                                                   **inputs)
+  return jax.jit(apply)(params)
+
+
+@pytest.mark.parametrize("name,masks", [
+    ("xla", "packed+prefix"),  # the comparison itself, on any backend
+    pytest.param("cudnn", "packed+prefix", marks=needs_gpu, id="cudnn-packed+prefix"),
+    pytest.param("cudnn", "causal+window", marks=needs_gpu, id="cudnn-causal+window"),
+    pytest.param("splash", "packed", marks=needs_tpu, id="tpu-splash-packed"),
+    pytest.param("splash", "packed+window", marks=needs_tpu, id="tpu-splash-packed+window"),
+])
+def test_bf16_model_logits_match_the_einsum(bf16_model_batch, name, masks):
+  config = dataclasses.replace(ACCEL_CONFIG, prefix_lm="prefix" in masks)
+  want = bf16_logits(config, *bf16_model_batch, masks)
+  got = bf16_logits(dataclasses.replace(config, attention=name), *bf16_model_batch, masks)
+  assert_close_at_bf16(got, want, dtype=None, tol=MODEL_BF16_TOL)  # float32 logits (computed in bf16)

@@ -10,6 +10,7 @@ import pytest
 
 from flan_jax.model import transformer as model_lib
 from flan_jax.model.transformer import ModelConfig, Transformer
+from tests.checks import assert_trees_close
 from tests.conftest import TINY
 
 
@@ -128,7 +129,8 @@ def test_unrolled_layers_equal_the_scan(remat_policy):
   (loss_u, logits_u), grads_u = jax.jit(jax.value_and_grad(lambda p: loss(unrolled, p), has_aux=True))(params)
   np.testing.assert_allclose(logits_u, logits_s, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(loss_u, loss_s, rtol=1e-6)
-  for g_u, g_s in zip(jax.tree.leaves(grads_u), jax.tree.leaves(grads_s)):
+  assert jax.tree.structure(grads_u) == jax.tree.structure(grads_s) and jax.tree.leaves(grads_s)
+  for g_u, g_s in zip(jax.tree.leaves(grads_u), jax.tree.leaves(grads_s), strict=True):
     np.testing.assert_allclose(g_u, g_s, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(g_s))))
 
   def decode(cfg):  # prompt of 5 tokens, then 3 tokens one at a time, through the cache
@@ -173,8 +175,7 @@ def test_dense_and_its_gradients_equal_the_einsum(spec, contract):
   ours = lambda x, w: jnp.sum(model_lib.dense(x, w, contract) * cotangent)
   reference = lambda x, w: jnp.sum(jnp.einsum(spec, x, w) * cotangent)
   np.testing.assert_allclose(model_lib.dense(x, w, contract), jnp.einsum(spec, x, w), rtol=1e-6, atol=1e-6)
-  for got, want in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(reference, (0, 1))(x, w)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert_trees_close(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(reference, (0, 1))(x, w), rtol=1e-5, atol=1e-6)
 
 
 def test_remat_dots_policies_keep_the_projection_outputs(capsys):

@@ -11,6 +11,7 @@ from flan_jax import report as report_cli
 from flan_jax import reports
 from flan_jax.errors import UserError
 from tests import conftest
+from tests.checks import one_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = conftest.ROOT
@@ -179,13 +180,13 @@ def test_held_out_cluster_first():
   assert reports.cluster_order({"nli", "qa"}, None) == (None, ["nli", "qa"])
 
 
-def _run_main(argv, capsys):
+def _run_main(argv, capfd):
   code = report_cli.main([str(a) for a in argv])
-  out, err = capsys.readouterr()
+  out, err = capfd.readouterr()
   return code, out, err
 
 
-def test_command_end_to_end(tmp_path, capsys):
+def test_command_end_to_end(tmp_path, capfd):
   tuned_dir = tmp_path / "tuned"
   tuned_dir.mkdir()
   tuned = {"anli": {"validation": {1: 6, 2: 8, 3: 7}, "test": {1: 9, 2: 7, 3: 7}},
@@ -200,7 +201,7 @@ def test_command_end_to_end(tmp_path, capsys):
                     + records_for({"piqa": {"validation": {1: 5}, "test": {1: 5}}}, cluster="commonsense", step=0))
   out_dir = tmp_path / "report"
   code, out, err = _run_main(["--predictions", f"tuned={tuned_dir}", f"base={base_file}", "--output_dir", out_dir,
-                              "--baseline", "base", "--held_out", "nli", "--bootstrap", "200"], capsys)
+                              "--baseline", "base", "--held_out", "nli", "--bootstrap", "200"], capfd)
   assert code == 0, err
   for name in ("report.json", "report.md", "clusters.png", "templates.png", "steps_tuned.png"):
     assert f"wrote {out_dir / name}" in out
@@ -227,10 +228,10 @@ def test_command_end_to_end(tmp_path, capsys):
   assert "| anli | nli | tuned | test | 2 | 70.0 [" in markdown
 
 
-def test_identical_runs_differ_by_zero(tmp_path, capsys):
+def test_identical_runs_differ_by_zero(tmp_path, capfd):
   path = write(tmp_path / "p.jsonl", records_for(DEV_VS_TEST))
   code, out, err = _run_main(["--predictions", f"a={path}", f"b={path}", "--output_dir", tmp_path / "out",
-                              "--baseline", "b"], capsys)
+                              "--baseline", "b"], capfd)
   assert code == 0, err
   report = json.loads((tmp_path / "out" / "report.json").read_text())
   entry = report["comparisons"]["a"]["clusters"]["nli"]["best"]
@@ -267,17 +268,18 @@ def _bad_inputs(tmp_path):
                                   "normalization not scored", "empty file", "empty directory", "no run name",
                                   "unknown baseline",
                                   "unknown cluster", "bad number"])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capfd, case):
   predictions, message = _bad_inputs(tmp_path)[case]
-  code, out, err = _run_main(["--predictions", *predictions, "--output_dir", tmp_path / "out"], capsys)
+  code, out, err = _run_main(["--predictions", *predictions, "--output_dir", tmp_path / "out"], capfd)
   assert code == 2 and out == ""
-  assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+  line = one_line(err)
+  assert line.startswith("error: ") and message in line, err
 
 
-def test_repeated_flag_adds_runs(tmp_path, capsys):
+def test_repeated_flag_adds_runs(tmp_path, capfd):
   path = write(tmp_path / "p.jsonl", records_for(DEV_VS_TEST))
   code, _, err = _run_main(["--predictions", f"a={path}", "--predictions", f"b={path}", "--output_dir",
-                            tmp_path / "out", "--bootstrap", "0"], capsys)
+                            tmp_path / "out", "--bootstrap", "0"], capfd)
   assert code == 0, err
   report = json.loads((tmp_path / "out" / "report.json").read_text())
   assert list(report["runs"]) == ["a", "b"] and report["runs"]["a"]["datasets"]["anli"]["best"]["ci"] is None

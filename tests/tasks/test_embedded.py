@@ -32,7 +32,8 @@ def test_collection_shape():
 def test_examples_are_filled_and_deterministic():
   for _, name, *_ in embedded.DATASETS:
     first, again = take(embedded.PREFIX + name, n=20), take(embedded.PREFIX + name, n=20)
-    for a, b in zip(first, again):
+    assert len(first) == 20
+    for a, b in zip(first, again, strict=True):
       assert a["inputs_pretokenized"] == b["inputs_pretokenized"]
       assert a["inputs_pretokenized"] and a["targets_pretokenized"]
       assert b"{" not in a["inputs_pretokenized"] and b"}" not in a["inputs_pretokenized"]

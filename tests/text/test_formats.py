@@ -1,6 +1,7 @@
 """Tests for flan_jax/text/formats.py: decoder-native examples and chat templates, held to transformers and
-lm-evaluation-harness on tiny Llama models with a BPE tokenizer trained here (with and without BOS,
-with and without a chat template)."""
+lm-evaluation-harness on tiny Llama models trained a few steps here, with a BPE tokenizer trained here (with
+and without BOS, with and without a chat template): every option's log-likelihood, request by request, is
+lm-eval's own number (`simple_evaluate(..., log_samples=True)`)."""
 
 import glob
 import json
@@ -25,7 +26,7 @@ import flan_tasks  # noqa: F401
 from flan_tasks import files, templates
 from tests import tiny_pretrained
 from tests.checkpoints.test_pretrained import _run_ok
-from tests.end_to_end.test_binaries import run_main
+from tests.checks import assert_trees_close, one_line, run_main
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -38,10 +39,13 @@ PROMPT = "Question: {question}\nAnswer:"
 LENGTHS = {"inputs": 64, "targets": 16}
 WORDS = ["fox", "dog", "cat", "mat", "box", "model", "language", "cluster", "premise", "tabs", "spaces", "jugs"]
 KINDS = {"plain": (False, None), "bos": (True, None), "chat": (False, CHAT), "chat_bos": (True, CHAT_BOS)}
+TRAIN_STEPS = 30
+ATOL = 1e-4  # flan_jax's log-likelihood of an option against lm-eval's
 
 
-def build(directory: str, add_bos: bool, chat_template, seed: int = 0) -> None:
-  """A tiny random Llama with a trained byte-level BPE (+ ChatML's two special tokens), saved by transformers."""
+def build(directory: str, add_bos: bool, chat_template, seed: int = 0) -> float:
+  """A tiny Llama with a trained byte-level BPE (+ ChatML's two special tokens), trained a few steps on
+  tiny_pretrained.TEXT and saved by transformers; returns the last training loss."""
   from tokenizers import AddedToken, processors
   tok = tiny_pretrained.train_tokenizer()
   tok.add_special_tokens([AddedToken("<|im_start|>", special=True, normalized=False),
@@ -53,7 +57,10 @@ def build(directory: str, add_bos: bool, chat_template, seed: int = 0) -> None:
   config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), bos_token_id=bos, eos_token_id=eos,
                                     head_dim=16, **tiny_pretrained.COMMON)
   torch.manual_seed(seed)
-  transformers.LlamaForCausalLM(config).eval().save_pretrained(directory)
+  model = transformers.LlamaForCausalLM(config)
+  texts = [[bos] + tok.encode(t, add_special_tokens=False).ids + [eos] for t in tiny_pretrained.TEXT]
+  loss = _train(model, torch.tensor([sum(texts, [])]))
+  model.eval().save_pretrained(directory)
   tok.save(os.path.join(directory, "tokenizer.json"))
   config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": add_bos,
             "tokenizer_class": "PreTrainedTokenizerFast"}
@@ -61,6 +68,24 @@ def build(directory: str, add_bos: bool, chat_template, seed: int = 0) -> None:
     config["chat_template"] = chat_template
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump(config, f)
+  return loss
+
+
+def _train(model, ids, steps: int = TRAIN_STEPS) -> float:
+  """`steps` of Adam on one sequence, so that the model's predictions are no longer near uniform (a random
+  model gives every token about the same log-probability, and every option of a length about the same score)."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # on 2 busy cores, 2 threads are ten times slower than 1 for this model
+  try:
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)  # 1e-2 stalls near a loss of 4.6
+    for _ in range(steps):
+      loss = model(ids, labels=ids).loss
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+  finally:
+    torch.set_num_threads(threads)
+  return loss.item()
 
 
 def questions(n: int = 24) -> list[dict]:
@@ -81,7 +106,8 @@ def setup(tmp_path_factory):
   models = {}
   for kind, (add_bos, template) in KINDS.items():
     models[kind] = str(base / kind)
-    build(models[kind], add_bos, template)
+    loss = build(models[kind], add_bos, template)
+    assert loss < 0.5 * np.log(322), loss  # far below a uniform guess over the 322 tokens (5.8): a trained model
   data = base / "mc.jsonl"
   data.write_text("".join(json.dumps(q) + "\n" for q in questions()))
   files.jsonl_task("fj_mc", {"train": str(data), "validation": str(data)}, [(PROMPT, "{answer}")],
@@ -105,7 +131,7 @@ def _format_of(kind: str) -> str:
   return "chat" if kind.startswith("chat") else "prompt"
 
 
-def _eval(directory: str, out: str, kind: str, normalization: str = "none") -> dict:
+def _eval(directory: str, out: str, kind: str, normalization: str = "none") -> tuple[dict, list[dict]]:
   gin.bind_parameter("example_format.name", _format_of(kind))
   report, = evaluation.evaluate(directory, mixture_or_task_name="fj_mc_scoring_t0", task_feature_lengths=LENGTHS,
                                 split="validation", batch_size=8, output_dir=out, normalization=normalization,
@@ -115,70 +141,94 @@ def _eval(directory: str, out: str, kind: str, normalization: str = "none") -> d
     return report, [json.loads(line) for line in f]
 
 
-def _lm_eval_pair(tokenizer, context: str, continuation: str, add_special_tokens: bool):
-  """lm-evaluation-harness's HFLM._encode_pair, written out over the transformers tokenizer."""
-  spaces = len(context) - len(context.rstrip())
-  if spaces:
-    context, continuation = context[:-spaces], context[-spaces:] + continuation
-  whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
-  head = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
-  return head, whole[len(head):]
+@pytest.fixture(scope="module")
+def ours(setup, tmp_path_factory):
+  """flan_jax's eval of fj_mc, once per (kind, normalization): kind, normalization -> (report, records)."""
+  models, _ = setup
+  done = {}
+
+  def run(kind: str, normalization: str = "none"):
+    if (kind, normalization) not in done:
+      gin.clear_config()
+      try:
+        done[kind, normalization] = _eval(models[kind], str(tmp_path_factory.mktemp(f"{kind}_{normalization}")),
+                                          kind, normalization)
+      finally:
+        gin.clear_config()
+    return done[kind, normalization]
+  return run
 
 
-def _reference_log_likelihoods(directory: str, kind: str, records) -> list[list[float]]:
-  """Each option's summed log-probability in transformers, under lm-eval's conventions."""
-  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-  chat = kind.startswith("chat")
-  out = []
-  for record in records:
-    context = record["prompt"]
-    if chat:
-      context = tokenizer.apply_chat_template([{"role": "user", "content": context}], tokenize=False,
-                                              add_generation_prompt=True)
-    scores = []
-    for option in record["options"]:
-      head, tail = _lm_eval_pair(tokenizer, context, option if chat else " " + option,
-                                 add_special_tokens=KINDS[kind][0] and not chat)
-      ids = torch.tensor([head + tail])
-      with torch.no_grad():
-        log_probs = torch.log_softmax(model(ids[:, :-1]).logits[0].double(), -1)
-      positions = torch.arange(len(head) - 1, len(head) + len(tail) - 1)
-      scores.append(float(log_probs[positions, ids[0, len(head):]].sum()))
-    out.append(scores)
-  return out
+@pytest.fixture(scope="module")
+def harness(setup):
+  """lm-evaluation-harness's `simple_evaluate` on fj_mc with every sample logged, once per kind of model (with
+  and without BOS, with and without the chat template): kind -> its results."""
+  lm_eval = pytest.importorskip("lm_eval")
+  from lm_eval.tasks import TaskManager
+  models, base = setup
+  done = {}
+
+  def run(kind: str) -> dict:
+    if kind not in done:
+      add_bos, template = KINDS[kind]
+      with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_DATASETS_OFFLINE", "1")
+        env.setenv("HF_HUB_OFFLINE", "1")
+        if "tasks" not in done:  # indexing lm-eval's own tasks takes 10 s: once
+          done["tasks"] = TaskManager(include_path=base)
+        done[kind] = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={models[kind]},dtype=float32,add_bos_token={add_bos}",
+            tasks=["fj_mc"], task_manager=done["tasks"], batch_size=8, device="cpu",
+            apply_chat_template=template is not None, num_fewshot=0, log_samples=True)
+    return done[kind]
+  return run
+
+
+def _by_question(records, samples) -> tuple[dict, dict]:
+  """flan_jax's records and lm-eval's samples, each keyed by its question's prompt: one to one, all 24."""
+  ours = {r["prompt"]: r for r in records}
+  theirs = {PROMPT.format(question=s["doc"]["question"]): s for s in samples}
+  assert len(ours) == len(records) == 24 and len(theirs) == len(samples) == 24
+  assert ours.keys() == theirs.keys()
+  return ours, theirs
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_option_log_likelihoods_equal_transformers_under_lm_eval_conventions(setup, kind, tmp_path, clean):
-  models, _ = setup
-  _, records = _eval(models[kind], str(tmp_path), kind)
-  assert len(records) == 24
-  ours = [r["scores"]["none"] for r in records]
-  np.testing.assert_allclose(ours, _reference_log_likelihoods(models[kind], kind, records), atol=1e-4)
+def test_each_option_log_likelihood_equals_lm_evaluation_harness_s(ours, harness, kind):
+  _, records = ours(kind)
+  mine, theirs = _by_question(records, harness(kind)["samples"]["fj_mc"])
+  delimiter = "" if KINDS[kind][1] else " "  # lm-eval drops the target delimiter under a chat template
+  for prompt, sample in theirs.items():
+    record = mine[prompt]
+    assert (record["example_id"], record["options"]) == (sample["doc_id"], sample["doc"]["choices"])
+    assert [cont for _, cont in sample["arguments"]] == [delimiter + o for o in record["options"]]
+    assert [tuple(r) for r, in sample["resps"]] == [tuple(r) for r in sample["filtered_resps"]]  # unfiltered
+    assert record["correct"] == bool(sample["acc"]), prompt  # the same prediction, question by question
+  # Each request's log-likelihood, as lm-eval computed it, against flan_jax's score of that option.
+  assert_trees_close({p: r["scores"]["none"] for p, r in mine.items()},
+                     {p: [ll for ll, _ in s["filtered_resps"]] for p, s in theirs.items()}, rtol=0, atol=ATOL)
   for r in records:  # per_char divides by the option's own characters, as lm-eval's acc_norm does
     np.testing.assert_allclose(r["scores"]["per_char"], np.array(r["scores"]["none"]) / [len(o) for o in r["options"]])
+  # A trained model: an option's log-likelihood per token is no near-constant -log(vocabulary size).
+  assert np.std([s for r in records for s in r["scores"]["per_token"]]) > 0.5
 
 
-def test_lm_evaluation_harness_reports_the_same_accuracies(setup, tmp_path, clean, monkeypatch):
-  lm_eval = pytest.importorskip("lm_eval")
-  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  models, base = setup
-  for kind in ("plain", "bos", "chat"):
-    add_bos, template = KINDS[kind]
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={models[kind]},dtype=float32,add_bos_token={add_bos}",
-        tasks=["fj_mc"], task_manager=lm_eval.tasks.TaskManager(include_path=base), batch_size=8, device="cpu",
-        apply_chat_template=template is not None, num_fewshot=0)["results"]["fj_mc"]
-    ours = {}
-    for normalization in ("none", "per_char"):
-      out = tmp_path / f"{kind}_{normalization}"
-      report, _ = _eval(models[kind], str(out), kind, normalization)
-      ours[normalization] = report["metrics"]["fj_mc_scoring_t0"]["accuracy"]
-      gin.clear_config()
-    assert ours["none"] == pytest.approx(100 * results["acc,none"]), kind
-    assert ours["per_char"] == pytest.approx(100 * results["acc_norm,none"]), kind
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_lm_evaluation_harness_reports_the_same_accuracies(ours, harness, kind):
+  results = harness(kind)["results"]["fj_mc"]
+  assert ours(kind)[0]["metrics"]["fj_mc_scoring_t0"]["accuracy"] == pytest.approx(100 * results["acc,none"])
+  assert ours(kind, "per_char")[0]["metrics"]["fj_mc_scoring_t0"]["accuracy"] == pytest.approx(
+      100 * results["acc_norm,none"])
+
+
+def test_the_bos_moves_every_option_s_log_likelihood(ours):
+  """With and without BOS are two comparisons, not one made twice: the trained model scores every option
+  differently after a BOS."""
+  for without, bos in (("plain", "bos"), ("chat", "chat_bos")):
+    scores = {kind: np.array([r["scores"]["none"] for r in ours(kind)[1]]) for kind in (without, bos)}
+    assert scores[without].shape == scores[bos].shape == (24, 4)
+    moved = np.abs(scores[without] - scores[bos])
+    assert moved.min() > 2 * ATOL and np.median(moved) > 1e-2, (without, bos, moved)  # each by more than ATOL
 
 
 def _stream(kind: str, directory: str, role: str, fmt: str):
@@ -310,7 +360,7 @@ def test_prompt_format_generates_what_transformers_generates(setup, kind, clean)
   assert ours == _their_greedy(models[kind], prompts, chat=False)
 
 
-def test_resuming_or_evaluating_in_another_format_is_one_line(tuned_chat, tmp_path, clean, capsys):
+def test_resuming_or_evaluating_in_another_format_is_one_line(tuned_chat, tmp_path, clean, capfd):
   model_dir = tuned_chat[0]
   gin.bind_parameter("example_format.name", "prompt")
   with pytest.raises(UserError, match="made with the example format 'chat' but this run asks for 'prompt'"):
@@ -324,9 +374,8 @@ def test_resuming_or_evaluating_in_another_format_is_one_line(tuned_chat, tmp_pa
   code, err = run_main(train, ["--gin_file=runs/finetune_hf.gin", f"--gin.PRETRAINED={tuned_chat[2]}",
                                f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=fj_mc",
                                f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
-                               "--gin.example_format.name='prompt'"], capsys)
-  assert code == 2 and "made with the example format 'chat' but this run asks for 'prompt'" in err
-  assert len(err.strip().splitlines()) == 1
+                               "--gin.example_format.name='prompt'"], capfd)
+  assert code == 2 and "made with the example format 'chat' but this run asks for 'prompt'" in one_line(err)
   assert open(os.path.join(model_dir, run_record.VOCABULARY, run_record.FORMAT)).read() == record
 
 

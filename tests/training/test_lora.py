@@ -1,6 +1,7 @@
 """Tests for flan_jax/model/lora.py and checkpoints/ (run_record, restore, peft): LoRA on a frozen base, int8
 base, adapter-only checkpoints, merged and PEFT export."""
 
+import glob
 import json
 import os
 
@@ -21,6 +22,7 @@ from flan_jax.training import step as step_lib
 import flan_tasks  # noqa: F401
 from tests import tiny_pretrained
 from tests.checkpoints.test_pretrained import _run_ok
+from tests.checks import assert_trees_close, assert_trees_equal, one_line
 from tests.conftest import TINY
 
 LENGTHS = {"inputs": 96, "targets": 24}
@@ -96,8 +98,7 @@ def test_unrolled_remat_and_microbatches_match(reference, base, data):
   config = ModelConfig(**{**TINY.__dict__, "scan_layers": False, "remat_policy": "full"})
   _, state, losses = run(config, LORA, base, data, num_microbatches=4)
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
-  for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
-    np.testing.assert_allclose(x, y, atol=1e-5)
+  assert_trees_close(state.params, ref_state.params, rtol=0, atol=1e-5)
 
 
 def test_dropout_on_the_adapter_input_is_seeded(base, data):
@@ -178,7 +179,8 @@ def test_converted_base_trains_as_its_float_values_without_holding_them(base, da
   grads = [jax.jit(jax.grad(lambda a, f, m=m: step_lib.loss_fn(a, batch, model=m, z_loss=0.0, dropout_rng=None,
                                                                frozen=f)[0]))(adapters_, f)
            for m, f in ((Transformer(TINY, int8), frozen8), (Transformer(TINY, LORA), dequantized))]
-  for x, y in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+  assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1]) and jax.tree.leaves(grads[1])
+  for x, y in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
     assert float(jnp.max(jnp.abs(x))) > 0
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(y))))
   if kind == "bfloat16":  # its bytes: test_bfloat16_base_halves_the_base_and_starts_at_its_loss
@@ -254,8 +256,7 @@ def test_checkpoints_hold_adapters_and_resume_exactly(lora_run):
   step, resumed, _, _ = checkpoints.restore_adapters(model_dir, mesh, rules)
   _, once, _, _ = checkpoints.restore_adapters(straight, mesh, rules)
   assert step == 4
-  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(once)):
-    np.testing.assert_array_equal(x, y)
+  assert_trees_equal(resumed, once)
   # The checkpoint stores the adapters alone (orbax's record of the arrays it wrote; its file sizes vary).
   for item in ("params", "opt_state"):
     with open(os.path.join(model_dir, "checkpoints", "4", item, "_METADATA")) as f:
@@ -265,13 +266,21 @@ def test_checkpoints_hold_adapters_and_resume_exactly(lora_run):
     assert all(name.endswith(("_lora_a", "_lora_b")) for name in stored), stored
 
 
-def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, tmp_path):
+@pytest.fixture(scope="module")
+def merged(lora_run, tmp_path_factory):
+  """The LoRA run exported merged into its base, in float32 (a Hugging Face directory)."""
+  from flan_jax import export as export_binary
+  out = str(tmp_path_factory.mktemp("lora_merged") / "merged")
+  _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={lora_run[2]}",
+                          f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_DTYPE='float32'"])
+  return out
+
+
+def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, merged, tmp_path):
   from flan_jax import checkpoints
   from flan_jax import export as export_binary
   hf_dir, _, model_dir, _ = lora_run
-  out = str(tmp_path / "merged")
-  _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
-                          f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_DTYPE='float32'"])
+  out = merged
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   mesh, rules = partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]), partitioning.axis_rules()
   config = checkpoints.pretrained_model_config(hf_dir)
@@ -295,7 +304,7 @@ def test_merged_export_matches_the_adapter_model_in_transformers(lora_run, tmp_p
       Transformer(read_back.config).apply({"params": checkpoints.load_params(read_back)}, tokens), ours, atol=1e-4)
 
 
-def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
+def test_peft_adapter_export_loads_onto_the_base(lora_run, merged, tmp_path):
   peft = pytest.importorskip("peft")
   from flan_jax import export as export_binary
   hf_dir, hf, model_dir, _ = lora_run
@@ -303,9 +312,7 @@ def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
   _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
                           f"--gin.OUTPUT_DIR={out}", "--gin.EXPORT_ADAPTER=True"])
   assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
-  merged_dir = str(tmp_path / "merged")
-  _run_ok(export_binary, ["--gin_file=runs/export.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
-                          f"--gin.OUTPUT_DIR={merged_dir}", "--gin.EXPORT_DTYPE='float32'"])
+  merged_dir = merged
   base = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
   with_adapter = peft.PeftModel.from_pretrained(base, out).eval()
   merged = transformers.AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
@@ -314,24 +321,37 @@ def test_peft_adapter_export_loads_onto_the_base(lora_run, tmp_path):
     np.testing.assert_allclose(with_adapter(tokens).logits.numpy(), merged(tokens).logits.numpy(), atol=1e-4)
 
 
-def test_lora_eval_scores_the_merged_model(lora_run):
+def test_lora_eval_scores_the_merged_model(lora_run, merged, tmp_path):
+  """The eval of a LoRA run (base + adapters) gives the scores of its merged export's eval, and not the base's."""
   from flan_jax import eval as eval_binary
-  _, _, model_dir, _ = lora_run
-  _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
-                        "--gin.MIXTURE_OR_TASK_NAME=embedded_color_nli_scoring_t0", HF_LENGTHS,
-                        "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8"])
-  report = json.load(open(os.path.join(model_dir, "eval_embedded_color_nli_scoring_t0_validation_step4.json")))
-  assert list(report["metrics"]) == ["embedded_color_nli_scoring_t0"]
+  hf_dir, _, model_dir, _ = lora_run
+  task = "embedded_color_nli_scoring_t0"
+  outputs = {"lora": model_dir, "merged": str(tmp_path / "merged"), "base": str(tmp_path / "base")}
+  for name, checkpoint in (("lora", model_dir), ("merged", merged), ("base", hf_dir)):
+    _run_ok(eval_binary, ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH={checkpoint}",
+                          f"--gin.EVAL_OUTPUT_DIR={outputs[name]}", f"--gin.MIXTURE_OR_TASK_NAME={task}", HF_LENGTHS,
+                          "--gin.evaluate.num_examples=8", "--gin.EVAL_BATCH_SIZE=8"])
+  reports, scores = {}, {}
+  for name, directory in outputs.items():
+    (report,) = glob.glob(os.path.join(directory, f"eval_{task}_validation_step*.json"))
+    (records,) = glob.glob(os.path.join(directory, f"predictions_{task}_validation_step*.jsonl"))
+    reports[name] = json.load(open(report))["metrics"][task]
+    scores[name] = {r["example_id"]: r["scores"]["none"] for r in map(json.loads, open(records))}
+  assert reports["lora"] == reports["merged"] and scores["lora"]
+  assert scores["lora"].keys() == scores["merged"].keys() == scores["base"].keys()
+  flat = {name: np.concatenate([by_example[k] for k in sorted(by_example)]) for name, by_example in scores.items()}
+  np.testing.assert_allclose(flat["lora"], flat["merged"], atol=1e-4)
+  assert np.max(np.abs(flat["lora"] - flat["base"])) > 1e-3  # the adapters were applied
 
 
-def test_lora_base_errors_are_one_line(lora_run, tmp_path, capsys):
+def test_lora_base_errors_are_one_line(lora_run, tmp_path, capfd):
   import gin
 
   from flan_jax import cli, train
   hf_dir, _, model_dir, _ = lora_run
   other = str(tmp_path / "other")
   tiny_pretrained.build("llama", other, seed=1)
-  capsys.readouterr()  # transformers' progress bars while saving it
+  capfd.readouterr()  # transformers' progress bars while saving it
   cases = [
       (["--gin_file=runs/finetune_hf.gin", "--gin_file=runs/finetune_lora.gin", f"--gin.PRETRAINED={other}",
         f"--gin.MODEL_DIR={model_dir}", "--gin.LORA_RANK=4", "--gin.TRAIN_STEPS=6"], "is not the one"),
@@ -347,6 +367,5 @@ def test_lora_base_errors_are_one_line(lora_run, tmp_path, capsys):
       cli.run(train.main, argv + ["--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", HF_LENGTHS, "--gin.BATCH_SIZE=8"])
     gin.clear_config()
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1, err
+    assert message in one_line(capfd.readouterr().err)
   assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == before

@@ -14,6 +14,7 @@ from flan_jax.text import formats, run_text, tokenizers
 from flan_jax.training import optimizers, trainer
 import flan_tasks  # noqa: F401
 from tests import tiny_pretrained
+from tests.checks import assert_trees_close
 from tests.conftest import TINY
 
 TASK = "embedded_no_sentiment"
@@ -119,8 +120,7 @@ def test_microbatches_equal_one_big_batch(one_device_run):
   big, big_losses = run_steps((1, 1, 1), data[:2])
   micro, micro_losses = run_steps((1, 1, 1), data[:2], num_microbatches=4)
   np.testing.assert_allclose(micro_losses, big_losses, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(micro.params), jax.tree.leaves(big.params)):
-    np.testing.assert_allclose(a, b, atol=2e-6)
+  assert_trees_close(micro.params, big.params, rtol=0, atol=2e-6)
 
 
 def step_losses(config, steps=1, tx=None, schedule=None, **step_kwargs):
