@@ -4,7 +4,7 @@ Flags: `--gin_file=PATH` (repeatable; looked up in the working directory, then u
 `--gin.NAME=VALUE` (a binding or macro; a VALUE that is not a gin literal is taken as a string),
 `--gin_search_paths=DIR,DIR`, and for multi-host runs `--multihost` (auto-detect the cluster) or
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; `--heartbeat_timeout_seconds=S`
-bounds how long the other hosts wait before they exit when one host dies (default 100).
+bounds how long the other hosts wait before they exit when one host dies (default 100; see _Peers).
 
 Exit codes: 0 done (or stopped by SIGTERM after saving), 2 bad input or a run that cannot go on as
 asked (one line on stderr says what to change; also a path that cannot be read or written), 3 the loss
@@ -12,11 +12,14 @@ diverged, 4 another host of the job died, 5 the disk filled up, 6 a bucket stopp
 Ctrl-C (SIGINT); anything else is a bug, with its traceback.
 """
 
+import atexit
 import dataclasses
 import errno
 import logging
 import os
 import sys
+import threading
+import time
 from typing import Callable, Optional, Sequence
 
 import gin
@@ -110,12 +113,16 @@ def configure_gin(flags: Flags) -> None:
     logging.disable(logging.NOTSET)
 
 
-def initialize_distributed(flags: Flags) -> None:
-  """Joins the other processes of a multi-host job (before anything touches a device)."""
+def initialize_distributed(flags: Flags) -> Optional["_Peers"]:
+  """Joins the other processes of a multi-host job (before anything touches a device); returns the watch on
+  the other hosts (_Peers), or None (one process, or a JAX without what the watch needs)."""
   if not (flags.coordinator_address or flags.multihost):
-    return
+    return None
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only CPU devices use it
+  watch = _can_watch_peers()
+  if watch:  # a dead host is then this process's one line and exit 4 (_Peers), not JAX's abort
+    jax.config.update("jax_enable_recoverability", True)
   try:
     jax.distributed.initialize(coordinator_address=flags.coordinator_address,
                                num_processes=flags.num_processes, process_id=flags.process_id,
@@ -123,6 +130,124 @@ def initialize_distributed(flags: Flags) -> None:
   except (RuntimeError, ValueError) as e:
     raise UserError(f"cannot join the multi-host job: {first_line(e)} (check --coordinator_address, "
                     "--num_processes and --process_id, or run on a TPU slice / SLURM job for --multihost)") from e
+  if not watch:
+    return None
+  from jax._src import distributed
+  state = distributed.global_state
+  peers = _Peers(state.client, state.process_id, state.num_processes, flags.heartbeat_timeout_seconds)
+  peers.start()
+  return peers
+
+
+def _can_watch_peers() -> bool:
+  """Whether this JAX has what _Peers needs: recoverable tasks and the coordinator's list of live ones."""
+  from jax._src import distributed
+  from jax._src.lib import _jax
+  return (hasattr(distributed, "_ENABLE_RECOVERABILITY")
+          and hasattr(_jax.DistributedRuntimeClient, "get_live_nodes"))
+
+
+_PEER_STATES = "flan_jax/host_state/"  # + process id, in the coordination service's key-value store
+_ENDING, _GONE = "ending", "gone"
+_END_TIMEOUT_SECONDS = 300  # what JAX's own shutdown barrier waits for the other hosts (shutdown_timeout_seconds)
+
+
+class _Peers:
+  """Ends this process with one line and exit 4 when another host of the job dies, wherever it is waiting.
+
+  By default the JAX distributed client aborts a process natively (LOG(FATAL), SIGABRT, its text on stderr) as
+  soon as the coordinator reports any task dead, before Python can act, and its `missed_heartbeat_callback`
+  cannot be replaced from Python (jaxlib 0.10 cannot pass the status to a Python callable: std::bad_cast, then
+  abort). So the coordinator is started with recoverable tasks (`jax_enable_recoverability`: it records a dead
+  task instead of failing the others), and this thread asks it which processes are live
+  (`get_live_nodes`, which waits for every live process to ask too), every heartbeat timeout / 10 (1 to 10 s).
+  A process missing from the answer that did not end its run died (it stopped sending heartbeats for
+  --heartbeat_timeout_seconds): this process writes the exit-4 line and leaves at once (os._exit: its main
+  thread may be blocked in a collective with the dead host that never returns; checkpoints are written
+  whole or not at all, and the kernel drops the run lock).
+
+  Recoverable tasks skip JAX's shutdown barrier, which kept the coordinator's service up until every host had
+  finished. `leave` (at exit) does that instead: each process records in the coordinator's key-value store
+  that it is ending and waits (up to 300 s, as JAX did) until every other host is ending too or is dead; the
+  first process (which runs the coordinator) then also waits until the others have disconnected. A host that
+  is still running when a peer gives up waiting is told so ('gone') and exits 4.
+
+  Not covered: when the first process itself dies, the coordinator dies with it, and the JAX client of every
+  other host aborts natively at once (its poll of the coordinator fails), with JAX's own fatal message.
+  """
+
+  def __init__(self, client, process_id: int, num_processes: int, heartbeat_timeout_seconds: int):
+    self.client, self.me, self.count = client, process_id, num_processes
+    self.heartbeat = heartbeat_timeout_seconds
+    self.interval = min(10.0, max(1.0, heartbeat_timeout_seconds / 10))
+    self.live = set(range(num_processes))
+    self.lock = threading.Lock()  # held to write the exit-4 line; `ending` set under it
+    self.ending = False  # this process's run has ended: another host's death is no longer its failure
+    self.stopped, self.wake = threading.Event(), threading.Event()
+
+  def start(self) -> None:
+    threading.Thread(target=self._watch, name="flan_jax_peers", daemon=True).start()
+    atexit.register(self.leave)  # after jax's own atexit handler was registered, so it runs before it
+
+  def end_run(self) -> None:
+    with self.lock:
+      self.ending = True
+
+  def _states(self) -> dict[int, str]:
+    return {int(key.rsplit("/", 1)[-1]): value for key, value in self.client.key_value_dir_get(_PEER_STATES)}
+
+  def _dead(self, states: dict[int, str]) -> list[int]:
+    return [i for i in range(self.count) if i != self.me
+            and (states.get(i) == _GONE or (i not in self.live and states.get(i) != _ENDING))]
+
+  def _watch(self) -> None:
+    while not self.stopped.is_set():
+      try:
+        self.live = set(self.client.get_live_nodes(list(range(self.count))))
+        dead = self._dead(self._states())
+      except Exception as e:  # noqa: BLE001  (the coordinator did not answer)
+        if self.stopped.is_set():
+          return
+        self._died(f"the coordinator did not answer: {first_line(e)[:200]}")
+      else:
+        if dead:
+          self._died(f"process {', '.join(map(str, dead))} stopped")
+      self.wake.wait(0.2 if self.ending else self.interval)
+      self.wake.clear()
+
+  def _died(self, why: str) -> None:
+    with self.lock:
+      if self.ending:
+        return
+      try:
+        sys.stdout.flush()
+      except Exception:  # noqa: BLE001
+        pass
+      print(f"error: another host of this job died ({why}; --heartbeat_timeout_seconds={self.heartbeat}); see its "
+            "log, then rerun the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
+      os._exit(4)
+
+  def leave(self) -> None:
+    """At exit: wait until every other host has ended its run or is dead (see the class)."""
+    self.end_run()
+    self.wake.set()
+    try:
+      self.client.key_value_set(f"{_PEER_STATES}{self.me}", _ENDING, allow_overwrite=True)
+      others = set(range(self.count)) - {self.me}
+      deadline = time.monotonic() + _END_TIMEOUT_SECONDS
+      while any(self._states().get(i) not in (_ENDING, _GONE) and i in self.live for i in others):
+        if time.monotonic() > deadline:
+          self.client.key_value_set(f"{_PEER_STATES}{self.me}", _GONE, allow_overwrite=True)
+          break
+        time.sleep(0.2)
+      deadline = time.monotonic() + _END_TIMEOUT_SECONDS
+      while self.me == 0 and self.live & others and time.monotonic() < deadline:  # keep the coordinator up
+        time.sleep(0.2)
+    except Exception:  # noqa: BLE001  (a coordinator gone: nothing left to wait for)
+      pass
+    self.stopped.set()
+    self.wake.set()
+
 
 
 def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> None:
@@ -136,11 +261,11 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
     logger.addHandler(held)
     logger.propagate = False
   sys.unraisablehook = _without_closed_loop_noise  # kept to the end: the noise can come at exit
-  code, message = None, None
+  code, message, peers = None, None, None
   try:
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
     configure_gin(flags)
-    initialize_distributed(flags)
+    peers = initialize_distributed(flags)
     startup.enable_compilation_cache()
     main(flags)
   except UserError as e:
@@ -171,6 +296,8 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
         held.replay()
         raise
   finally:
+    if peers is not None:  # from here on another host's death is not this run's failure (nor its line)
+      peers.end_run()
     for logger in loggers:
       logger.removeHandler(held)
       logger.propagate = True

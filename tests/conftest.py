@@ -52,7 +52,7 @@ LONGEST_FIRST = ("test_bucket_multiprocess.py", "test_reliability.py", "test_stu
                  "test_lora.py", "test_binaries.py", "test_bucket.py", "test_pretrained.py", "test_trainer.py",
                  "test_golden_run.py", "test_checkpointing.py", "test_formats.py", "test_accounting.py", "test_data.py",
                  "test_benchmark.py", "test_faults.py", "test_model.py", "test_evaluation.py", "test_gguf_export.py",
-                 "test_user_tasks.py", "test_embedded.py")
+                 "test_user_tasks.py", "test_embedded.py", "test_divergence.py", "test_flan_labels.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -57,11 +57,25 @@ class _StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+def _check_finite(step: int, metrics: Mapping[str, Any], state: Optional[TrainState] = None) -> None:
+  """A FloatingPointError naming `step` if its loss or gradient norm is not finite, or, given the `state` about to
+  be saved, any of its parameters or optimizer state (an update can overflow while the loss that led to it and
+  its gradients are finite: a huge learning rate or weight decay)."""
   if not (math.isfinite(float(metrics["loss"])) and math.isfinite(float(metrics["grad_norm"]))):
     raise FloatingPointError(f"loss or gradient became {float(metrics['loss'])} / {float(metrics['grad_norm'])} "
                              f"at step {step}; the last good checkpoint is kept. Lower the learning rate "
                              "or enable clipping.")
+  if state is not None and not bool(_all_finite((state.params, state.opt_state))):
+    raise FloatingPointError(f"the parameters or optimizer state became NaN or Inf at step {step} (its loss and "
+                             "gradient were finite); the last good checkpoint is kept. Lower the learning rate "
+                             "or the weight decay.")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (one replicated boolean, on every process)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
 
 
 @gin.configurable
@@ -154,7 +168,7 @@ def train(model_dir: Optional[str] = None, *,
         preempted = stop.requested or (jax.process_count() > 1 and mngr.reached_preemption(step))
         if step % checkpoint_period == 0 or step == train_steps or preempted:
           lock.check()  # a bucket lock taken over by another trainer: stop before writing over its run
-          _check_finite(step, jax.device_get(metrics))
+          _check_finite(step, jax.device_get(metrics), state)  # only finite states are saved
           store.save(mngr, step, state.params, state.opt_state, force=True)
           inputs.save(step, keep=set(mngr.all_steps()), files=tally.files(step))  # with the tally up to `step`
           run_record.publish_trained_on(model_dir, inputs.path(step, accounting.FILE))  # MODEL_DIR/trained_on.json
