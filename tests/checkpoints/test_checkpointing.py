@@ -117,19 +117,28 @@ def test_no_checkpoint_is_a_user_error(tmp_path):
     checkpointing.restore_params(str(tmp_path), {})
 
 
-def test_diverging_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
+# Two ways to diverge. The loss: step 1 changes nothing, step 2 moves the weights by ~1e30 (finite), and step 3's
+# loss is not finite. The update: step 1 changes nothing, and step 2's weight decay of 1000 at a learning rate of
+# 1e38 overflows the weights while step 2's loss and gradients (computed before the update) are finite: only the
+# check of the state about to be saved sees it.
+DIVERGENCES = {"loss": (1e30, 0.0, 3, "loss or gradient became nan / nan"),
+               "update": (1e38, 1000.0, 2, "the parameters or optimizer state became NaN or Inf")}
+
+
+@pytest.mark.parametrize("how", list(DIVERGENCES))
+def test_diverging_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path, how):
   from flan_jax.training import optimizers
   model_dir = str(tmp_path / "nan")
-  # Step 1 changes nothing, step 2 moves the weights by ~1e30 (finite), and step 3's loss is not finite.
-  schedule = lambda count: jnp.where(count < 1, 0.0, 1e30)
-  tx = optimizers.make_optimizer(schedule, clip_norm=None)
-  with pytest.raises(FloatingPointError, match=r"at step 3\b"):
+  learning_rate, weight_decay, failed, message = DIVERGENCES[how]
+  schedule = lambda count: jnp.where(count < 1, 0.0, learning_rate)
+  tx = optimizers.make_optimizer(schedule, clip_norm=None, weight_decay=weight_decay)
+  with pytest.raises(FloatingPointError, match=rf"{message} at step {failed}\b"):
     run(model_dir, 8, optimizer=tx, learning_rate_schedule=schedule, checkpoint_period=1)
   s = trainer.setup(TINY, partitioning.make_mesh(devices=jax.devices()[:1]), partitioning.axis_rules(), tx)
   mngr = checkpointing.manager(os.path.join(model_dir, "checkpoints"), async_save=False)
   step, params, opt_state = checkpointing.restore_latest(mngr, s.sharded_param_structs, s.sharded_opt_state_structs)
   leaves = jax.tree.leaves((params, opt_state))
-  assert step == 2 and leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+  assert step == failed - 1 and leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
 
 
 def test_keep_last_k_and_every_mth(tmp_path):

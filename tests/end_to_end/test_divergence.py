@@ -1,12 +1,9 @@
 """`python -m flan_jax.train` run into a divergence: exit 3, one line naming the step, and the run's last checkpoint
 is a step before it with every parameter and optimizer-state value finite.
 
-Two ways to diverge, started together (each ~20 s on 2 cores), both saving step 1 and failing at step 2:
-- the loss: a learning rate of 1e30 (no clipping) moves the parameters to ~1e30 at step 1, and step 2's loss
-  is NaN;
-- the update: step 1 has learning rate 0 (one warmup step), then 1e38 with weight decay 1000 overflows the
-  parameters at step 2 while step 2's loss and gradients (computed before the update) are still finite, so only
-  the check of the state about to be saved sees it.
+A learning rate of 1e30 (no clipping) moves the parameters to ~1e30 at step 1, and step 2's loss is NaN. (An
+update that overflows while its loss and gradients are finite, which only the check of the state about to be
+saved sees, is tested in the trainer's own process: tests/checkpoints/test_checkpointing.py.)
 """
 
 import os
@@ -27,11 +24,7 @@ from tests.conftest import TINY, xla_flags
 
 ROOT = conftest.ROOT
 LENGTHS = {"inputs": 32, "targets": 8}
-DIVERGENCES = {
-    "loss": ["--gin.LEARNING_RATE=1e30"],
-    "update": ["--gin.LEARNING_RATE=1e38", "--gin.make_schedule.warmup_steps=1",
-               "--gin.make_optimizer.weight_decay=1000.0"],
-}
+DIVERGENCES = {"loss": ["--gin.LEARNING_RATE=1e30"]}
 DIVERGED_AT = 2
 
 

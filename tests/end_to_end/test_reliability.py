@@ -214,7 +214,19 @@ def _size(path) -> int:
   return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
+STEPS = 8  # of the interrupted runs below, and of the straight run they must end as
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """(step, parameters, optimizer state) of TRAIN run straight through to step STEPS."""
+  from tests.end_to_end.test_binaries import final_state
+  model_dir = str(tmp_path_factory.mktemp("straight") / "run")
+  _train_ok(*TRAIN, f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={STEPS}", "--gin.CHECKPOINT_PERIOD=100")
+  return final_state(model_dir)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, straight, tmp_path):
   """Trains on a tmpfs (in a private mount namespace) with room for one step's state, not two."""
   disk = tmp_path / "disk"
   disk.mkdir()
@@ -226,7 +238,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
   filler = step_bytes + 2**20  # removed before the rerun, which then has room for two steps at once
   disk_kib = (filler + step_bytes * 3 // 2 + 2**20) // 1024  # + 1 MiB for the run record and metrics
   model_dir, out_dir = disk / "run", tmp_path / "out"
-  args = " ".join(shlex.quote(a) for a in [*TRAIN, f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=4",
+  args = " ".join(shlex.quote(a) for a in [*TRAIN, f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={STEPS}",
                                            "--gin.CHECKPOINT_PERIOD=1", "--gin.CHECKPOINTS_TO_KEEP=None"])
   train = f"{sys.executable} -m flan_jax.train {args}"
   script = textwrap.dedent(f"""
@@ -241,13 +253,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
       cp -r {model_dir} {tmp_path}/after
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
-  # The same four steps run straight through on a disk with room, beside the namespace's two runs.
-  straight = subprocess.Popen([sys.executable, "-m", "flan_jax.train", *TRAIN, "--gin.TRAIN_STEPS=4",
-                               f"--gin.MODEL_DIR={tmp_path / 'straight'}", "--gin.CHECKPOINT_PERIOD=1"], cwd=ROOT,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=env, check=True, timeout=600)
-  _, straight_err = straight.communicate(timeout=300)
-  assert straight.returncode == 0, straight_err[-3000:]
   read = lambda name: (tmp_path / name).read_text()
   line = one_line(read("first.err"))  # no orbax logs, no "Event loop is closed" tracebacks
   assert read("first.rc").strip() == "5", read("first.err")[-3000:]
@@ -260,29 +266,25 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(run_dir, tmp_path):
   assert f"the last complete checkpoint is step {last}." in line, line
   assert read("second.rc").strip() == "0", read("second.err")[-3000:]
   assert f"resumed from step {last}" in read("second.out")
-  assert read("left.txt").split() == ["4"]  # the half-written step was cleaned up, nothing else left
+  assert read("left.txt").split() == [str(STEPS)]  # the half-written step was cleaned up, nothing else left
   from tests.end_to_end.test_binaries import final_state
   step, params, opt_state = final_state(str(tmp_path / "after"))
-  straight_step, straight_params, straight_opt_state = final_state(str(tmp_path / "straight"))
-  assert step == straight_step == 4
-  assert_trees_equal((params, opt_state), (straight_params, straight_opt_state))
-
-
-SIGTERM_STEPS = 12
+  assert step == straight[0] == STEPS
+  assert_trees_equal((params, opt_state), straight[1:])
 
 
 @pytest.fixture(scope="module")
 def sigterm_run(tmp_path_factory):
-  """The train binary sent SIGTERM after it logged step 3 of 12, started in a directory that holds a user's own
-  tasks.py (which must not shadow the collection: imported, it would end the run before step 1); then the same
-  command rerun, and, beside it, the same command run straight through in another MODEL_DIR."""
+  """The train binary sent SIGTERM after it logged step 3 of STEPS, started in a directory that holds a user's
+  own tasks.py (which must not shadow the collection: imported, it would end the run before step 1); then the
+  same command rerun."""
   cwd = tmp_path_factory.mktemp("user_cwd")
   (cwd / "tasks.py").write_text('raise SystemExit("the user\'s tasks.py was imported")\n')
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags())
 
   def command(model_dir):
     return [sys.executable, "-m", "flan_jax.train", *TRAIN, f"--gin.MODEL_DIR={model_dir}",
-            f"--gin.TRAIN_STEPS={SIGTERM_STEPS}", "--gin.CHECKPOINT_PERIOD=100", "--gin.train.log_every=1"]
+            f"--gin.TRAIN_STEPS={STEPS}", "--gin.CHECKPOINT_PERIOD=100", "--gin.train.log_every=1"]
 
   def start(model_dir):
     return subprocess.Popen(command(model_dir), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -296,32 +298,30 @@ def sigterm_run(tmp_path_factory):
       break
   rest, err = proc.communicate(timeout=120)
   saved = sorted(int(d) for d in os.listdir(cwd / "run" / "checkpoints") if d.isdigit())
-  rerun, straight = start(cwd / "run"), start(cwd / "straight")  # two processes at once
-  reran, straight_ran = rerun.communicate(timeout=300), straight.communicate(timeout=300)
+  rerun = start(cwd / "run")
+  reran = rerun.communicate(timeout=300)
   return {"code": proc.returncode, "seen": "".join(seen), "rest": rest, "err": err, "saved": saved,
-          "rerun": (rerun.returncode, *reran), "straight": (straight.returncode, *straight_ran), "cwd": cwd}
+          "rerun": (rerun.returncode, *reran), "cwd": cwd}
 
 
-def test_sigterm_saves_at_the_next_step_exits_0_and_the_rerun_ends_as_a_straight_run(sigterm_run):
+def test_sigterm_saves_at_the_next_step_exits_0_and_the_rerun_ends_as_a_straight_run(sigterm_run, straight):
   from tests.end_to_end.test_binaries import final_state
   run = sigterm_run
-  assert "step 3/12" in run["seen"], run["seen"][-3000:]
+  assert f"step 3/{STEPS}" in run["seen"], run["seen"][-3000:]
   assert run["code"] == 0 and run["err"] == "", run["err"][-3000:]
   # The signal came after step 3's line; the step then running (4) is the next boundary, one more at most.
   assert len(run["saved"]) == 1 and run["saved"][0] in (3, 4, 5), run["saved"]
   assert f"saved step {run['saved'][0]}" in run["rest"], run["rest"]
-  for name in ("rerun", "straight"):
-    code, out, err = run[name]
-    assert code == 0 and err == "" and f"step {SIGTERM_STEPS}/{SIGTERM_STEPS}" in out, (name, err[-3000:])
-  assert f"resumed from step {run['saved'][0]} in {run['cwd'] / 'run'}" in run["rerun"][1], run["rerun"][1]
+  code, out, err = run["rerun"]
+  assert code == 0 and err == "" and f"step {STEPS}/{STEPS}" in out, err[-3000:]
+  assert f"resumed from step {run['saved'][0]} in {run['cwd'] / 'run'}" in out, out
   step, params, opt_state = final_state(str(run["cwd"] / "run"))
-  straight_step, straight_params, straight_opt_state = final_state(str(run["cwd"] / "straight"))
-  assert step == straight_step == SIGTERM_STEPS
-  assert_trees_equal((params, opt_state), (straight_params, straight_opt_state))
+  assert step == straight[0] == STEPS
+  assert_trees_equal((params, opt_state), straight[1:])
 
 
 def test_a_users_tasks_module_does_not_shadow_the_collection(sigterm_run):
-  assert sigterm_run["code"] == 0 and "step 1/12" in sigterm_run["seen"], sigterm_run["seen"][-3000:]
+  assert sigterm_run["code"] == 0 and f"step 1/{STEPS}" in sigterm_run["seen"], sigterm_run["seen"][-3000:]
 
 
 def test_the_binaries_import_no_collection_the_gin_files_do():

@@ -294,11 +294,15 @@ def splash_model_batch():
   batch = {"tokens": tokens, "segment_ids": SPLASH_SEGMENTS, "positions": positions,
            "prefix_mask": np.zeros_like(tokens)}
   batch = {name: jnp.asarray(x) for name, x in batch.items()}
-  shapes = jax.eval_shape(Transformer(SPLASH_CONFIG).init, jax.random.key(0), batch["tokens"])["params"]
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: jnp.asarray((path[-1].key == "scale") + 0.3 * rng.normal(size=x.value.shape), jnp.float32),
+  return random_params(SPLASH_CONFIG, batch["tokens"], rng, 0.3), batch
+
+
+def random_params(config, tokens, rng, spread):
+  """float32 parameters of `config` drawn from `rng`: norm scales around 1, the rest around 0, std `spread`."""
+  shapes = jax.eval_shape(Transformer(config).init, jax.random.key(0), tokens)["params"]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.asarray((path[-1].key == "scale") + spread * rng.normal(size=x.value.shape), jnp.float32),
       shapes, is_leaf=lambda x: hasattr(x, "names"))
-  return params, batch
 
 
 @pytest.mark.parametrize("on_mesh", [False, True])
@@ -487,11 +491,7 @@ def bf16_model_batch():
   batch = {"tokens": tokens, "segment_ids": ACCEL_SEGMENTS, "positions": ACCEL_POSITIONS,
            "prefix_mask": ACCEL_PREFIX.astype(np.int32)}
   batch = {name: jnp.asarray(x) for name, x in batch.items()}
-  shapes = jax.eval_shape(Transformer(ACCEL_CONFIG).init, jax.random.key(0), batch["tokens"])["params"]
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: jnp.asarray((path[-1].key == "scale") + 0.125 * rng.normal(size=x.value.shape), jnp.float32),
-      shapes, is_leaf=lambda x: hasattr(x, "names"))
-  return params, batch
+  return random_params(ACCEL_CONFIG, batch["tokens"], rng, 0.125), batch
 
 
 def bf16_logits(config, params, batch, masks):
