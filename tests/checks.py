@@ -9,6 +9,8 @@
   Python's `sys.stderr`, so `capsys` would not see them.
 - `cannot_set_up`: a test whose environment this machine cannot provide skips, except under CI, where it
   fails (tests/conftest.py also fails a CI run on any skip that is not accelerator-only).
+- `one_line_error`: a function called in the test's process raises a UserError whose message (what the binaries
+  print after "error: ") is one line.
 - `run_main`: a binary's main run in this process (cheaper than a subprocess) with its exit code and all of
   file descriptor 2.
 """
@@ -56,6 +58,17 @@ def one_line(err: str) -> str:
   lines = err.strip().splitlines()
   assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err[-3000:]}"
   return lines[0]
+
+
+def one_line_error(call, match: str) -> str:
+  """`call()` raises a UserError matching `match` whose message is one line (gin's own note, which the binaries
+  drop, aside); returns the message."""
+  from flan_jax.errors import UserError
+  with pytest.raises(UserError, match=match) as e:
+    call()
+  message = str(e.value).split("\n  In call to configurable")[0]
+  assert "\n" not in message, message
+  return message
 
 
 def run_main(module, argv, capfd) -> tuple[int, str]:

@@ -20,11 +20,10 @@ from flan_jax import checkpoints, cli, errors
 from flan_jax import export as export_binary
 from flan_jax.checkpoints import gguf_reader as gguf_io
 from flan_jax.checkpoints import gguf_writer as gguf_export
-from flan_jax.errors import UserError
 from flan_jax.model.transformer import Transformer
 from tests import tiny_pretrained
 from tests.checkpoints.test_gguf import SAMPLE, permute
-from tests.checks import one_line, run_main
+from tests.checks import one_line, one_line_error, run_main
 from tests.end_to_end.test_binaries import binary
 
 pytest.importorskip("transformers")
@@ -274,32 +273,25 @@ def test_sentencepiece_tokenizer_reads_back_the_same(tmp_path):
 
 # --- Bad input. ---------------------------------------------------------------------------------------------
 
-def _one_line_error(call, match):
-  with pytest.raises(UserError, match=match) as e:
-    call()
-  message = str(e.value).split("\n  In call to configurable")[0]  # gin's note, which the binaries drop
-  assert "\n" not in message, message
-
-
 def test_models_and_tokenizers_llama_cpp_cannot_take(models, tmp_path):
   import seqio
   mistral = str(tmp_path / "mistral")
   tiny_pretrained.build("mistral", mistral)
-  _one_line_error(lambda: checkpoints.export_checkpoint(mistral, str(tmp_path / "a"), export_format="gguf"),
+  one_line_error(lambda: checkpoints.export_checkpoint(mistral, str(tmp_path / "a"), export_format="gguf"),
                   "sliding-window")
-  _one_line_error(lambda: gguf_export.tokenizer_metadata(seqio.ByteVocabulary(), 384), "byte vocabulary")
+  one_line_error(lambda: gguf_export.tokenizer_metadata(seqio.ByteVocabulary(), 384), "byte vocabulary")
   from tokenizers import pre_tokenizers
   odd = _copy_model(models["llama"], str(tmp_path / "odd"))
   tok = tiny_pretrained.train_tokenizer()
   tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(False)])
   tok.save(os.path.join(odd, "tokenizer.json"))
-  _one_line_error(lambda: checkpoints.export_checkpoint(odd, str(tmp_path / "b"), export_format="gguf"),
+  one_line_error(lambda: checkpoints.export_checkpoint(odd, str(tmp_path / "b"), export_format="gguf"),
                   "pre-tokenizer")
-  _one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q4_0",
+  one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q4_0",
                                                        export_format="gguf"), "float32, q8_0")
-  _one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q8_0"),
+  one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), dtype="q8_0"),
                   "'huggingface'; use bfloat16")
-  _one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), export_format="onnx"),
+  one_line_error(lambda: checkpoints.export_checkpoint(models["llama"], str(tmp_path / "c"), export_format="onnx"),
                   "'huggingface' or 'gguf'")
   assert not any(os.path.exists(tmp_path / d) for d in "abc")
 

@@ -21,7 +21,7 @@ from flan_jax.model.transformer import Transformer
 from flan_jax.text import run_text, tokenizers
 import flan_tasks  # noqa: F401  (registers the embedded tasks)
 from tests import tiny_pretrained
-from tests.checks import assert_trees_equal, one_line, run_main
+from tests.checks import assert_trees_equal, one_line, one_line_error, run_main
 from tests.end_to_end.test_binaries import ROOT
 
 torch = pytest.importorskip("torch")
@@ -255,9 +255,7 @@ def _copy(models, arch, tmp_path, edit=None):
     (lambda c: c.update(num_hidden_layers=3), "missing model.layers.2."),
 ])
 def test_bad_pretrained_models_are_one_line_errors(models, tmp_path, edit, message):
-  with pytest.raises(UserError, match=re.escape(message)) as e:
-    checkpoints.open_pretrained(_copy(models, "llama", tmp_path, edit))
-  assert "\n" not in str(e.value)
+  one_line_error(lambda: checkpoints.open_pretrained(_copy(models, "llama", tmp_path, edit)), re.escape(message))
 
 
 def test_missing_shard_is_one_line_error(models, tmp_path):

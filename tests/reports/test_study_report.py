@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from flan_jax import reports
-from flan_jax.errors import UserError
 from flan_jax.reports import study as study_report
+from tests.checks import one_line_error
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N = 20  # examples per dataset, split and template
@@ -233,9 +233,7 @@ def _broken(manifest, tmp_path, case):
 ])
 def test_bad_manifests_are_one_line_errors(tmp_path, case, message):
   manifest = _broken(make_study(str(tmp_path), sizes=("small",), runs=RUNS[:2] + RUNS[3:4]), tmp_path, case)
-  with pytest.raises(UserError, match=message) as e:
-    study_report.build(manifest, SETTINGS)
-  assert "\n" not in str(e.value)
+  one_line_error(lambda: study_report.build(manifest, SETTINGS), message)
 
 
 def test_answer_stats_show_a_model_that_gives_one_answer_to_everything():
