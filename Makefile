@@ -38,8 +38,8 @@ lint: install
 # module's shared fixtures (a trained run, a compiled model) are built once (tests/conftest.py starts the
 # longest files first). Three workers on 2 cores: much of the suite waits (subprocesses starting, two-process jobs
 # meeting, a stopped bucket's client retrying), and the third runs tests in those waits, so that the 2 cores stay
-# busy (~98% of the run). Measured on 2 cores, a fresh clone, an empty compile cache: 1,126 tests in 14 min 58 s
-# (about 29 CPU-minutes); with 2 workers the suite took about 20 minutes.
+# busy. Measured on 2 cores, two fresh clones, an empty compile cache: 1,126 tests in 14 min 58 s and 16 min 13 s
+# (30 and 33 CPU-minutes, so the cores are the limit); with 2 workers the suite took about 20 minutes.
 # TEST_WORKERS=0 runs them in this process, one test at a time.
 TEST_WORKERS ?= 3
 test: install lint

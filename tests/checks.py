@@ -16,6 +16,7 @@
 """
 
 import os
+from typing import Optional
 
 import jax
 import numpy as np
@@ -60,9 +61,9 @@ def one_line(err: str) -> str:
   return lines[0]
 
 
-def one_line_error(call, match: str) -> str:
-  """`call()` raises a UserError matching `match` whose message is one line (gin's own note, which the binaries
-  drop, aside); returns the message."""
+def one_line_error(call, match: Optional[str]) -> str:
+  """`call()` raises a UserError matching `match` (None: any) whose message is one line (gin's own note, which
+  the binaries drop, aside); returns the message."""
   from flan_jax.errors import UserError
   with pytest.raises(UserError, match=match) as e:
     call()

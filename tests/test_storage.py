@@ -120,7 +120,7 @@ def test_paths_are_joined_and_made_absolute_without_touching_a_bucket_url(tmp_pa
     ("gs:/bucket/run", "one slash"),
 ])
 def test_bad_paths_are_one_line(path, says):
-  message = one_line_error(lambda: storage.check(path, "MODEL_DIR"), "")
+  message = one_line_error(lambda: storage.check(path, "MODEL_DIR"), None)
   assert says in message and "MODEL_DIR=" in message
 
 
