@@ -144,7 +144,9 @@ def test_a_dead_host_makes_the_other_exit_and_the_rerun_resumes_lora_as_one_proc
   # the coordinator declaring host 1 dead after HEARTBEAT_S without heartbeats (host 0 asks it every second).
   line = one_line(err)
   assert line.startswith("error: ") and "another host of this job died" in line, line
-  assert waited < 3 * HEARTBEAT_S, (waited, line)
+  # Measured: 6.9 s on an idle 2-core machine, 27 s with the whole suite's three workers on those 2 cores; JAX's
+  # own abort (the old behaviour) came after about one heartbeat, and a hang would reach the 120 s timeout.
+  assert waited < 10 * HEARTBEAT_S, (waited, line)
 
   port = free_port()
   procs = [start(lora_dir, 4, port, i, extra=extra) for i in range(2)]
