@@ -34,7 +34,7 @@ setuptools.setup(
         "tokenizers>=0.20",
         "sentencepiece>=0.2",
         "matplotlib",  # the report's charts
-        "clu", "tensorboard",  # metric writers: TensorBoard events beside the JSONL
+        "tensorboard",  # metric writers: TensorBoard events beside the JSONL
         # What t5.data and t5.evaluation import:
         "babel", "nltk", "rouge-score", "sacrebleu", "scikit-learn", "pandas", "editdistance",
         "immutabledict",
@@ -57,6 +57,8 @@ setuptools.setup(
                              # backtracks through every old aiobotocore.
                              "moto[server]>=5.1", "s3fs>=2026.9", "aiobotocore>=3.10,<4",
                              "boto3>=1.43.115,<1.43.118"],
+                    # python -m flan_jax.harness: lm-evaluation-harness on flan_jax's model (docs/harness.md).
+                    "harness": ["lm-eval>=0.4.13,<0.5", "transformers>=4.46"],
                     "s3": ["s3fs"],  # eval results, reports and exports in s3:// (checkpoints: gs:// or local)
                     "tpu": ["jax[tpu]"], "gpu": ["jax[cuda12]"]},
 )

@@ -15,6 +15,7 @@ checks it; CONTRIBUTING.md says where new code goes).
   training/     the train step, optimizers and the training loop
   evaluation/   zero-shot evaluation and its prediction records
   studies/      the paper's experiments as resumable plans of jobs
+  harness/      lm-evaluation-harness on flan_jax's model (FlanJaxLM, "flan_jax"; `python -m flan_jax.harness`)
   cli.py        flags -> gin -> exit codes, shared by the commands
   train.py eval.py export.py report.py study.py    the commands: `python -m flan_jax.<command>`
 

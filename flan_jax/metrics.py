@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Callable, Mapping, Optional
 
-from clu import metric_writers
+import tensorflow as tf
 
 from flan_jax import storage
 
@@ -75,7 +75,8 @@ class MetricsWriter:
         if storage.exists(jsonl):  # a resumed run appends to the lines so far
           storage.copy_to_local(jsonl, os.path.join(local, f"{name}_metrics.jsonl"))
       self._jsonl = open(os.path.join(local, f"{name}_metrics.jsonl"), "a")
-      self._summary = metric_writers.SummaryWriter(os.path.join(local, "tensorboard", name))
+      # tf.summary directly: clu's writer would import TensorBoard's hparams plugin, and with it all of Keras.
+      self._summary = tf.summary.create_file_writer(os.path.join(local, "tensorboard", name))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
     """One JSONL line (the scalars, then `step`) and one TensorBoard point per scalar."""
@@ -84,7 +85,9 @@ class MetricsWriter:
     scalars = {f"{prefix}/{k}" if prefix else k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({**scalars, "step": step}) + "\n")
     self._jsonl.flush()
-    self._summary.write_scalars(step, scalars)
+    with self._summary.as_default():
+      for tag, value in scalars.items():
+        tf.summary.scalar(tag, value, step=step)
     self._summary.flush()
     if time.monotonic() - self._pushed_at >= self.push_seconds:
       self._push()

@@ -54,10 +54,12 @@ def assert_trees_close(a, b, rtol: float = 1e-6, atol: float = 0.0) -> None:
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
-def one_line(err: str) -> str:
-  """The only line in `err` (all of file descriptor 2); fails, showing it, when there is none or more."""
+def one_line(err: str, what: str = "") -> str:
+  """The only line in `err` (all of file descriptor 2); fails, showing it (and `what` it came from), when there is
+  none or more."""
   lines = err.strip().splitlines()
-  assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err[-3000:]}"
+  assert len(lines) == 1, f"expected one line on stderr{' from ' + what if what else ''}, got {len(lines)}:\n" \
+                          f"{err[-3000:]}"
   return lines[0]
 
 

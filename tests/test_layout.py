@@ -16,7 +16,7 @@ from tests.conftest import xla_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEAVES = ("errors", "files", "metrics", "settings", "startup", "storage", "task_info")
 COMMANDS = ("train", "eval", "export", "report", "study")
-FOLDERS = ("model", "text", "reports", "data", "checkpoints", "training", "evaluation", "studies")
+FOLDERS = ("model", "text", "reports", "data", "checkpoints", "training", "evaluation", "studies", "harness")
 # What each unit may import (besides itself). A leaf imports at most flan_jax.errors and flan_jax.storage
 # (which imports only flan_jax.errors).
 ALLOWED = {
@@ -29,6 +29,7 @@ ALLOWED = {
     "training": {"leaf", "model", "text", "data", "checkpoints"},
     "evaluation": {"leaf", "model", "text", "data", "checkpoints", "reports"},
     "studies": {"leaf", "model", "text", "data", "checkpoints", "training", "evaluation", "reports"},
+    "harness": {"leaf", "model", "text", "checkpoints"},
     "cli": {"leaf"},
     "command": {"leaf", "cli", *FOLDERS},
     "flan_tasks": {"leaf", "text"},
@@ -194,7 +195,7 @@ def test_modules_stay_small_or_say_why():
 
 _STATE = r"""
 import json, logging, os, signal, sys
-import jax, flax, optax, orbax.checkpoint, numpy, tensorflow, seqio, tensorflow_datasets, gin, matplotlib
+import jax, flax, optax, orbax.checkpoint, numpy, tensorflow, seqio, tensorflow_datasets, gin, matplotlib, lm_eval
 
 def state():
   absl = logging.getLogger("absl")

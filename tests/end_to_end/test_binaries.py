@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
   cache_home = str(tmp_path_factory.mktemp("xdg_cache"))
   env = dict(os.environ, XDG_CACHE_HOME=cache_home, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache would win
-  out = binary("train", *TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
+  out = binary("train", *TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli_clusters1",
                "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", LENGTHS, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   return model_dir, out, cache_home
@@ -165,7 +165,7 @@ def test_kill_9_at_a_random_step_then_rerun_is_bit_exact(tmp_path):
 
 
   def args(model_dir):
-    return [*TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
+    return [*TINY, f"--gin.MODEL_DIR={model_dir}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli_clusters1",
             "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", LENGTHS,
             "--gin.train.log_every=1"]
 

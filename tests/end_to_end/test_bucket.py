@@ -20,7 +20,7 @@ from tests.conftest import TINY
 from tests.end_to_end.test_binaries import ROOT, binary
 from tests.end_to_end.test_binaries import TINY as TINY_FLAGS
 
-ARGS = dict(mixture_or_task_name="embedded_no_nli", task_feature_lengths={"inputs": 64, "targets": 16},
+ARGS = dict(mixture_or_task_name="embedded_no_nli_clusters1", task_feature_lengths={"inputs": 64, "targets": 16},
             batch_size=4, model_config=TINY, checkpoint_period=2, log_every=1, async_checkpointing=False)
 
 
@@ -122,7 +122,7 @@ def test_a_model_dir_flan_jax_cannot_use_is_one_line_and_writes_nothing(model_di
 
 
 def test_a_bucket_that_does_not_exist_is_one_line_exit_2_and_nothing_is_written(gcs_server):
-  out = binary("train", *TINY_FLAGS, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.TRAIN_STEPS=2",
+  out = binary("train", *TINY_FLAGS, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli_clusters1", "--gin.TRAIN_STEPS=2",
                "--gin.MODEL_DIR='gs://no-such-bucket/run'")
   assert out.returncode == 2 and out.stderr.strip().splitlines() == [
       "error: MODEL_DIR='gs://no-such-bucket/run': bucket 'no-such-bucket' does not exist (or these credentials "

@@ -11,8 +11,9 @@ import sys
 from tests.conftest import ROOT, xla_flags
 from tests.storage_server import StorageServer, environment
 
-TRAIN = ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
-         "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+TRAIN = ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin",
+         "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli_clusters1", "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2",
+         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
          "--gin.train.log_every=1", "--gin.MODEL_DIR='gs://faults/run'"]
 # tensorstore (orbax's array writes) says natively, on stderr, that it found no Google credentials: the local
 # server needs none, a real bucket has them.

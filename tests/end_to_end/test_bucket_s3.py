@@ -94,7 +94,7 @@ def test_a_model_dir_in_s3_is_one_line_before_anything_is_written(folder, tmp_pa
 
   monkeypatch.chdir(tmp_path)
   with pytest.raises(UserError, match=r"checkpoints cannot be kept in s3://.* yet: orbax-checkpoint"):
-    trainer.train(f"{folder}/run", mixture_or_task_name="embedded_no_nli", train_steps=2, batch_size=4,
+    trainer.train(f"{folder}/run", mixture_or_task_name="embedded_no_nli_clusters1", train_steps=2, batch_size=4,
                   task_feature_lengths={"inputs": 32, "targets": 8}, model_config=TINY)
   assert not storage.exists(f"{folder}/run") and os.listdir(tmp_path) == []
 

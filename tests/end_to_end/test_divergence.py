@@ -36,7 +36,7 @@ def diverged(tmp_path_factory):
   for name, extra in DIVERGENCES.items():
     model_dir = str(tmp_path_factory.mktemp(f"diverged_{name}"))
     args = ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin", f"--gin.MODEL_DIR={model_dir}",
-            "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=4",
+            "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli_clusters1", "--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=4",
             "--gin.CHECKPOINT_PERIOD=1", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.train.log_every=1",
             "--gin.make_optimizer.clip_norm=None", *extra]
     procs[name] = model_dir, subprocess.Popen([sys.executable, "-m", "flan_jax.train", *args], cwd=ROOT, env=env,

@@ -33,8 +33,8 @@ TASK = "embedded_color_nli_scoring_t0"  # one small scoring task: a short eval
 def run_dir(tmp_path_factory):
   """A tiny run with one checkpoint (step 1), trained in this process on one device."""
   model_dir = str(tmp_path_factory.mktemp("faults") / "run")
-  trainer.train(model_dir, mixture_or_task_name="embedded_no_nli", task_feature_lengths=LENGTHS, train_steps=1,
-                batch_size=4, model_config=TINY, mesh=partitioning.make_mesh(devices=jax.devices()[:1]),
+  trainer.train(model_dir, mixture_or_task_name="embedded_no_nli_clusters1", task_feature_lengths=LENGTHS,
+                train_steps=1, batch_size=4, model_config=TINY, mesh=partitioning.make_mesh(devices=jax.devices()[:1]),
                 checkpoint_period=1, async_checkpointing=False)
   return model_dir
 
@@ -169,8 +169,9 @@ def test_full_disk_read_only_disk_and_ctrl_c_are_one_line_and_leave_no_result(ru
       "export_full": ("export", _export_args(run_dir, full / "hf"), None),
       "study_full": ("study", [f"--gin_file={study_gin}", f"--gin.STUDY_DIR='{full / 'study'}'"], None),
       "train_ro": ("train", ["--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin",
-                             f"--gin.MODEL_DIR={read_only / 'run'}", "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli",
-                             "--gin.BATCH_SIZE=4", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}"], None),
+                             f"--gin.MODEL_DIR={read_only / 'run'}",
+                             "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli_clusters1", "--gin.BATCH_SIZE=4",
+                             f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}"], None),
       "eval_ro": ("eval", _eval_args(run_dir, read_only / "eval"), None),
       "export_ro": ("export", _export_args(run_dir, read_only / "hf"), None),
       "eval_ctrl_c": ("eval", _eval_args(run_dir, interrupted / "eval"), "predictions"),
@@ -183,7 +184,8 @@ def test_full_disk_read_only_disk_and_ctrl_c_are_one_line_and_leave_no_result(ru
             f"trap 'find {full} -type f > {listing}' EXIT")  # the mounts end with the namespace
   codes, errs = _run_cases(tmp_path, cases, mounts)
   assert codes.pop("eval_kept") == 0 and errs.pop("eval_kept") == ""
-  lines = {name: one_line(err) for name, err in errs.items()}  # one each: no traceback, no library logs
+  # One line each: no traceback, no library logs.
+  lines = {name: one_line(err, f"{name} (exit code {codes[name]})") for name, err in errs.items()}
   for name in ("eval_full", "export_full", "study_full", "report_full"):
     assert codes[name] == 5 and lines[name].startswith("error: no space left on device"), (name, lines[name])
   assert f"while writing {full}/eval/predictions_{TASK}_validation_step1.jsonl;" in lines["eval_full"]

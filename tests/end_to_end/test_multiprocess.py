@@ -29,7 +29,7 @@ from tests.conftest import TINY, xla_flags
 
 ROOT = conftest.ROOT
 LENGTHS = {"inputs": 96, "targets": 16}
-TASK = "embedded_no_nli"
+TASK = "embedded_no_nli_clusters1"
 EVAL_TASK = "embedded_movie_review_scoring_t0"
 HEARTBEAT_S = 5  # --heartbeat_timeout_seconds of the run whose host is killed
 

@@ -21,7 +21,7 @@ from tests.checks import assert_trees_equal, cannot_set_up, one_line, run_main
 from tests.conftest import xla_flags
 from tests.end_to_end.test_binaries import LENGTHS, ROOT, TINY, binary
 
-TRAIN = [*TINY, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli", "--gin.BATCH_SIZE=8", LENGTHS]
+TRAIN = [*TINY, "--gin.MIXTURE_OR_TASK_NAME=embedded_no_nli_clusters1", "--gin.BATCH_SIZE=8", LENGTHS]
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_a_rerun_with_another_batch_size_or_feature_lengths_goes_on_from_the_ste
   assert "the training data starts again from its beginning at step 2, so examples of the steps before it are " \
          "trained on again; rerun with " in line, line
   # What it trained on: step 2's tally, then the first two batches of the new pipeline.
-  tally = accounting.Tally("embedded_no_nli")
+  tally = accounting.Tally("embedded_no_nli_clusters1")
   assert tally.load(os.path.join(_position(run_dir, 2), accounting.LOCAL_FILE))
-  fresh = data_lib.get_dataset("embedded_no_nli", lengths, "train", batch, seed=0, with_task_index=True)
+  fresh = data_lib.get_dataset("embedded_no_nli_clusters1", lengths, "train", batch, seed=0, with_task_index=True)
   for local in fresh.take(2).as_numpy_iterator():
     tally.count(local)
   assert json.load(open(os.path.join(model_dir, accounting.FILE))) == json.loads(json.dumps(tally.summary(4)))

@@ -1,0 +1,279 @@
+"""Tests for flan_jax/harness: lm-evaluation-harness on flan_jax's own model, held to lm-eval's `hf` backend on the
+same tiny Llama (trained a few steps here, float32, byte-level BPE trained here): a multiple-choice task (acc,
+acc_norm and every option's log-likelihood), a perplexity task (loglikelihood_rolling: word and byte perplexity)
+and a generation task (the generated strings), with and without BOS, and with a max length short enough that
+contexts are truncated and documents span several rolling windows. Also a flan_jax run directory made from the
+same weights, the model arguments and the refusals."""
+
+import glob
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from flan_jax.checkpoints import restore, run_record, store
+from flan_jax.errors import UserError
+from flan_jax.harness import FlanJaxLM, scoring
+from flan_jax.harness import __main__ as main_module
+from flan_jax.model import partitioning
+from flan_jax.text import vocabulary
+from tests import tiny_pretrained
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+lm_eval = pytest.importorskip("lm_eval")
+
+ATOL = 1e-4  # a log-likelihood of ours against lm-eval's hf backend's
+RTOL = 1e-4  # a perplexity
+WORDS = ["fox", "dog", "cat", "mat", "box", "model", "language", "cluster", "premise", "tabs", "spaces", "jugs"]
+# (name, model_args both backends get): the first has the model's own max length (16384) and no BOS; the second
+# BOS and a max length of 20 tokens, under which contexts are left-truncated and documents take several windows.
+SETTINGS = {"plain": "add_bos_token=False", "bos_short": "add_bos_token=True,max_length=20"}
+TASKS = ["fj_mc", "fj_ppl", "fj_gen"]
+
+
+def build(directory: str, seed: int = 0, steps: int = 30) -> float:
+  """A tiny Llama with tiny_pretrained's tokenizer, trained `steps` of Adam on tiny_pretrained.TEXT (so that its
+  options' scores differ) and saved by transformers; returns the last loss."""
+  tok = tiny_pretrained.train_tokenizer()
+  bos, eos = tok.token_to_id(tiny_pretrained.BOS), tok.token_to_id(tiny_pretrained.EOS)
+  config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), bos_token_id=bos, eos_token_id=eos,
+                                    head_dim=16, **tiny_pretrained.COMMON)
+  torch.manual_seed(seed)
+  model = transformers.LlamaForCausalLM(config)
+  ids = torch.tensor([sum(([bos] + tok.encode(t).ids + [eos] for t in tiny_pretrained.TEXT), [])])
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # faster than 2 on the 2 busy cores of a test machine
+  try:
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+      loss = model(ids, labels=ids).loss
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+  finally:
+    torch.set_num_threads(threads)
+  model.eval().save_pretrained(directory)
+  tok.save(os.path.join(directory, "tokenizer.json"))
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump({"bos_token": tiny_pretrained.BOS, "eos_token": tiny_pretrained.EOS, "unk_token": tiny_pretrained.UNK,
+               "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+  return loss.item()
+
+
+def questions(n: int = 16) -> list[dict]:
+  rng = np.random.default_rng(7)
+  out = []
+  for i in range(n):
+    choices = [str(c) for c in rng.choice(WORDS, 4, replace=False)]
+    choices[i % 4] += "s" if i % 3 else ""  # options of unequal lengths
+    out.append({"question": f"Which one jumps over the lazy {WORDS[i % len(WORDS)]} number {i}?", "choices": choices,
+                "label": i % 4, "answer": choices[i % 4]})
+  return out
+
+
+DOCUMENTS = tiny_pretrained.TEXT[:4] + ["A short one.", "Tabs\tand   spaces, twice: tabs\tand   spaces."]
+# Generation prompts: beginnings of the training text (the trained model continues them), a question, and one
+# longer than the short setting's room for a prompt (20 - 6 tokens), which both backends cut from the left.
+PROMPTS = [{"prompt": p, "target": ""} for p in (
+    "The quick brown", "Instruction tuning teaches", "Premise: the cat", "def f(x):", "Zero-shot evaluation on",
+    "Question: Which one jumps over the lazy fox number 3?\nAnswer:",
+    "Pack my box with five dozen liquor jugs! Instruction tuning teaches a language")]
+
+
+def write_tasks(base) -> None:
+  """fj_mc (multiple choice), fj_ppl (loglikelihood_rolling) and fj_gen (generate_until) as lm-eval YAML + JSONL."""
+  for name, rows in (("mc", questions()), ("ppl", [{"text": t} for t in DOCUMENTS]), ("gen", PROMPTS)):
+    (base / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  common = lambda name: [f"task: fj_{name}", "dataset_path: json",
+                         f"dataset_kwargs:\n  data_files:\n    test: {base / (name + '.jsonl')}", "test_split: test"]
+  (base / "fj_mc.yaml").write_text("\n".join(common("mc") + [
+      "output_type: multiple_choice", 'doc_to_text: "Question: {{question}}\\nAnswer:"', 'doc_to_choice: "{{choices}}"',
+      "doc_to_target: label", "metric_list:\n  - metric: acc\n  - metric: acc_norm"]) + "\n")
+  (base / "fj_ppl.yaml").write_text("\n".join(common("ppl") + [
+      "output_type: loglikelihood_rolling", 'doc_to_text: ""', 'doc_to_target: "{{text}}"',
+      "metric_list:", *(f"  - metric: {m}\n    aggregation: {a}\n    higher_is_better: false" for m, a in (
+          ("word_perplexity", "weighted_perplexity"), ("byte_perplexity", "weighted_perplexity"),
+          ("bits_per_byte", "bits_per_byte")))]) + "\n")
+  (base / "fj_gen.yaml").write_text("\n".join(common("gen") + [
+      "output_type: generate_until", 'doc_to_text: "{{prompt}}"', 'doc_to_target: "{{target}}"',
+      "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 6\n  do_sample: false",
+      "metric_list:\n  - metric: exact_match"]) + "\n")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  base = tmp_path_factory.mktemp("harness")
+  model = str(base / "llama")
+  loss = build(model)
+  assert loss < 0.5 * np.log(320), loss  # far below a uniform guess: a trained model
+  write_tasks(base)
+  return model, base
+
+
+@pytest.fixture(scope="module")
+def evaluate(setup):
+  """simple_evaluate of TASKS by backend ("hf" or "flan_jax") and setting, each once, every sample logged."""
+  from lm_eval.tasks import TaskManager
+  model, base = setup
+  done = {}
+
+  def run(backend: str, setting: str) -> dict:
+    if (backend, setting) not in done:
+      with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_DATASETS_OFFLINE", "1")
+        env.setenv("HF_HUB_OFFLINE", "1")
+        if "tasks" not in done:  # indexing lm-eval's own tasks takes 10 s: once
+          done["tasks"] = TaskManager(include_path=str(base))
+        where = f"pretrained={model}" if backend == "hf" else f"checkpoint={model}"
+        done[backend, setting] = lm_eval.simple_evaluate(
+            model=backend, model_args=f"{where},dtype=float32,{SETTINGS[setting]}", tasks=TASKS,
+            task_manager=done["tasks"], batch_size=8, device="cpu", num_fewshot=0, log_samples=True)
+    return done[backend, setting]
+  return run
+
+
+def _samples(result: dict, task: str) -> dict:
+  return {s["doc_id"]: s for s in result["samples"][task]}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_multiple_choice_matches_the_hf_backend_option_by_option(evaluate, setting):
+  ours, theirs = evaluate("flan_jax", setting), evaluate("hf", setting)
+  mine, hf = _samples(ours, "fj_mc"), _samples(theirs, "fj_mc")
+  assert mine.keys() == hf.keys() and len(mine) == 16
+  worst = 0.0
+  for doc_id, sample in hf.items():
+    assert mine[doc_id]["arguments"] == sample["arguments"]  # the same (context, option) requests
+    ll_ours = np.array([float(r[0]) for r in mine[doc_id]["filtered_resps"]])
+    ll_hf = np.array([float(r[0]) for r in sample["filtered_resps"]])
+    worst = max(worst, float(np.max(np.abs(ll_ours - ll_hf))))
+    assert [r[1] for r in mine[doc_id]["filtered_resps"]] == [r[1] for r in sample["filtered_resps"]]  # is greedy
+  assert worst < ATOL, worst
+  for metric in ("acc,none", "acc_norm,none"):
+    assert ours["results"]["fj_mc"][metric] == theirs["results"]["fj_mc"][metric]
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_perplexity_matches_the_hf_backend(evaluate, setting):
+  ours, theirs = evaluate("flan_jax", setting)["results"]["fj_ppl"], evaluate("hf", setting)["results"]["fj_ppl"]
+  for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
+    assert ours[metric] == pytest.approx(theirs[metric], rel=RTOL), metric
+  mine, hf = _samples(evaluate("flan_jax", setting), "fj_ppl"), _samples(evaluate("hf", setting), "fj_ppl")
+  for doc_id, sample in hf.items():
+    assert float(mine[doc_id]["filtered_resps"][0]) == pytest.approx(float(sample["filtered_resps"][0]), abs=ATOL)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_generations_match_the_hf_backend(evaluate, setting):
+  mine, hf = _samples(evaluate("flan_jax", setting), "fj_gen"), _samples(evaluate("hf", setting), "fj_gen")
+  assert len(hf) == len(PROMPTS)
+  assert {k: s["filtered_resps"] for k, s in mine.items()} == {k: s["filtered_resps"] for k, s in hf.items()}
+  assert sum(bool(s["filtered_resps"][0]) for s in hf.values()) >= 3, hf  # mostly not empty
+
+
+def test_greedy_flags_and_empty_contexts_match_the_hf_backend(setup):
+  """Continuations the model itself generates are greedy in both backends (the MC options never are), and an empty
+  context starts from the prefix token in both."""
+  from lm_eval.api.registry import get_model
+  model, _ = setup
+  ours = FlanJaxLM(checkpoint=model, batch_size=8, max_length=64, dtype="float32")
+  theirs = get_model("hf")(pretrained=model, batch_size=8, max_length=64, dtype="float32", device="cpu")
+  prompts = ["Instruction tuning teaches", "The quick brown", "def f(x):"]
+  generated = ours.generate_until([_Request((p, {"until": ["<none>"], "max_gen_toks": 5})) for p in prompts])
+  assert generated == theirs.generate_until([_Request((p, {"until": ["<none>"], "max_gen_toks": 5})) for p in prompts])
+  requests = [_Request(pair) for pair in [*zip(prompts, generated), *zip(prompts, [" dog", " fox", " zz"]),
+                                           ("", "Pack my box"), ("", "<s>Pack my box")]]
+  mine, hf = ours.loglikelihood(requests), theirs.loglikelihood(requests)
+  assert [g for _, g in mine] == [g for _, g in hf] and [g for _, g in mine[:3]] == [True] * 3
+  np.testing.assert_allclose([ll for ll, _ in mine], [ll for ll, _ in hf], rtol=0, atol=ATOL)
+
+
+def test_rolling_windows_are_several_under_the_short_max_length(setup):
+  """The short setting really splits documents: the first document is longer than 20 tokens."""
+  tok = transformers.AutoTokenizer.from_pretrained(setup[0])
+  assert len(tok.encode(DOCUMENTS[0])) > 2 * 20
+
+
+def _save_run(model_dir: str, hf_dir: str) -> None:
+  """A flan_jax run directory holding the Hugging Face model's weights as step 7, with its records."""
+  pretrained = restore.open_pretrained(hf_dir)
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  params = restore.load_params(pretrained, mesh)
+  mngr = store.manager(os.path.join(model_dir, "checkpoints"), async_save=False)
+  with store.closing(mngr):
+    store.save(mngr, 7, params, {"count": np.zeros((), np.int32)}, force=True)
+  run_record.write_run_record(model_dir, pretrained.config, vocabulary.pretrained_vocabulary(hf_dir))
+
+
+def test_a_run_directory_scores_as_its_pretrained_source(setup, tmp_path):
+  hf_dir, _ = setup
+  _save_run(str(tmp_path / "run"), hf_dir)
+  run = FlanJaxLM(checkpoint=str(tmp_path / "run"), batch_size=8, add_bos_token=False)
+  pretrained = FlanJaxLM(checkpoint=hf_dir, batch_size=8, add_bos_token=False)
+  assert run.loaded.kind == "run" and run.loaded.step == 7
+  pairs = [("Question: Which one jumps?\nAnswer:", " fox"), ("The quick brown", " fox jumps"), ("", "Pack my box")]
+  requests = [_Request(p) for p in pairs]
+  assert run.tok_encode("The quick brown fox") == pretrained.tok_encode("The quick brown fox")
+  np.testing.assert_allclose([r[0] for r in run.loglikelihood(requests)],
+                             [r[0] for r in pretrained.loglikelihood(requests)], atol=1e-5)
+
+
+class _Request:
+  def __init__(self, args):
+    self.args = args
+
+
+def test_buckets_are_powers_of_two_capped_at_the_max_length():
+  assert [scoring.bucket(n, 100) for n in (1, 16, 17, 33, 64, 65, 99, 100)] == [16, 16, 32, 64, 64, 100, 100, 100]
+  assert scoring.bucket(20, 20) == 20 and scoring.bucket(5, 8) == 8
+  assert scoring.longest_first([3, 5, 3, 1]) == [1, 0, 2, 3]
+
+
+def test_model_arguments_are_checked(setup):
+  with pytest.raises(UserError, match="checkpoint=PATH"):
+    FlanJaxLM()
+  with pytest.raises(UserError, match="pretrained"):
+    FlanJaxLM(checkpoint=setup[0], pretrained="gpt2")
+  with pytest.raises(UserError, match="dtype"):
+    FlanJaxLM(checkpoint=setup[0], dtype="float8")
+  with pytest.raises(UserError, match="batch_size"):
+    FlanJaxLM(checkpoint=setup[0], batch_size=0)
+
+
+def test_sampling_is_refused(setup):
+  lm = FlanJaxLM(checkpoint=setup[0], batch_size=8, max_length=64)
+  with pytest.raises(UserError, match="greedily"):
+    lm.generate_until([_Request(("Question:", {"until": ["\n"], "do_sample": True, "temperature": 0.7}))])
+
+
+def test_the_command_hands_lm_eval_the_flan_jax_model():
+  argv = main_module.lm_eval_argv(["--model_args", "checkpoint=/m,batch_size=4,dtype=float32", "--tasks", "a", "b"])
+  assert argv == ["lm-eval", "run", "--model", "flan_jax", "--model_args", "checkpoint=/m,dtype=float32", "--tasks",
+                  "a", "b", "--batch_size", "4"]
+  assert main_module.lm_eval_argv(["run", "--model=flan_jax", "-a", "checkpoint=/m", "--batch_size", "2"]) == [
+      "lm-eval", "run", "--model", "flan_jax", "-a", "checkpoint=/m", "--batch_size", "2"]
+  assert main_module.lm_eval_argv(["--tasks", "a"])[-2:] == ["--batch_size", "16"]
+  with pytest.raises(SystemExit, match="flan_jax model only"):
+    main_module.lm_eval_argv(["--model", "hf", "--tasks", "a"])
+
+
+def test_the_command_evaluates_a_local_task(setup, tmp_path, monkeypatch):
+  """`python -m flan_jax.harness`'s main, end to end and offline, on the local multiple-choice task (its first 2
+  questions); in this process, with lm-eval's logging set-up and environment change undone after it."""
+  model, base = setup
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("TOKENIZERS_PARALLELISM", os.environ.get("TOKENIZERS_PARALLELISM", "false"))
+  monkeypatch.setattr(main_module.lm_eval_main, "setup_logging", lambda *a, **k: None)
+  monkeypatch.setattr(sys, "argv", list(sys.argv))
+  main_module.main(["--model_args", f"checkpoint={model},batch_size=2", "--tasks", "fj_mc", "--include_path",
+                    str(base), "--limit", "2", "--output_path", str(tmp_path / "out")])
+  results, = glob.glob(str(tmp_path / "out" / "**" / "results_*.json"), recursive=True)
+  with open(results) as f:
+    report = json.load(f)
+  assert report["config"]["model"] == "flan_jax" and str(report["config"]["batch_size"]) == "2"
+  assert set(report["results"]["fj_mc"]) >= {"acc,none", "acc_norm,none"}
