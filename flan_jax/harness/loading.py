@@ -14,7 +14,6 @@ Byte and SentencePiece vocabularies are refused with one line: lm-eval needs a H
 """
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import jax
@@ -140,7 +139,7 @@ def _tokenizer_of(vocab, where: str, add_bos_token: Optional[bool]):
                                                    **special)
   if vocab.chat_template:
     tokenizer.chat_template = vocab.chat_template
-  tokenizer.name_or_path = os.path.dirname(vocab.tokenizer_file) if where.endswith(".gguf") else where
+  tokenizer.name_or_path = where  # lm-eval's name for the tokenizer in its results
   return tokenizer, add_bos
 
 
