@@ -65,3 +65,39 @@ def build(arch: str, directory: str, *, seed: int = 0, dtype: str = "float32",
     json.dump({"bos_token": BOS, "eos_token": EOS, "unk_token": UNK,
                "tokenizer_class": "PreTrainedTokenizerFast"}, f)
   return model
+
+
+def train_briefly(model, ids, steps: int, learning_rate: float = 3e-3) -> float:
+  """`steps` of Adam on the token ids `ids` ([1, length]), so that the model's predictions are no longer near uniform
+  (a random model gives every token about the same log-probability, and every option of a length about the same
+  score); returns the last loss."""
+  import torch
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # on 2 busy cores, 2 threads are ten times slower than 1 for this model
+  try:
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)  # 1e-2 stalls near a loss of 4.6
+    for _ in range(steps):
+      loss = model(ids, labels=ids).loss
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+  finally:
+    torch.set_num_threads(threads)
+  return loss.item()
+
+
+WORDS = ["fox", "dog", "cat", "mat", "box", "model", "language", "cluster", "premise", "tabs", "spaces", "jugs"]
+
+
+def questions(n: int, seed: int) -> list[dict]:
+  """`n` four-option questions over WORDS (the options of unequal lengths), answer i % 4, for lm-eval's multiple
+  choice: question, choices, label, answer."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    choices = [str(c) for c in rng.choice(WORDS, 4, replace=False)]
+    choices[i % 4] = choices[i % 4] + ("s" if i % 3 else "")
+    question = f"Which one jumps over the lazy {WORDS[i % len(WORDS)]} number {i}?"
+    out.append({"question": question, "choices": choices, "label": i % 4, "answer": choices[i % 4]})
+  return out

@@ -28,7 +28,6 @@ lm_eval = pytest.importorskip("lm_eval")
 
 ATOL = 1e-4  # a log-likelihood of ours against lm-eval's hf backend's
 RTOL = 1e-4  # a perplexity
-WORDS = ["fox", "dog", "cat", "mat", "box", "model", "language", "cluster", "premise", "tabs", "spaces", "jugs"]
 # (name, model_args both backends get): the first has the model's own max length (16384) and no BOS; the second
 # BOS and a max length of 20 tokens, under which contexts are left-truncated and documents take several windows.
 SETTINGS = {"plain": "add_bos_token=False", "bos_short": "add_bos_token=True,max_length=20"}
@@ -45,34 +44,17 @@ def build(directory: str, seed: int = 0, steps: int = 30) -> float:
   torch.manual_seed(seed)
   model = transformers.LlamaForCausalLM(config)
   ids = torch.tensor([sum(([bos] + tok.encode(t).ids + [eos] for t in tiny_pretrained.TEXT), [])])
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)  # faster than 2 on the 2 busy cores of a test machine
-  try:
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-      loss = model(ids, labels=ids).loss
-      optimizer.zero_grad()
-      loss.backward()
-      optimizer.step()
-  finally:
-    torch.set_num_threads(threads)
+  loss = tiny_pretrained.train_briefly(model, ids, steps)
   model.eval().save_pretrained(directory)
   tok.save(os.path.join(directory, "tokenizer.json"))
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump({"bos_token": tiny_pretrained.BOS, "eos_token": tiny_pretrained.EOS, "unk_token": tiny_pretrained.UNK,
                "tokenizer_class": "PreTrainedTokenizerFast"}, f)
-  return loss.item()
+  return loss
 
 
 def questions(n: int = 16) -> list[dict]:
-  rng = np.random.default_rng(7)
-  out = []
-  for i in range(n):
-    choices = [str(c) for c in rng.choice(WORDS, 4, replace=False)]
-    choices[i % 4] += "s" if i % 3 else ""  # options of unequal lengths
-    out.append({"question": f"Which one jumps over the lazy {WORDS[i % len(WORDS)]} number {i}?", "choices": choices,
-                "label": i % 4, "answer": choices[i % 4]})
-  return out
+  return tiny_pretrained.questions(n, seed=7)
 
 
 DOCUMENTS = tiny_pretrained.TEXT[:4] + ["A short one.", "Tabs\tand   spaces, twice: tabs\tand   spaces."]

@@ -37,7 +37,6 @@ CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<
 CHAT_BOS = "{{ bos_token }}" + CHAT
 PROMPT = "Question: {question}\nAnswer:"
 LENGTHS = {"inputs": 64, "targets": 16}
-WORDS = ["fox", "dog", "cat", "mat", "box", "model", "language", "cluster", "premise", "tabs", "spaces", "jugs"]
 KINDS = {"plain": (False, None), "bos": (True, None), "chat": (False, CHAT), "chat_bos": (True, CHAT_BOS)}
 TRAIN_STEPS = 30
 ATOL = 1e-4  # flan_jax's log-likelihood of an option against lm-eval's
@@ -72,31 +71,11 @@ def build(directory: str, add_bos: bool, chat_template, seed: int = 0) -> float:
 
 
 def _train(model, ids, steps: int = TRAIN_STEPS) -> float:
-  """`steps` of Adam on one sequence, so that the model's predictions are no longer near uniform (a random
-  model gives every token about the same log-probability, and every option of a length about the same score)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)  # on 2 busy cores, 2 threads are ten times slower than 1 for this model
-  try:
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)  # 1e-2 stalls near a loss of 4.6
-    for _ in range(steps):
-      loss = model(ids, labels=ids).loss
-      optimizer.zero_grad()
-      loss.backward()
-      optimizer.step()
-  finally:
-    torch.set_num_threads(threads)
-  return loss.item()
+  return tiny_pretrained.train_briefly(model, ids, steps)
 
 
 def questions(n: int = 24) -> list[dict]:
-  rng = np.random.default_rng(5)
-  out = []
-  for i in range(n):
-    choices = [str(c) for c in rng.choice(WORDS, 4, replace=False)]
-    choices[i % 4] = choices[i % 4] + ("s" if i % 3 else "")  # options of unequal lengths
-    question = f"Which one jumps over the lazy {WORDS[i % len(WORDS)]} number {i}?"
-    out.append({"question": question, "choices": choices, "label": i % 4, "answer": choices[i % 4]})
-  return out
+  return tiny_pretrained.questions(n, seed=5)
 
 
 @pytest.fixture(scope="module")
