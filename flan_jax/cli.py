@@ -65,14 +65,19 @@ class _HeldLogs(logging.Handler):
     self.records.clear()
 
 
-def parse_flags(argv: Sequence[str]) -> Flags:
+# The flags above that take a value (`--flag=VALUE` or `--flag VALUE`), and those that take none.
+VALUE_FLAGS = ("--gin_file", "--gin_search_paths", "--coordinator_address", "--num_processes", "--process_id",
+               "--heartbeat_timeout_seconds")
+SWITCHES = ("--multihost",)
+
+
+def parse_flags(argv: Sequence[str], gin_file_required: bool = True) -> Flags:
   flags = Flags()
   args = list(argv)
   while args:
     arg = args.pop(0)
     name, eq, value = arg.partition("=")
-    if not eq and name in ("--gin_file", "--gin_search_paths", "--coordinator_address", "--num_processes",
-                           "--process_id", "--heartbeat_timeout_seconds") and args:
+    if not eq and name in VALUE_FLAGS and args:
       value = args.pop(0)
     if name.startswith("--gin."):
       if not eq:
@@ -92,7 +97,7 @@ def parse_flags(argv: Sequence[str]) -> Flags:
       raise UserError(f"unknown flag {arg}; use --gin_file=PATH, --gin.NAME=VALUE, --gin_search_paths, "
                       "--multihost, --coordinator_address/--num_processes/--process_id or "
                       "--heartbeat_timeout_seconds")
-  if not flags.gin_files:
+  if not flags.gin_files and gin_file_required:
     raise UserError("no --gin_file given; start from gin/runs/finetune.gin, eval.gin or demo.gin")
   return flags
 
@@ -250,10 +255,11 @@ class _Peers:
 
 
 
-def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> None:
+def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None, gin_file_required: bool = True) -> None:
   """Runs a binary's main; a mistake the user can fix becomes one line on stderr and exit code 2.
 
-  The other documented failures (see the module docstring) are one line too, with their own codes.
+  The other documented failures (see the module docstring) are one line too, with their own codes. A command
+  whose gin settings are all optional (the lm-eval harness) passes gin_file_required=False.
   """
   loggers, held = [logging.getLogger(name) for name in _HELD_LOGGERS], _HeldLogs()
   for logger in loggers:
@@ -263,7 +269,7 @@ def run(main: Callable[[Flags], None], argv: Optional[Sequence[str]] = None) -> 
   sys.unraisablehook = _without_closed_loop_noise  # kept to the end: the noise can come at exit
   code, message, peers = None, None, None
   try:
-    flags = parse_flags(sys.argv[1:] if argv is None else argv)
+    flags = parse_flags(sys.argv[1:] if argv is None else argv, gin_file_required)
     configure_gin(flags)
     peers = initialize_distributed(flags)
     startup.enable_compilation_cache()

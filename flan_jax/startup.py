@@ -12,11 +12,13 @@ import os
 import sys
 
 
-def prepare() -> None:
-  """The start of every command: the Ctrl-C hook, one backend for buckets, then TensorFlow imported quietly."""
+def prepare(tensorflow: bool = True) -> None:
+  """The start of every command: the Ctrl-C hook, one backend for buckets, then TensorFlow imported quietly
+  (except for a command that never uses it: tensorflow=False)."""
   install_interrupt_hook()
   use_fsspec_for_buckets()
-  import_tensorflow_quietly()
+  if tensorflow:
+    import_tensorflow_quietly()
 
 
 def use_fsspec_for_buckets() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from flan_jax.checkpoints import gguf_reader, hf
 from flan_jax.errors import UserError
 from flan_jax.model.config import ModelConfig
-from flan_jax.text import gguf_tokenizer, tokenizers
+from flan_jax.text import gguf_tokenizer, records
 
 _Q = gguf.GGMLQuantizationType
 _K = gguf.Keys.Tokenizer
@@ -194,8 +194,8 @@ def tokenizer_metadata(vocab, vocab_size: int, stop_ids: Sequence[int] = ()) -> 
   become unused `[PAD<id>]` tokens. The first stop id other than EOS (a chat model's end of turn) is
   written as llama.cpp's end-of-turn token.
   """
-  vocab = tokenizers.concrete(vocab)
-  record = tokenizers.describe(vocab) if vocab is not None else {"kind": None}
+  vocab = records.concrete(vocab)
+  record = records.describe(vocab) if vocab is not None else {"kind": None}
   if record["kind"] == "huggingface":
     meta = _bpe_metadata(vocab, vocab_size)
   elif record["kind"] == "sentencepiece":

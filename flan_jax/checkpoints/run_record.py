@@ -5,11 +5,11 @@ format or LoRA base again. One schema per file (all JSON; each written under a t
 renamed into place):
 
 - MODEL_DIR/model_config.json: `dataclasses.asdict(ModelConfig)`, every field by name.
-- MODEL_DIR/vocabulary/: the run's vocabulary as flan_jax.text.tokenizers.save writes it
-  (vocabulary.json = tokenizers.describe(): kind, vocab_size, bos_id, eos_id, sha256, add_bos, ...; a
+- MODEL_DIR/vocabulary/: the run's vocabulary as flan_jax.text.records.save writes it
+  (vocabulary.json = records.describe(): kind, vocab_size, bos_id, eos_id, sha256, add_bos, ...; a
   copy of the tokenizer file; chat_template.jinja where the tokenizer has one).
 - MODEL_DIR/vocabulary/format.json: the example format, formats.describe(): {"format": one of
-  formats.FORMATS, "chat_template": the template in full, for "chat" only}. A vocabulary/ without it
+  records.FORMATS, "chat_template": the template in full, for "chat" only}. A vocabulary/ without it
   is an older run's, made in the `t5` format.
 - MODEL_DIR/lora_base.json (LoRA runs only): {"path": the base's files (a step directory or a
   pretrained model), "hash": fingerprint(path), "lora": LoraConfig.record(), "model_config": the
@@ -20,6 +20,10 @@ renamed into place):
 
 MODEL_DIR may be in a bucket (flan_jax.storage): each record is then one object, uploaded whole, and the
 vocabulary/ files are uploaded with vocabulary.json last.
+
+The vocabulary is read as its record (flan_jax.text.records.VocabularySpec), not as a seqio vocabulary:
+this module imports neither seqio nor TensorFlow, so the lm-evaluation-harness backend reads a run with it.
+flan_jax.text.tokenizers.build makes the seqio vocabulary (restore.starting_vocabulary does).
 """
 
 import dataclasses
@@ -35,7 +39,7 @@ from flan_jax.checkpoints import paths
 from flan_jax.errors import UserError
 from flan_jax.model import lora as lora_lib
 from flan_jax.model.config import ModelConfig
-from flan_jax.text import formats, tokenizers
+from flan_jax.text import records
 
 MODEL_CONFIG = "model_config.json"
 VOCABULARY = "vocabulary"  # a directory
@@ -57,12 +61,12 @@ def write_run_record(model_dir: str, config: ModelConfig, vocab, example_format:
     with tempfile.TemporaryDirectory(prefix="flan_jax_vocabulary_") as scratch:
       if example_format is not None:
         save_format(example_format, scratch)
-      tokenizers.save(vocab, scratch)
+      records.save(vocab, scratch)
       storage.copy_local_to(scratch, storage.join(model_dir, VOCABULARY))
     return
   if example_format is not None:  # first: a vocabulary recorded without a format means an older run's t5 format
     save_format(example_format, storage.join(model_dir, VOCABULARY))
-  tokenizers.save(vocab, storage.join(model_dir, VOCABULARY))
+  records.save(vocab, storage.join(model_dir, VOCABULARY))
 
 
 def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
@@ -72,12 +76,13 @@ def recorded_model_config(model_dir: str) -> Optional[ModelConfig]:
   return ModelConfig(**storage.read_json(path))
 
 
-def recorded_vocabulary(model_dir: str):
-  """The vocabulary a run recorded, or None (runs from before the record existed)."""
+def recorded_vocabulary(model_dir: str) -> Optional[records.VocabularySpec]:
+  """The vocabulary a run recorded, as its record and local files (records.describe gives the record,
+  tokenizers.build the seqio vocabulary), or None (runs from before the record existed)."""
   directory = storage.join(model_dir, VOCABULARY)
   if not storage.isdir(directory):
     return None
-  return tokenizers.load(storage.copy_to_local(directory))  # a bucket's files copied to a local folder
+  return records.read(storage.copy_to_local(directory))  # a bucket's files copied to a local folder
 
 
 def recorded_format(model_dir: str) -> Optional[dict]:
@@ -101,9 +106,9 @@ def load_format(directory: str) -> Optional[dict]:
   if not storage.isfile(path):
     return None
   record = storage.read_json(path)
-  if record.get("format") not in formats.FORMATS:
+  if record.get("format") not in records.FORMATS:
     raise UserError(f"{path} records an unknown example format {record.get('format')!r}; expected one of "
-                    f"{', '.join(formats.FORMATS)}")
+                    f"{', '.join(records.FORMATS)}")
   return record
 
 

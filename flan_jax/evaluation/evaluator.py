@@ -1,8 +1,8 @@
 """Zero-shot evaluation: restore checkpoints, run seqio.Evaluator, write metrics and per-example records.
 
 Rank-classification tasks get each option's log-likelihood (and every normalisation of it);
-decoding tasks get greedy decodes. This module restores checkpoints on its own and never imports
-the trainer.
+decoding tasks get greedy decodes, both run by batches.BatchRunner in length buckets. This module restores
+checkpoints on its own and never imports the trainer.
 """
 
 import dataclasses
@@ -21,56 +21,11 @@ from flan_jax.checkpoints import paths, restore, run_record
 from flan_jax.data import pipeline as data_lib
 from flan_jax.errors import UserError
 from flan_jax.evaluation import predictions as predictions_lib
+from flan_jax.evaluation.batches import BatchRunner, prompt_lengths
 from flan_jax.model import decoding, partitioning
 from flan_jax.model.transformer import ModelConfig, Transformer
 from flan_jax.text import formats, tokenizers, vocabulary
 from flan_jax.text.run import RunText, run_text
-
-
-class _BatchRunner:
-  """Feeds an enumerated eval dataset through a jitted function in fixed-size global batches.
-
-  Compiled once and reused for every checkpoint: set `params` (and `progress`) before a call.
-  Every process reads the same batches; each device receives only its own rows (its block of
-  the batch sharding), and the outputs come back replicated to every process.
-  """
-
-  def __init__(self, fn, mesh, rules, batch_size: int):
-    self.mesh, self.rules, self.batch_size = mesh, rules, batch_size
-    self.sharding = partitioning.batch_sharding(mesh, rules)
-    self.fn = jax.jit(fn, out_shardings=partitioning.replicated(mesh))
-    self.params, self.progress = None, None
-
-  def __call__(self, ds) -> list[tuple[int, Any]]:
-    results = []
-    if self.progress:
-      self.progress.start_task()
-    for indices, features in ds.batch(self.batch_size).as_numpy_iterator():
-      results.extend(zip(indices.tolist(), self.run_rows(features)))
-      if self.progress:
-        self.progress.add(len(indices))
-    return results
-
-  def run_rows(self, features: Mapping[str, np.ndarray]) -> list:
-    """The function's output for each row of `features` (any number of rows)."""
-    n = len(next(iter(features.values())))
-    out = []
-    for start in range(0, n, self.batch_size):
-      batch = {k: self._to_global(_pad(v[start:start + self.batch_size], self.batch_size))
-               for k, v in features.items()}
-      with partitioning.activate(self.mesh, self.rules):
-        out.extend(np.asarray(self.fn(self.params, batch))[:min(self.batch_size, n - start)])
-    return out
-
-  def _to_global(self, rows: np.ndarray) -> jax.Array:
-    # The callback runs for this process's devices only: each receives its slice of the rows.
-    return jax.make_array_from_callback(rows.shape, self.sharding, lambda idx: rows[idx])
-
-
-def _pad(rows: np.ndarray, size: int) -> np.ndarray:
-  if len(rows) >= size:
-    return rows
-  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)])
 
 
 @gin.configurable
@@ -201,10 +156,12 @@ def _evaluate_run(job: _Job, run: str, path: str, model_config: Optional[ModelCo
   target = partitioning.sharded_param_structs(model, job.mesh, job.rules)
   vocab = data_lib.vocabulary(job.name)
   stop_ids = formats.stop_ids(vocab, job.format_record["format"])
-  runners = (_BatchRunner(functools.partial(
+  # Batches are cut to length buckets (batches.py): decodes at their longest prompt, scores at their last token.
+  runners = (BatchRunner(functools.partial(
       decoding.decoder(), model, max_decode_length=job.lengths["targets"], eos_id=stop_ids,
-      vocab_size=vocab.vocab_size), job.mesh, job.rules, job.batch_size),
-             _BatchRunner(functools.partial(decoding.score_targets, model), job.mesh, job.rules, job.batch_size))
+      vocab_size=vocab.vocab_size), job.mesh, job.rules, job.batch_size, reads=prompt_lengths),
+             BatchRunner(functools.partial(decoding.score_targets, model), job.mesh, job.rules, job.batch_size,
+                         sort=True))
   reports, done = [], set()
   waited_since = time.time()
   every = all_steps or follow_seconds > 0  # then steps with results already written are skipped
@@ -334,7 +291,7 @@ def _targets(task: seqio.Task, examples) -> list:
   return [task.postprocess_fn(text, example=ex, is_target=True) for text, ex in zip(texts, examples)]
 
 
-def _content_free(score: "_BatchRunner", examples, vocab, lengths: Mapping[str, int],
+def _content_free(score: BatchRunner, examples, vocab, lengths: Mapping[str, int],
                   example_format: str) -> dict[str, float]:
   """Each distinct option's log-likelihood after an empty prompt (the start token only): the
   calibration term."""

@@ -14,8 +14,17 @@ Model arguments: checkpoint (a Hugging Face directory, a .gguf file or a flan_ja
 batch_size (rows per compiled batch; "auto" takes the default), max_length (default: the model's
 max_position_embeddings, as the `hf` backend reads it), max_gen_toks (default 256), add_bos_token
 (True/False; default: the tokenizer's own rule, or for a run the rule it trained with), dtype (float32,
-bfloat16, float16 or auto), prefix_token_id (the token an empty context starts from; default BOS, else EOS).
-Generation is greedy only: a request that asks for sampling is refused.
+bfloat16, float16 or auto), prefix_token_id (the token an empty context starts from; default BOS, else EOS),
+seed (the sampling seed, default 1234 as lm-eval's own).
+
+Generation is greedy unless a request asks for sampling (do_sample=True, or a temperature above 0 with do_sample
+unset, as lm-eval normalises them), then it samples with the request's temperature, top_k and top_p (no top_k
+unless the request sets one: transformers' generate would apply its generation config's top_k of 50). Other
+generation arguments (num_beams, repetition_penalty, ...) are refused rather than ignored.
+
+Multi-host: every process builds the same FlanJaxLM and runs the same evaluation (lm-eval's `rank` 0 of a world of
+1 on each, as under its tensor-parallel launchers); the model's work is one sharded computation across them
+(scoring.py), and only the first process shows progress bars.
 """
 
 import logging
@@ -36,6 +45,38 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_GEN_TOKS = 256  # as lm-eval's hf backend
+DEFAULT_SEED = 1234  # lm-eval's default --seed for its model backends (the third of its four seeds)
+# The generation arguments a request may carry besides until and max_gen_toks (and their aliases).
+GENERATION_ARGS = ("do_sample", "temperature", "top_k", "top_p")
+
+
+class HeldUntilRunning(logging.Handler):
+  """Holds log records until the model receives its first request, then hands them and every later one to
+  `target`. `python -m flan_jax.harness` sets it on lm-eval's logger, so that a run that fails while it starts (an
+  unknown task, an empty checkpoint, a dataset that is not available offline) prints its one error line alone."""
+
+  def __init__(self, target: logging.Handler):
+    super().__init__()
+    self.target, self.held = target, []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    if self.held is None:
+      self.target.handle(record)
+    else:
+      self.held.append(record)
+
+  def pass_on(self) -> None:
+    held, self.held = self.held or [], None
+    for record in held:
+      self.target.handle(record)
+
+
+def pass_on_held_logs() -> None:
+  """Writes out lm-eval's held log records (HeldUntilRunning): the model got its first request, so the start-up
+  went well (or the command ended and what was held is its record)."""
+  for handler in logging.getLogger("lm_eval").handlers:
+    if isinstance(handler, HeldUntilRunning):
+      handler.pass_on()
 
 
 def _flag(value: Any, name: str) -> Optional[bool]:
@@ -49,15 +90,16 @@ def _flag(value: Any, name: str) -> Optional[bool]:
   raise UserError(f"{name}={value!r} is not True or False")
 
 
-def _positive(value: Any, name: str, default: Optional[int]) -> Optional[int]:
+def _positive(value: Any, name: str, default: Optional[int], minimum: int = 1) -> Optional[int]:
+  """An integer model argument of at least `minimum` (1: a positive integer); None, "" or "auto..." is `default`."""
   if value is None or value == "" or (isinstance(value, str) and value.startswith("auto")):
     return default
   try:
     number = int(value)
   except (TypeError, ValueError):
-    number = 0
-  if number < 1 or isinstance(value, bool):
-    raise UserError(f"{name}={value!r} must be a positive integer")
+    number = minimum - 1
+  if number < minimum or isinstance(value, bool):
+    raise UserError(f"{name}={value!r} must be {'a positive' if minimum == 1 else 'a non-negative'} integer")
   return number
 
 
@@ -69,12 +111,12 @@ class FlanJaxLM(TemplateLM):
 
   def __init__(self, checkpoint: Optional[str] = None, batch_size: Any = None, max_length: Any = None,
                max_gen_toks: Any = None, add_bos_token: Any = None, dtype: Optional[str] = None,
-               prefix_token_id: Any = None, mesh=None, rules=None, **unused: Any):
+               prefix_token_id: Any = None, seed: Any = None, mesh=None, rules=None, **unused: Any):
     super().__init__()
     unused = {k: v for k, v in unused.items() if k not in ("device", "max_batch_size") and v is not None}
     if unused:
       raise UserError(f"model_args {', '.join(sorted(unused))} are not flan_jax's; it takes checkpoint, batch_size, "
-                      "max_length, max_gen_toks, add_bos_token, dtype and prefix_token_id")
+                      "max_length, max_gen_toks, add_bos_token, dtype, prefix_token_id and seed")
     self.loaded = loading.open_checkpoint(checkpoint, dtype=dtype, add_bos_token=_flag(add_bos_token, "add_bos_token"),
                                           mesh=mesh, rules=rules)
     self.tokenizer = model_utils.configure_pad_token(self.loaded.tokenizer)
@@ -83,6 +125,7 @@ class FlanJaxLM(TemplateLM):
     self._max_gen_toks = _positive(max_gen_toks, "max_gen_toks", DEFAULT_MAX_GEN_TOKS)
     self._batch_size = _positive(batch_size, "batch_size", DEFAULT_BATCH_SIZE)
     self.custom_prefix_token_id = None if prefix_token_id is None else int(prefix_token_id)
+    self.seed = _positive(seed, "seed", DEFAULT_SEED, minimum=0)
     self.scorer = scoring.Scorer(Transformer(self.loaded.config), self.loaded.params, self.loaded.mesh,
                                  self.loaded.rules, self._batch_size)
 
@@ -122,7 +165,8 @@ class FlanJaxLM(TemplateLM):
 
   def get_model_info(self) -> dict:
     return {"flan_jax_checkpoint": self.loaded.path, "flan_jax_kind": self.loaded.kind,
-            "flan_jax_step": self.loaded.step, "model_num_parameters": self.loaded.config.num_params(),
+            "flan_jax_step": self.loaded.step, "flan_jax_mesh": dict(self.loaded.mesh.shape),
+            "model_num_parameters": self.loaded.config.num_params(),
             "model_dtype": self.loaded.config.dtype}
 
   # --- Tokenization: lm-eval's hf backend's rules. ------------------------------------------------
@@ -147,7 +191,19 @@ class FlanJaxLM(TemplateLM):
   def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
     return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+  def chat_template(self, chat_template: Any = False) -> Optional[str]:
+    """The template --apply_chat_template uses (lm-eval asks before it builds any prompt): refused if none."""
+    if chat_template and not self.tokenizer.chat_template:
+      self._no_chat_template()
+    return super().chat_template(chat_template)
+
+  def _no_chat_template(self):
+    raise UserError(f"--apply_chat_template: {self.loaded.path} has no chat template (its tokenizer records none); "
+                    "leave the flag out, or evaluate a model that has one")
+
   def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    if not self.tokenizer.chat_template:
+      self._no_chat_template()
     return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
                                               continue_final_message=not add_generation_prompt)
 
@@ -156,11 +212,12 @@ class FlanJaxLM(TemplateLM):
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
     """requests: ((context, continuation) or None, context tokens, continuation tokens) -> (log-likelihood,
     is greedy) each, in order; a context longer than max_length loses its first tokens."""
+    pass_on_held_logs()
     too_long = sum(len(c) + len(t) > self.max_length + 1 for _, c, t in requests)
     if too_long:
       log.warning("%d of %d requests exceed max_length=%d and are truncated from the left", too_long,
                   len(requests), self.max_length)
-    with tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests") as bar:
+    with tqdm(total=len(requests), disable=self._quiet(disable_tqdm), desc="Running loglikelihood requests") as bar:
       results = self.scorer.score([(c, t) for _, c, t in requests], self.max_length, bar.update)
     for (key, _, _), answer in zip(requests, results):
       if key is not None:
@@ -185,24 +242,47 @@ class FlanJaxLM(TemplateLM):
     return totals
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-    """Greedy continuations, cut at the first stop string (`until`, and the EOS token's text)."""
+    """Continuations cut at the first stop string (`until`, and the EOS token's text): greedy, or sampled where a
+    request asks for it (see the module docstring)."""
     eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
     groups: dict = {}
     for i, req in enumerate(requests):
       context, gen_kwargs = req.args
       kwargs = model_utils.normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-      if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
-        raise UserError(f"flan_jax's lm-eval backend decodes greedily only; the task asks for sampling ({gen_kwargs}): "
-                        "set do_sample=False / temperature=0 in --gen_kwargs")
       until = tuple(model_utils.handle_stop_sequences(kwargs.pop("until", None), eos=eos))
-      groups.setdefault((until, int(kwargs.pop("max_gen_toks"))), []).append((i, context, gen_kwargs))
+      key = (until, int(kwargs.pop("max_gen_toks")), self._sampling(kwargs, gen_kwargs))
+      groups.setdefault(key, []).append((i, context, gen_kwargs))
+    pass_on_held_logs()
     out: list = [None] * len(requests)
-    with tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests") as bar:
-      for (until, max_gen_toks), group in groups.items():
+    with tqdm(total=len(requests), disable=self._quiet(disable_tqdm), desc="Running generate_until requests") as bar:
+      for (until, max_gen_toks, sampling), group in groups.items():
         prompts = [self._encode_prompt(context) for _, context, _ in group]
-        generated = self.scorer.greedy(prompts, max_gen_toks, self.max_length, self.loaded.stop_ids, bar.update)
+        generated = self.scorer.generate(prompts, max_gen_toks, self.max_length, self.loaded.stop_ids, bar.update,
+                                         sampling)
         for (i, context, gen_kwargs), tokens in zip(group, generated):
           text = model_utils.postprocess_generated_text(self.tok_decode(tokens), list(until), None)
           out[i] = text
           self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
     return out
+
+  def _sampling(self, kwargs: dict, asked: dict) -> Optional[scoring.Sampling]:
+    """How a request's tokens are picked: None for greedy, else its temperature, top_k and top_p (lm-eval's
+    normalised `kwargs`; `asked`: the request's own, for the message)."""
+    other = sorted(set(kwargs) - set(GENERATION_ARGS))
+    if other:
+      raise UserError(f"generation argument(s) {', '.join(other)} of {asked} are not supported by flan_jax's lm-eval "
+                      f"backend (it takes until, max_gen_toks, {', '.join(GENERATION_ARGS)}); drop them from the "
+                      "task's generation_kwargs or --gen_kwargs")
+    temperature = float(kwargs.get("temperature") or 0.0)
+    if not kwargs.get("do_sample") or temperature <= 0.0:
+      return None  # lm-eval's rule: do_sample=False, or no temperature, is greedy
+    top_k, top_p = kwargs.get("top_k") or 0, kwargs.get("top_p")
+    top_p = 1.0 if top_p is None else float(top_p)
+    if int(top_k) < 0 or not 0.0 < top_p <= 1.0:
+      raise UserError(f"{asked}: top_k must be 0 or more and top_p in (0, 1]")
+    return scoring.Sampling(temperature, int(top_k), top_p, self.seed)
+
+  @staticmethod
+  def _quiet(disable_tqdm: bool) -> bool:
+    """No progress bar where lm-eval asks for none, nor on any process of a multi-host job but the first."""
+    return disable_tqdm or jax.process_index() != 0

@@ -11,9 +11,12 @@ mesh, and the Hugging Face tokenizer that lm-eval's own `hf` backend would token
 - A GGUF file: its tensors, and the tokenizer that flan_jax.text writes out of it (as for a run).
 
 Byte and SentencePiece vocabularies are refused with one line: lm-eval needs a Hugging Face tokenizer.
+Models are read with flan_jax.checkpoints.weights and runs' records with run_record, tokenizer files with
+flan_jax.text.records and gguf_tokenizer: none of them imports seqio or TensorFlow, which the backend never uses.
 """
 
 import dataclasses
+import tempfile
 from typing import Any, Optional
 
 import jax
@@ -21,12 +24,12 @@ from jax.sharding import Mesh
 import transformers
 
 from flan_jax import storage
-from flan_jax.checkpoints import paths, restore, run_record
+from flan_jax.checkpoints import paths, run_record, weights
 from flan_jax.errors import UserError
 from flan_jax.model import partitioning
 from flan_jax.model.config import DTYPES, ModelConfig
 from flan_jax.model.transformer import Transformer
-from flan_jax.text import tokenizers as tokenizers_lib
+from flan_jax.text import gguf_tokenizer, records
 
 # The files of a Hugging Face directory in a bucket that its tokenizer needs (its local copy holds only these).
 _TOKENIZER_FILES = (".json", ".model", ".jinja", ".txt")
@@ -76,17 +79,17 @@ def _dtype_fields(dtype: Optional[str], recorded: Optional[str]) -> dict:
 
 
 def _open_pretrained(path: str, dtype, add_bos_token, mesh, rules) -> Loaded:
-  hf_config = restore.read_config(path)
+  hf_config = weights.read_config(path)
   recorded = hf_config.get("torch_dtype") or hf_config.get("dtype")
-  pretrained = restore.open_pretrained(path, **_dtype_fields(dtype, recorded if dtype == "auto" else "float32"))
-  params = restore.load_params(pretrained, mesh, rules)
-  eos_ids = _listed(hf_config.get("eos_token_id"))
+  pretrained = weights.open_pretrained(path, **_dtype_fields(dtype, recorded if dtype == "auto" else "float32"))
+  params = weights.load_params(pretrained, mesh, rules)
   if path.endswith(".gguf"):
-    tokenizer, add_bos = _tokenizer_of(restore.starting_vocabulary(path), path, add_bos_token)
+    tokenizer, add_bos = _gguf_tokenizer(path, add_bos_token)
+    eos_ids = _listed(hf_config.get("eos_token_id"))
     kind = "gguf"
   else:
     tokenizer, add_bos = _auto_tokenizer(path, add_bos_token), add_bos_token
-    eos_ids += _generation_eos_ids(path)
+    eos_ids = records.config_ids(path, "eos_token_id")  # config.json's, then generation_config.json's
     kind = "huggingface"
   return Loaded(path, kind, 0, pretrained.config, params, mesh, rules, tokenizer, add_bos,
                 _stop_ids(tokenizer, eos_ids))
@@ -97,6 +100,9 @@ def _open_run(path: str, dtype, add_bos_token, mesh, rules) -> Loaded:
     raise UserError(f"checkpoint={path} is neither a Hugging Face directory, a .gguf file nor a flan_jax run")
   model_dir = paths.model_dir_of(path)
   config = run_record.recorded_model_config(model_dir)
+  if config is None and not storage.isdir(storage.join(model_dir, paths.SUBDIR)):
+    raise UserError(f"checkpoint={path} holds no model: no config.json with weights (Hugging Face), no .gguf file "
+                    f"and no flan_jax run ({run_record.MODEL_CONFIG}, {paths.SUBDIR}/); point it at one of those")
   if config is None:
     raise UserError(f"{model_dir} records no {run_record.MODEL_CONFIG}, so its model is unknown; evaluate a run "
                     "made by this version of flan_jax, or export it first (python -m flan_jax.export)")
@@ -106,9 +112,9 @@ def _open_run(path: str, dtype, add_bos_token, mesh, rules) -> Loaded:
     raise UserError(f"{model_dir} records no vocabulary/, so its tokenizer is unknown")
   tokenizer, add_bos = _tokenizer_of(vocab, model_dir, add_bos_token)
   target = partitioning.sharded_param_structs(Transformer(config), mesh, rules)
-  step, params = restore.restore_params(path, config, mesh, rules, target)
+  step, params = weights.restore_params(path, config, mesh, rules, target)
   return Loaded(path, "run", step, config, params, mesh, rules, tokenizer, add_bos,
-                _stop_ids(tokenizer, getattr(vocab, "stop_ids", ())))
+                _stop_ids(tokenizer, vocab.stop_ids))
 
 
 def _auto_tokenizer(path: str, add_bos_token: Optional[bool]):
@@ -124,13 +130,30 @@ def _auto_tokenizer(path: str, add_bos_token: Optional[bool]):
                     "model's tokenizer files into it") from e
 
 
-def _tokenizer_of(vocab, where: str, add_bos_token: Optional[bool]):
+def _gguf_tokenizer(path: str, add_bos_token: Optional[bool]):
+  """(tokenizer, add_bos_token) of a GGUF file: the tokenizer files flan_jax writes out of it (as its vocabulary
+  for a run), read as a directory's (records.of_directory)."""
+  local = storage.staged(path)  # `path` itself unless it is in a bucket
+  with tempfile.TemporaryDirectory(prefix="flan_jax_gguf_tokenizer_") as directory:
+    try:
+      gguf_tokenizer.write_tokenizer_files(gguf_tokenizer.open_reader(local), local, directory)
+      spec = records.of_directory(directory)
+    except UserError as e:  # named by the path the user gave, not by its staged copy
+      if local == path:
+        raise
+      raise UserError(str(e).replace(local, path)) from e
+    return _tokenizer_of(spec, path, add_bos_token)  # the transformers tokenizer holds the file's contents
+
+
+def _tokenizer_of(spec: records.VocabularySpec, where: str, add_bos_token: Optional[bool]):
   """(tokenizer, add_bos_token) for a flan_jax vocabulary: its tokenizer.json with its special ids; adding BOS
   follows `add_bos_token`, else the vocabulary's own rule (what the run trained with)."""
-  if not isinstance(vocab, tokenizers_lib.HuggingFaceVocabulary):
-    kind = getattr(vocab, "kind", type(vocab).__name__)
-    raise UserError(f"{where} uses a {kind} vocabulary; the lm-evaluation-harness backend needs a Hugging Face "
+  if spec.kind != records.HuggingFaceTokenizer.kind:
+    raise UserError(f"{where} uses a {spec.kind} vocabulary; the lm-evaluation-harness backend needs a Hugging Face "
                     "tokenizer.json (runs trained with a pretrained model's tokenizer have one)")
+  # The same special ids and BOS rule as the run's seqio vocabulary (tokenizers.HuggingFaceVocabulary is one).
+  vocab = records.HuggingFaceTokenizer(spec.file, spec.bos_id, spec.eos_id, add_bos=spec.add_bos,
+                                       chat_template=spec.chat_template, stop_ids=spec.stop_ids)
   add_bos = bool(vocab.add_bos) if add_bos_token is None else bool(add_bos_token)
   special = {name: vocab.token_text(token_id) for name, token_id in
              (("bos_token", vocab.bos_id), ("eos_token", vocab.eos_id), ("unk_token", vocab.unk_id))
@@ -147,12 +170,6 @@ def _listed(value) -> list[int]:
   if value is None:
     return []
   return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-
-
-def _generation_eos_ids(path: str) -> list[int]:
-  """The EOS ids of a Hugging Face directory's generation_config.json (transformers' generate stops at these)."""
-  file = storage.join(path, "generation_config.json")
-  return _listed(storage.read_json(file).get("eos_token_id")) if storage.isfile(file) else []
 
 
 def _stop_ids(tokenizer, others) -> tuple[int, ...]:

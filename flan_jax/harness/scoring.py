@@ -3,33 +3,46 @@
 - `Scorer.score`: per (context, continuation) token pair, the summed log-probability of the continuation and
   whether greedy decoding would have produced it, as lm-eval defines both (the input is context + continuation
   less its last token, left-truncated to the max length; the continuation's tokens are the last ones scored).
-- `Scorer.greedy`: greedy continuations of prompts with flan_jax's KV-cache decoding (model/decoding.py).
+- `Scorer.generate`: greedy (or sampled) continuations of prompts with flan_jax's KV-cache decoding
+  (model/decoding.py).
 
 Rows are sorted by length (longest first, as lm-eval's backends do), cut into batches of a fixed number of rows
 and right-padded to a bucket length: a power of two, at least MIN_BUCKET, capped at the max length. Only one
 compiled program per bucket (and per generation length) exists. Padding rows and positions are never read
 back. For a prefix LM (ModelConfig.prefix_lm) the context attends both ways, as the model was trained; the
 Hugging Face models it imports are causal.
+
+Multi-host: every process of the job calls the same methods with the same requests (lm-eval's bookkeeping runs
+in each; see lm.py) and so builds the same batches; each device takes its rows from its own process's copy, and
+the results come back replicated to every process. A fingerprint of each call's requests is compared across the
+processes first, so a process that was handed other requests stops the job with a message instead of mixing
+batches.
 """
 
+import dataclasses
 import functools
-from typing import Callable, Sequence
+import hashlib
+from typing import Callable, Optional, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from flan_jax.errors import UserError
 from flan_jax.model import decoding, partitioning
+from flan_jax.model.decoding import bucket  # shared with the eval binary's batches
 from flan_jax.model.transformer import Transformer
 
-MIN_BUCKET = 16
 
-
-def bucket(length: int, max_length: int) -> int:
-  """The padded length of a batch whose longest row is `length` tokens: the next power of two (at least
-  MIN_BUCKET), capped at `max_length`."""
-  padded = max(MIN_BUCKET, 1 << max(0, length - 1).bit_length())
-  return max(length, min(padded, max_length))
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How generate() picks each token when it samples: logits / temperature, then the top_k tokens (0: all) and
+  the top_p nucleus, from a key made of `seed` (the same requests and seed give the same tokens)."""
+  temperature: float
+  top_k: int = 0
+  top_p: float = 1.0
+  seed: int = 1234
 
 
 def longest_first(lengths: Sequence[int], keys: Sequence = ()) -> list[int]:
@@ -46,11 +59,13 @@ class Scorer:
     data = partitioning.data_parallel_size(mesh, rules)
     self.rows = -(-max(1, batch_size) // data) * data  # whole rows per data-parallel shard
     self.sharding = partitioning.batch_sharding(mesh, rules)
-    self._score = jax.jit(functools.partial(_score, model))
-    self._greedy: dict = {}
+    self.replicated = partitioning.replicated(mesh)
+    self._score = jax.jit(functools.partial(_score, model), out_shardings=self.replicated)
+    self._decoders: dict = {}
 
   def _put(self, array: np.ndarray) -> jax.Array:
-    return jax.device_put(array, self.sharding)
+    # Each device takes its block of rows from this process's copy (every process holds the same batch).
+    return jax.make_array_from_callback(array.shape, self.sharding, lambda index: array[index])
 
   def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int,
             progress: Callable[[int], None] = lambda n: None) -> list[tuple[float, bool]]:
@@ -65,6 +80,7 @@ class Scorer:
                          f"context tokens with max_length={max_length}")
       whole = (list(context) + list(continuation))[-(max_length + 1):]
       rows.append((whole, len(continuation)))
+    _check_same_requests("loglikelihood", [w + [n] for w, n in rows])
     out: list = [None] * len(rows)
     order = longest_first([len(w) for w, _ in rows], [tuple(w) for w, _ in rows])
     for start in range(0, len(order), self.rows):
@@ -88,24 +104,39 @@ class Scorer:
       progress(len(chunk))
     return out
 
-  def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, max_length: int,
-             stop_ids: Sequence[int], progress: Callable[[int], None] = lambda n: None) -> list[list[int]]:
-    """Up to `max_new_tokens` greedy tokens after each prompt, ending before the first of `stop_ids`.
+  def _decoder(self, max_new_tokens: int, stop_ids: tuple, sampling: Optional[Sampling]) -> Callable:
+    """The compiled decode for one generation length, set of stop ids and way of picking tokens."""
+    key = (max_new_tokens, stop_ids, sampling)
+    if key not in self._decoders:
+      # The whole output vocabulary, as transformers' generate takes it.
+      common = dict(max_decode_length=max_new_tokens, eos_id=stop_ids, vocab_size=self.model.config.vocab_size)
+      if sampling is None:
+        fn = functools.partial(decoding.greedy_decode, self.model, **common)
+      else:
+        def fn(params, batch, number):  # the key of a batch: the seed folded with its number
+          rng = jax.random.fold_in(jax.random.key(sampling.seed), number)
+          return decoding.sample_decode(self.model, params, batch, rng, **common, temperature=sampling.temperature,
+                                        top_k=sampling.top_k, top_p=sampling.top_p)
+      self._decoders[key] = jax.jit(fn, out_shardings=self.replicated)
+    return self._decoders[key]
 
-    Each prompt (at least one token) is left-truncated to `max_length - max_new_tokens` tokens first.
+  def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, max_length: int,
+               stop_ids: Sequence[int], progress: Callable[[int], None] = lambda n: None,
+               sampling: Optional[Sampling] = None) -> list[list[int]]:
+    """Up to `max_new_tokens` tokens after each prompt, greedy (or as `sampling` says), ending before the first of
+    `stop_ids`.
+
+    Each prompt (at least one token) is left-truncated to `max_length - max_new_tokens` tokens first. Sampled
+    batches draw from `sampling.seed` folded with the batch's number, in the longest-first order.
     """
     keep = max_length - max_new_tokens
     if keep < 1:
       raise ValueError(f"max_gen_toks={max_new_tokens} leaves no room for a prompt in max_length={max_length}")
     prompts = [list(p)[-keep:] for p in prompts]
-    fn = self._greedy.get(max_new_tokens)
-    if fn is None:
-      vocab = self.model.config.vocab_size  # the whole output vocabulary, as transformers' generate takes it
-      fn = self._greedy[max_new_tokens] = jax.jit(functools.partial(
-          decoding.greedy_decode, self.model, max_decode_length=max_new_tokens, eos_id=tuple(stop_ids),
-          vocab_size=vocab))
+    _check_same_requests("generate_until", prompts + [[max_new_tokens, *stop_ids]])
+    fn = self._decoder(max_new_tokens, tuple(stop_ids), sampling)
     out: list = [None] * len(prompts)
-    order = longest_first([len(p) for p in prompts])
+    order = longest_first([len(p) for p in prompts], [tuple(p) for p in prompts])
     for start in range(0, len(order), self.rows):
       chunk = order[start:start + self.rows]
       length = bucket(len(prompts[chunk[0]]), keep)
@@ -116,14 +147,29 @@ class Scorer:
         tokens[r, :len(prompts[i])] = prompts[i]
         valid[r, :len(prompts[i])] = 1
       batch = {"decoder_input_tokens": self._put(tokens), "decoder_causal_attention": self._put(valid)}
+      extra = () if sampling is None else (np.int32(start // self.rows),)
       with partitioning.activate(self.mesh, self.rules):
-        generated = np.asarray(fn(self.params, batch))
+        generated = np.asarray(fn(self.params, batch, *extra))
       for r, i in enumerate(chunk):
         row = generated[r].tolist()
         ends = [k for k, t in enumerate(row) if t in stop_ids]
         out[i] = row[:ends[0]] if ends else row
       progress(len(chunk))
     return out
+
+
+def _check_same_requests(kind: str, rows: Sequence[Sequence[int]]) -> None:
+  """Stops a multi-host job whose processes were handed different requests (they would build different batches
+  of one sharded computation): compares a digest of `rows` across the processes."""
+  if jax.process_count() == 1:
+    return
+  digest = hashlib.sha256(np.concatenate([np.asarray([len(r), *r], np.int64) for r in rows] or [np.zeros(0)])
+                          .tobytes()).digest()
+  try:
+    multihost_utils.assert_equal(np.frombuffer(digest[:8], np.int32))
+  except AssertionError as e:
+    raise UserError(f"the processes of this job were handed different {kind} requests; every process must run the "
+                    "same command, with the same tasks, files and seeds") from e
 
 
 def _score(model: Transformer, params, tokens, targets, weights, prefix):

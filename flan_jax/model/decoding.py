@@ -1,6 +1,8 @@
 """Decoding with a KV cache (greedy, sampling, beam search) and target scoring for a prefix LM.
 
-Batches are unpacked seqio decoder features: right-padded prompts whose prefix mask gives their lengths.
+Batches are unpacked seqio decoder features: right-padded prompts whose prefix mask gives their lengths. Their
+callers (the eval binary, the harness backend) pad each batch to a `bucket` length, not to the longest length
+allowed, so a batch of short rows costs what it needs and only a few shapes are ever compiled.
 """
 
 import functools
@@ -16,6 +18,14 @@ from flan_jax.model.transformer import Cache, Transformer, apply_to_features, in
 
 StopIds = Union[int, Sequence[int]]  # the token(s) that end a row: EOS, and e.g. a chat model's end of turn
 NEG = -1e9  # the log-probability of a dead beam; finite, so sums and ratios of it stay finite
+MIN_BUCKET = 16  # the shortest padded length: shorter batches save little and would each be one more program
+
+
+def bucket(length: int, max_length: int) -> int:
+  """The padded length of a batch whose longest row is `length` tokens: the next power of two (at least
+  MIN_BUCKET), capped at `max_length`."""
+  padded = max(MIN_BUCKET, 1 << max(0, length - 1).bit_length())
+  return max(length, min(padded, max_length))
 
 
 def prompt_lengths(batch) -> jax.Array:

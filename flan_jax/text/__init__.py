@@ -1,9 +1,11 @@
-"""Text: what a run tokenizes with and how an example becomes the decoder's tokens (seqio and TensorFlow).
+"""Text: what a run tokenizes with and how an example becomes the decoder's tokens.
 
-- tokenizers.py: Hugging Face tokenizer.json and SentencePiece .model files as seqio vocabularies, read
-  from a model directory (from_directory), and their record beside a checkpoint (describe, save, load,
-  check_same).
+- records.py: tokenizer files and the vocabulary record, without seqio or TensorFlow: a model directory's special
+  ids, BOS rule and chat template, a tokenizer.json with them (HuggingFaceTokenizer), and the record kept beside a
+  checkpoint (describe, save, read, check_same) as a plain dict and files; the example formats' names.
 - gguf_tokenizer.py: the tokenizer inside a llama.cpp GGUF file, written out as those files.
+- tokenizers.py: Hugging Face tokenizer.json and SentencePiece .model files as seqio vocabularies, built from what
+  records.py reads of a model directory (from_directory) or a record (load, build).
 - vocabulary.py: the run's vocabulary (gin's `run_vocabulary`, `pretrained_vocabulary`, `byte_vocabulary`) and the
   RunVocabulary every task holds, which resolves it at call time.
 - formats.py: the run's example format (gin's `example_format`), chat templates, the tokenizing seqio
@@ -12,22 +14,45 @@
   opened by the trainer's train() and the evaluator's evaluate() for their length. No run state lives
   in a module global.
 
-Imports: the leaves (flan_jax.errors), seqio, TensorFlow, tokenizers, sentencepiece, gguf and jinja2.
-Never JAX, and no other flan_jax folder (model, checkpoints, data, training, evaluation, ...): data/ and
-checkpoints/ build on this folder, and flan_tasks imports it to register tasks.
+Imports: the leaves (flan_jax.errors, flan_jax.storage), seqio, TensorFlow, tokenizers, sentencepiece, gguf and
+jinja2; records.py and gguf_tokenizer.py never seqio or TensorFlow. Never JAX, and no other flan_jax folder (model,
+checkpoints, data, training, evaluation, ...): data/ and checkpoints/ build on this folder, and flan_tasks imports
+it to register tasks.
 
-Importing this package registers its gin configurables (run_vocabulary, pretrained_vocabulary,
-byte_vocabulary, example_format).
+This package imports records.py and gguf_tokenizer.py, and the other modules when one of their names is first
+asked of it (PEP 562), so that reading a record loads neither seqio nor TensorFlow. Their gin configurables
+(run_vocabulary, pretrained_vocabulary, byte_vocabulary in vocabulary.py; example_format in formats.py) are
+registered when those modules are imported: every command imports them (through data/ and checkpoints.restore),
+and so does flan_tasks.
 """
 
-from flan_jax.text import formats, gguf_tokenizer, run, tokenizers, vocabulary
-from flan_jax.text.formats import example_format
-from flan_jax.text.run import RunText, run_text
-from flan_jax.text.tokenizers import HuggingFaceVocabulary, SentencePieceVocabulary, bos_id_or_zero, from_directory
-from flan_jax.text.vocabulary import RunVocabulary, byte_vocabulary, pretrained_vocabulary, run_vocabulary
+import importlib
+
+from flan_jax.text import gguf_tokenizer, records
+
+# The modules that import seqio and TensorFlow, and the names this package gives of them, imported on first use.
+_LAZY = {
+    "formats": "formats", "run": "run", "tokenizers": "tokenizers", "vocabulary": "vocabulary",
+    "example_format": "formats", "RunText": "run", "run_text": "run", "HuggingFaceVocabulary": "tokenizers",
+    "SentencePieceVocabulary": "tokenizers", "bos_id_or_zero": "tokenizers", "from_directory": "tokenizers",
+    "RunVocabulary": "vocabulary", "byte_vocabulary": "vocabulary", "pretrained_vocabulary": "vocabulary",
+    "run_vocabulary": "vocabulary",
+}
+
+
+def __getattr__(name: str):
+  if name not in _LAZY:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+  return module if name == _LAZY[name] else getattr(module, name)
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "HuggingFaceVocabulary", "RunText", "RunVocabulary", "SentencePieceVocabulary", "bos_id_or_zero",
-    "byte_vocabulary", "example_format", "formats", "from_directory", "gguf_tokenizer", "pretrained_vocabulary", "run",
-    "run_text", "run_vocabulary", "tokenizers", "vocabulary",
+    "byte_vocabulary", "example_format", "formats", "from_directory", "gguf_tokenizer", "pretrained_vocabulary",
+    "records", "run", "run_text", "run_vocabulary", "tokenizers", "vocabulary",
 ]

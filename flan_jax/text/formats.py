@@ -19,10 +19,10 @@ import seqio
 import tensorflow as tf
 
 from flan_jax.errors import UserError
-from flan_jax.text import run
+from flan_jax.text import records, run
 
-FORMATS = ("prompt", "chat", "t5")
-DEFAULT = "prompt"
+FORMATS = records.FORMATS  # the names format.json may hold (run_record checks them without seqio)
+DEFAULT = records.DEFAULT_FORMAT
 DELIMITER = "target_delimiter"  # the per-example feature holding the text between prompt and target
 ROLES = ("train", "score", "generate")
 

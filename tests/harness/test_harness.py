@@ -5,10 +5,15 @@ and a generation task (the generated strings), with and without BOS, and with a 
 contexts are truncated and documents span several rolling windows. Also a flan_jax run directory made from the
 same weights, the model arguments and the refusals."""
 
+import functools
 import glob
 import json
+import logging
 import os
+import re
 import sys
+
+import gin
 
 import jax
 import numpy as np
@@ -21,6 +26,7 @@ from flan_jax.harness import __main__ as main_module
 from flan_jax.model import partitioning
 from flan_jax.text import vocabulary
 from tests import tiny_pretrained
+from tests.checks import one_line
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -226,10 +232,22 @@ def test_model_arguments_are_checked(setup):
     FlanJaxLM(checkpoint=setup[0], batch_size=0)
 
 
-def test_sampling_is_refused(setup):
+def test_sampling_follows_the_request_and_repeats_with_its_seed(setup):
   lm = FlanJaxLM(checkpoint=setup[0], batch_size=8, max_length=64)
-  with pytest.raises(UserError, match="greedily"):
-    lm.generate_until([_Request(("Question:", {"until": ["\n"], "do_sample": True, "temperature": 0.7}))])
+  prompts = ["The quick brown", "Instruction tuning teaches", "def f(x):", "Premise: the cat", "Zero-shot"]
+
+  def generate(**kwargs) -> list[str]:
+    return lm.generate_until([_Request((p, {"until": ["<none>"], "max_gen_toks": 8, **kwargs})) for p in prompts])
+
+  greedy = generate()
+  assert generate(temperature=0.0) == greedy  # lm-eval's rule: no do_sample and no temperature is greedy
+  assert generate(do_sample=True, temperature=0.5, top_k=1) == greedy  # one candidate left: the argmax
+  hot = generate(do_sample=True, temperature=5.0)  # near-uniform over 320 tokens: 40 draws, never all greedy
+  assert hot != greedy and generate(do_sample=True, temperature=5.0) == hot  # the same seed, the same draws
+  lm.seed = 7
+  assert generate(do_sample=True, temperature=5.0) != hot
+  with pytest.raises(UserError, match="num_beams"):
+    generate(num_beams=4)
 
 
 def test_the_command_hands_lm_eval_the_flan_jax_model():
@@ -239,23 +257,82 @@ def test_the_command_hands_lm_eval_the_flan_jax_model():
   assert main_module.lm_eval_argv(["run", "--model=flan_jax", "-a", "checkpoint=/m", "--batch_size", "2"]) == [
       "lm-eval", "run", "--model", "flan_jax", "-a", "checkpoint=/m", "--batch_size", "2"]
   assert main_module.lm_eval_argv(["--tasks", "a"])[-2:] == ["--batch_size", "16"]
-  with pytest.raises(SystemExit, match="flan_jax model only"):
+  with pytest.raises(UserError, match="flan_jax model only"):
     main_module.lm_eval_argv(["--model", "hf", "--tasks", "a"])
+  ours, theirs = main_module.split_argv(["--tasks", "a", "--gin_file", "m.gin", "--gin.make_mesh.fsdp=2", "--multihost",
+                                         "--num_processes=2", "--process_id", "1", "--limit", "3"])
+  assert ours == ["--gin_file", "m.gin", "--gin.make_mesh.fsdp=2", "--multihost", "--num_processes=2", "--process_id",
+                  "1"]
+  assert theirs == ["--tasks", "a", "--limit", "3"]
 
 
-def test_the_command_evaluates_a_local_task(setup, tmp_path, monkeypatch):
-  """`python -m flan_jax.harness`'s main, end to end and offline, on the local multiple-choice task (its first 2
-  questions); in this process, with lm-eval's logging set-up and environment change undone after it."""
-  model, base = setup
+def _command(argv: list[str], capfd, monkeypatch) -> tuple[int, str]:
+  """`python -m flan_jax.harness ARGV` in this process, offline: (exit code, all of file descriptor 2). lm-eval's
+  logger gets a stderr handler, as its own set-up gives it, and everything is undone after."""
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("TOKENIZERS_PARALLELISM", os.environ.get("TOKENIZERS_PARALLELISM", "false"))
   monkeypatch.setattr(main_module.lm_eval_main, "setup_logging", lambda *a, **k: None)
   monkeypatch.setattr(sys, "argv", list(sys.argv))
-  main_module.main(["--model_args", f"checkpoint={model},batch_size=2", "--tasks", "fj_mc", "--include_path",
-                    str(base), "--limit", "2", "--output_path", str(tmp_path / "out")])
+  # Indexing lm-eval's own 14,000 task definitions takes 10 s a run (twice for an unknown task); no test here uses
+  # them, so its task manager sees the --include_path tasks only.
+  from lm_eval.tasks import TaskManager
+  monkeypatch.setattr(TaskManager, "__init__", functools.partialmethod(TaskManager.__init__, include_defaults=False))
+  logger = logging.getLogger("lm_eval")
+  monkeypatch.setattr(logger, "handlers", [logging.StreamHandler(sys.stderr)])
+  monkeypatch.setattr(logger, "propagate", False)
+  monkeypatch.setattr(logger, "level", logging.INFO)
+  capfd.readouterr()
+  gin.clear_config()
+  code = 0
+  try:
+    main_module.main(argv)
+  except SystemExit as e:
+    code = e.code
+  finally:
+    gin.clear_config()
+  return code, capfd.readouterr().err
+
+
+def test_the_command_evaluates_a_local_task(setup, tmp_path, capfd, monkeypatch):
+  """`python -m flan_jax.harness`'s main, end to end and offline, on the local multiple-choice task (its first 2
+  questions), with a gin binding for the mesh."""
+  model, base = setup
+  code, err = _command(["--model_args", f"checkpoint={model},batch_size=2", "--tasks", "fj_mc", "--include_path",
+                        str(base), "--limit", "2", "--output_path", str(tmp_path / "out"), "--gin.make_mesh.fsdp=2"],
+                       capfd, monkeypatch)
+  assert code == 0, err[-3000:]
+  assert "Running loglikelihood requests" in err and "Selected Tasks" in err  # progress, and lm-eval's log
   results, = glob.glob(str(tmp_path / "out" / "**" / "results_*.json"), recursive=True)
   with open(results) as f:
     report = json.load(f)
   assert report["config"]["model"] == "flan_jax" and str(report["config"]["batch_size"]) == "2"
+  assert report["config"]["flan_jax_mesh"] == {"data": len(jax.devices()) // 2, "fsdp": 2, "tensor": 1}
   assert set(report["results"]["fj_mc"]) >= {"acc,none", "acc_norm,none"}
+
+
+MISTAKES = {  # case: (arguments, what the line must say)
+    "unknown task": (["--tasks", "fj_mcc"], r"unknown lm-eval task 'fj_mcc' \(did you mean: fj_mc\?\)"),
+    "empty checkpoint": (["--tasks", "fj_mc"], r"checkpoint=\S*empty holds no model"),
+    "no chat template": (["--tasks", "fj_mc", "--apply_chat_template"], r"llama has no chat template"),
+    "dataset offline": (["--tasks", "fj_hub"], r"dataset someone/not_in_the_cache of a task is not available offline"),
+    "another backend": (["--tasks", "fj_mc", "--model", "hf"], r"runs the flan_jax model only"),
+    "unknown gin binding": (["--tasks", "fj_mc", "--gin.make_mesh.bogus=1"], r"^error: gin: .*bogus"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_command_mistakes_are_one_line_exit_2_and_write_nothing(setup, case, tmp_path, capfd, monkeypatch):
+  model, base = setup
+  (base / "fj_hub.yaml").write_text(  # a task whose dataset is on the Hugging Face hub, not in any local cache
+      "task: fj_hub\ndataset_path: someone/not_in_the_cache\ntest_split: test\noutput_type: multiple_choice\n"
+      "doc_to_text: q\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n")
+  (tmp_path / "empty").mkdir()
+  checkpoint = str(tmp_path / "empty") if case == "empty checkpoint" else model
+  argv, pattern = MISTAKES[case]
+  out = tmp_path / "out"
+  code, err = _command(["--model_args", f"checkpoint={checkpoint}", "--include_path", str(base), "--limit", "2",
+                        "--output_path", str(out), "--log_samples", *argv], capfd, monkeypatch)
+  line = one_line(err, case)
+  assert code == 2 and re.search(pattern, line), (code, line)
+  assert not out.exists()
