@@ -65,8 +65,8 @@ def write_tasks(directory: str, questions: int, prompts: int, max_gen_toks: int)
             "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
   with open(os.path.join(directory, "bench_gen.yaml"), "w") as f:
     f.write(common("bench_gen") + "output_type: generate_until\ndoc_to_text: \"{{prompt}}\"\n"
-            f"doc_to_target: \"{{{{target}}}}\"\ngeneration_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: {max_gen_toks}\n"
-            "  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
+            "doc_to_target: \"{{target}}\"\ngeneration_kwargs:\n  until: [\"\\n\"]\n"
+            f"  max_gen_toks: {max_gen_toks}\n  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
   return 4 * questions + prompts
 
 
@@ -142,7 +142,8 @@ def main() -> None:
   agree = agreement(rows[0], rows[1]) if len(rows) == 2 else None
   if agree:
     print(f"agreement: same acc/acc_norm {agree['same_acc']}, {agree['same_generations']}/{agree['generations']} "
-          f"generations the same, largest option log-likelihood difference {agree['max_option_loglikelihood_diff']:.2e}")
+          "generations the same, largest option log-likelihood difference "
+          f"{agree['max_option_loglikelihood_diff']:.2e}")
   if args.output:
     with open(args.output, "w") as f:
       json.dump({"rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],

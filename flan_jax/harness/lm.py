@@ -126,6 +126,7 @@ class FlanJaxLM(TemplateLM):
     self._batch_size = _positive(batch_size, "batch_size", DEFAULT_BATCH_SIZE)
     self.custom_prefix_token_id = None if prefix_token_id is None else int(prefix_token_id)
     self.seed = _positive(seed, "seed", DEFAULT_SEED, minimum=0)
+    self._token_texts: Optional[list[str]] = None  # each token's text alone, decoded once (_tokens_holding)
     self.scorer = scoring.Scorer(Transformer(self.loaded.config), self.loaded.params, self.loaded.mesh,
                                  self.loaded.rules, self._batch_size)
 
@@ -258,12 +259,22 @@ class FlanJaxLM(TemplateLM):
       for (until, max_gen_toks, sampling), group in groups.items():
         prompts = [self._encode_prompt(context) for _, context, _ in group]
         generated = self.scorer.generate(prompts, max_gen_toks, self.max_length, self.loaded.stop_ids, bar.update,
-                                         sampling)
+                                         sampling, end_ids=self._tokens_holding(until))
         for (i, context, gen_kwargs), tokens in zip(group, generated):
           text = model_utils.postprocess_generated_text(self.tok_decode(tokens), list(until), None)
           out[i] = text
           self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
     return out
+
+  def _tokens_holding(self, stops: tuple[str, ...]) -> tuple[int, ...]:
+    """The tokens whose text holds one of the stop strings: a row that generates one is done (its text is cut at
+    the string), so decoding ends there, as lm-eval's `hf` backend ends a row once its text holds a stop string.
+    A token's text is its decoding alone; a stop string with a replacement character never matches."""
+    if self._token_texts is None:
+      self._token_texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))],
+                                                      skip_special_tokens=False)
+    stops = [s for s in stops if s and "\ufffd" not in s]
+    return tuple(i for i, text in enumerate(self._token_texts) if any(s in text for s in stops))
 
   def _sampling(self, kwargs: dict, asked: dict) -> Optional[scoring.Sampling]:
     """How a request's tokens are picked: None for greedy, else its temperature, top_k and top_p (lm-eval's

@@ -61,6 +61,7 @@ class Scorer:
     self.sharding = partitioning.batch_sharding(mesh, rules)
     self.replicated = partitioning.replicated(mesh)
     self._score = jax.jit(functools.partial(_score, model), out_shardings=self.replicated)
+    self._next = jax.jit(functools.partial(_next_token_log_probs, model), out_shardings=self.replicated)
     self._decoders: dict = {}
 
   def _put(self, array: np.ndarray) -> jax.Array:
@@ -72,6 +73,8 @@ class Scorer:
     """(log-likelihood, is greedy) of each (context tokens, continuation tokens) pair, in the order given.
 
     The context must hold at least one token and the continuation at least one and at most `max_length`.
+    One-token continuations of the same context (the options of most multiple-choice questions) share one
+    forward pass, whose next-token distribution answers them all, as lm-eval's `hf` backend shares it.
     """
     rows = []
     for context, continuation in pairs:
@@ -82,7 +85,41 @@ class Scorer:
       rows.append((whole, len(continuation)))
     _check_same_requests("loglikelihood", [w + [n] for w, n in rows])
     out: list = [None] * len(rows)
-    order = longest_first([len(w) for w, _ in rows], [tuple(w) for w, _ in rows])
+    shared: dict = {}  # the input tokens of one-token continuations -> the requests that end with them
+    for i, (whole, n_cont) in enumerate(rows):
+      if n_cont == 1:
+        shared.setdefault(tuple(whole[:-1]), []).append(i)
+    self._score_next_tokens(shared, rows, out, max_length, progress)
+    rest = [i for i, (_, n_cont) in enumerate(rows) if n_cont > 1]
+    self._score_rows(rest, rows, out, max_length, progress)
+    return out
+
+  def _score_next_tokens(self, shared: dict, rows: list, out: list, max_length: int, progress) -> None:
+    """Fills `out` for the one-token continuations, one row per distinct input (`shared`'s keys)."""
+    inputs = list(shared)
+    order = longest_first([len(x) for x in inputs], inputs)
+    for start in range(0, len(order), self.rows):
+      chunk = order[start:start + self.rows]
+      length = bucket(len(inputs[chunk[0]]), max_length)
+      tokens = np.zeros((self.rows, length), np.int32)
+      last = np.zeros((self.rows,), np.int32)
+      prefix = np.zeros((self.rows, length), bool)
+      for r, k in enumerate(chunk):
+        n = len(inputs[k])
+        tokens[r, :n], last[r], prefix[r, :n] = inputs[k], n - 1, True  # the whole input is context
+      with partitioning.activate(self.mesh, self.rules):
+        log_probs, best = self._next(self.params, *map(self._put, (tokens, last, prefix)))
+      log_probs, best = np.asarray(log_probs), np.asarray(best)
+      for r, k in enumerate(chunk):
+        for i in shared[inputs[k]]:
+          target = rows[i][0][-1]
+          out[i] = (float(log_probs[r, target]), bool(best[r] == target))
+      progress(sum(len(shared[inputs[k]]) for k in chunk))
+
+  def _score_rows(self, indices: list[int], rows: list, out: list, max_length: int, progress) -> None:
+    """Fills `out` for the requests `indices` of `rows`, one row each."""
+    lengths, keys = [len(rows[i][0]) for i in indices], [tuple(rows[i][0]) for i in indices]
+    order = [indices[j] for j in longest_first(lengths, keys)]
     for start in range(0, len(order), self.rows):
       chunk = order[start:start + self.rows]
       length = bucket(len(rows[chunk[0]][0]) - 1, max_length)
@@ -102,7 +139,6 @@ class Scorer:
       for r, i in enumerate(chunk):
         out[i] = (float(totals[r]), bool(greedy[r]))
       progress(len(chunk))
-    return out
 
   def _decoder(self, max_new_tokens: int, stop_ids: tuple, sampling: Optional[Sampling]) -> Callable:
     """The compiled decode for one generation length, set of stop ids and way of picking tokens."""
@@ -122,19 +158,22 @@ class Scorer:
 
   def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, max_length: int,
                stop_ids: Sequence[int], progress: Callable[[int], None] = lambda n: None,
-               sampling: Optional[Sampling] = None) -> list[list[int]]:
+               sampling: Optional[Sampling] = None, end_ids: Sequence[int] = ()) -> list[list[int]]:
     """Up to `max_new_tokens` tokens after each prompt, greedy (or as `sampling` says), ending before the first of
-    `stop_ids`.
+    `stop_ids` (EOS: left out) or with the first of `end_ids` (tokens whose text holds a stop string: kept, for
+    the caller cuts the text at the string; once a row has one, nothing after it can matter).
 
     Each prompt (at least one token) is left-truncated to `max_length - max_new_tokens` tokens first. Sampled
-    batches draw from `sampling.seed` folded with the batch's number, in the longest-first order.
+    batches draw from `sampling.seed` folded with the batch's number, in the longest-first order. A batch's
+    padding rows repeat its first prompt, so that they end when it does and do not hold the batch's loop open.
     """
     keep = max_length - max_new_tokens
     if keep < 1:
       raise ValueError(f"max_gen_toks={max_new_tokens} leaves no room for a prompt in max_length={max_length}")
     prompts = [list(p)[-keep:] for p in prompts]
-    _check_same_requests("generate_until", prompts + [[max_new_tokens, *stop_ids]])
-    fn = self._decoder(max_new_tokens, tuple(stop_ids), sampling)
+    _check_same_requests("generate_until", prompts + [[max_new_tokens, *stop_ids], list(end_ids)])
+    stop_ids, end_ids = set(stop_ids), set(end_ids) - set(stop_ids)
+    fn = self._decoder(max_new_tokens, tuple(sorted(stop_ids | end_ids)), sampling)
     out: list = [None] * len(prompts)
     order = longest_first([len(p) for p in prompts], [tuple(p) for p in prompts])
     for start in range(0, len(order), self.rows):
@@ -142,8 +181,7 @@ class Scorer:
       length = bucket(len(prompts[chunk[0]]), keep)
       tokens = np.zeros((self.rows, length), np.int32)
       valid = np.zeros((self.rows, length), np.int32)
-      valid[:, 0] = 1  # padding rows hold a one-token prompt
-      for r, i in enumerate(chunk):
+      for r, i in enumerate(chunk + [chunk[0]] * (self.rows - len(chunk))):
         tokens[r, :len(prompts[i])] = prompts[i]
         valid[r, :len(prompts[i])] = 1
       batch = {"decoder_input_tokens": self._put(tokens), "decoder_causal_attention": self._put(valid)}
@@ -152,8 +190,8 @@ class Scorer:
         generated = np.asarray(fn(self.params, batch, *extra))
       for r, i in enumerate(chunk):
         row = generated[r].tolist()
-        ends = [k for k, t in enumerate(row) if t in stop_ids]
-        out[i] = row[:ends[0]] if ends else row
+        end = next((k for k, t in enumerate(row) if t in stop_ids or t in end_ids), len(row))
+        out[i] = row[:end + (end < len(row) and row[end] in end_ids)]
       progress(len(chunk))
     return out
 
@@ -170,6 +208,14 @@ def _check_same_requests(kind: str, rows: Sequence[Sequence[int]]) -> None:
   except AssertionError as e:
     raise UserError(f"the processes of this job were handed different {kind} requests; every process must run the "
                     "same command, with the same tasks, files and seeds") from e
+
+
+def _next_token_log_probs(model: Transformer, params, tokens, last, prefix):
+  """[batch, vocab] log-probabilities of the token after position `last` [batch] of each row, and [batch] the
+  most likely one."""
+  logits = model.apply({"params": params}, tokens, prefix_mask=prefix)
+  logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+  return jax.nn.log_softmax(logits, axis=-1), jnp.argmax(logits, axis=-1)
 
 
 def _score(model: Transformer, params, tokens, targets, weights, prefix):

@@ -14,7 +14,6 @@ import re
 import sys
 
 import gin
-
 import jax
 import numpy as np
 import pytest
@@ -173,10 +172,15 @@ def test_greedy_flags_and_empty_contexts_match_the_hf_backend(setup):
   prompts = ["Instruction tuning teaches", "The quick brown", "def f(x):"]
   generated = ours.generate_until([_Request((p, {"until": ["<none>"], "max_gen_toks": 5})) for p in prompts])
   assert generated == theirs.generate_until([_Request((p, {"until": ["<none>"], "max_gen_toks": 5})) for p in prompts])
+  # One-token options of one context share a forward pass (scoring.py): several of each prompt's, one greedy.
+  first = [ours.tok_decode(ours.tok_encode(p + g)[len(ours.tok_encode(p)):][:1]) for p, g in zip(prompts, generated)]
+  singles = [(p, o) for p, f in zip(prompts, first) for o in dict.fromkeys([f, " the", ".", " a", "s"])]
+  assert sum(len(ours.tok_encode(p + o)) == len(ours.tok_encode(p)) + 1 for p, o in singles) >= 10
   requests = [_Request(pair) for pair in [*zip(prompts, generated), *zip(prompts, [" dog", " fox", " zz"]),
-                                           ("", "Pack my box"), ("", "<s>Pack my box")]]
+                                           ("", "Pack my box"), ("", "<s>Pack my box"), *singles]]
   mine, hf = ours.loglikelihood(requests), theirs.loglikelihood(requests)
   assert [g for _, g in mine] == [g for _, g in hf] and [g for _, g in mine[:3]] == [True] * 3
+  assert sum(g for _, g in mine[-len(singles):]) >= 3  # each prompt's greedy first token, found greedy
   np.testing.assert_allclose([ll for ll, _ in mine], [ll for ll, _ in hf], rtol=0, atol=ATOL)
 
 
