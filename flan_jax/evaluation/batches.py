@@ -1,7 +1,7 @@
 """The eval's device work: seqio's enumerated eval datasets through a jitted function, in length buckets.
 
-Each global batch is cut to the positions its rows use, rounded up to a bucket (`decoding.bucket`: a power of two,
-at least 16, capped at the configured TASK_FEATURE_LENGTHS), not padded to the configured length: the configured
+Each global batch is cut to the positions its rows use, rounded up to a bucket (`decoding.bucket`: 16, 24, 32,
+48, 64, ..., capped at the configured TASK_FEATURE_LENGTHS), not padded to the configured length: the configured
 length is a ceiling, not a cost, and one program is compiled per bucket (a handful), each reused for every
 checkpoint. A row's result does not depend on the cut: the positions after its last token are padding, which
 neither scoring nor decoding reads (both attend causally or within the prompt), so the numbers match a run padded

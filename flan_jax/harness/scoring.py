@@ -7,7 +7,7 @@
   (model/decoding.py).
 
 Rows are sorted by length (longest first, as lm-eval's backends do), cut into batches of a fixed number of rows
-and right-padded to a bucket length: a power of two, at least MIN_BUCKET, capped at the max length. Only one
+and right-padded to a bucket length (decoding.bucket: 16, 24, 32, 48, 64, ..., capped at the max length). Only one
 compiled program per bucket (and per generation length) exists. Padding rows and positions are never read
 back. For a prefix LM (ModelConfig.prefix_lm) the context attends both ways, as the model was trained; the
 Hugging Face models it imports are causal.

@@ -22,9 +22,12 @@ MIN_BUCKET = 16  # the shortest padded length: shorter batches save little and w
 
 
 def bucket(length: int, max_length: int) -> int:
-  """The padded length of a batch whose longest row is `length` tokens: the next power of two (at least
-  MIN_BUCKET), capped at `max_length`."""
-  padded = max(MIN_BUCKET, 1 << max(0, length - 1).bit_length())
+  """The padded length of a batch whose longest row is `length` tokens: the next of MIN_BUCKET, 24, 32, 48, 64,
+  96, ... (powers of two and the halfway steps between them: at most a third of a batch is padding, in two
+  compiled shapes per doubling), capped at `max_length`."""
+  padded = MIN_BUCKET
+  while padded < length:
+    padded = padded * 3 // 2 if padded & (padded - 1) == 0 else padded * 4 // 3
   return max(length, min(padded, max_length))
 
 

@@ -219,8 +219,8 @@ class _Request:
     self.args = args
 
 
-def test_buckets_are_powers_of_two_capped_at_the_max_length():
-  assert [scoring.bucket(n, 100) for n in (1, 16, 17, 33, 64, 65, 99, 100)] == [16, 16, 32, 64, 64, 100, 100, 100]
+def test_buckets_are_powers_of_two_or_halfway_capped_at_the_max_length():
+  assert [scoring.bucket(n, 100) for n in (1, 16, 17, 33, 64, 65, 99, 100)] == [16, 16, 24, 48, 64, 96, 100, 100]
   assert scoring.bucket(20, 20) == 20 and scoring.bucket(5, 8) == 8
   assert scoring.longest_first([3, 5, 3, 1]) == [1, 0, 2, 3]
 
