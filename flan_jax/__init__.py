@@ -8,7 +8,7 @@ checks it; CONTRIBUTING.md says where new code goes).
   startup.py                       leaf: what a command does before its heavy imports
   storage.py                       leaf: user paths, local or in a bucket (gs://, s3://), read and written whole
   model/        the decoder, its attention kernels, LoRA, the mesh and decoding (JAX only)
-  text/         tokenizers, the run's vocabulary and example format (seqio and TF, never JAX)
+  text/         tokenizers, the run's vocabulary and example format (seqio and TF but records.py; never JAX)
   reports/      prediction records, statistics, the FLAN and study reports (numpy and matplotlib)
   data/         the input pipeline, what a run trained on, contamination checks
   checkpoints/  run records, orbax checkpoints, Hugging Face / GGUF / PEFT in and out, export

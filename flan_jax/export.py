@@ -10,8 +10,9 @@ if __name__ == "__main__":  # before TensorFlow and JAX load: Ctrl-C and TF's st
 
 import gin  # noqa: E402
 
-# Importing flan_jax.checkpoints registers its configurables (export_checkpoint, and through flan_jax.text the
-# vocabulary's and the format's) before gin parses the flags (gin refuses new ones once the config is locked).
+# Importing flan_jax.checkpoints.export registers its configurables (export_checkpoint, and through the text modules
+# it imports the vocabulary's and the format's) before gin parses the flags (gin refuses new ones once the config
+# is locked).
 from flan_jax import files, storage  # noqa: E402,F401
 from flan_jax.checkpoints import export as export_lib  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
