@@ -344,6 +344,32 @@ def test_lora_eval_scores_the_merged_model(lora_run, merged, tmp_path):
   assert np.max(np.abs(flat["lora"] - flat["base"])) > 1e-3  # the adapters were applied
 
 
+class _Request:  # what lm-eval hands a model: a request's arguments
+  def __init__(self, args):
+    self.args = args
+
+
+def test_the_harness_scores_a_lora_run_as_the_hf_backend_scores_its_merged_export(lora_run, merged):
+  """lm-eval's flan_jax model on the LoRA run itself (its adapters merged into its base as it loads) and lm-eval's
+  own `hf` backend on the run's merged export: the same log-likelihoods, greedy flags and generations."""
+  from lm_eval.api.registry import get_model
+
+  from flan_jax.harness import FlanJaxLM
+  hf_dir, _, model_dir, _ = lora_run
+  args = dict(batch_size=4, dtype="float32", max_length=64, add_bos_token=False)
+  ours, base = FlanJaxLM(checkpoint=model_dir, **args), FlanJaxLM(checkpoint=hf_dir, **args)
+  theirs = get_model("hf")(pretrained=merged, device="cpu", **args)
+  assert ours.loaded.kind == "run" and ours.loaded.step == 4
+  text = tiny_pretrained.TEXT
+  requests = [_Request((t[:n], t[n:n + 12])) for t in text[:4] for n in (10, 25)]
+  mine, hf, untrained = (lm.loglikelihood(requests) for lm in (ours, theirs, base))
+  np.testing.assert_allclose([ll for ll, _ in mine], [ll for ll, _ in hf], rtol=0, atol=1e-4)
+  assert [g for _, g in mine] == [g for _, g in hf]
+  assert max(abs(a - b) for (a, _), (b, _) in zip(mine, untrained, strict=True)) > 1e-2  # the adapters count
+  prompts = [_Request((t[:20], {"until": ["<none>"], "max_gen_toks": 6})) for t in text[:4]]
+  assert ours.generate_until(prompts) == theirs.generate_until(prompts)
+
+
 def test_lora_base_errors_are_one_line(lora_run, tmp_path, capfd):
   import gin
 
