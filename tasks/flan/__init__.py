@@ -1,6 +1,7 @@
 """The FLAN collection: 12 clusters of TFDS datasets, their tasks and mixtures.
 
-`register_all()` registers everything with seqio (idempotent). It only builds seqio objects:
+`register_all()` registers everything with seqio (idempotent), and with it the Flan 2022 recipe's
+chain-of-thought (cot.py) and Super-NaturalInstructions (niv2.py) sub-mixtures. It only builds seqio objects:
 no TFDS builder is read until a task's data is, so it is cheap enough to run on import.
 """
 
@@ -9,8 +10,10 @@ import itertools
 from flan_tasks.flan import (
   closed_book,
   commonsense,
+  cot,
   misc,
   mixtures,
+  niv2,
   nli,
   paraphrase,
   reading,
@@ -37,6 +40,8 @@ def register_all() -> None:
   for d in DATASETS:
     dataset_lib.register(d)
   mixtures.register_all(DATASETS)
+  cot.register_all()  # Flan 2022's chain-of-thought and Super-NaturalInstructions sub-mixtures
+  niv2.register_all()
 
 
 def by_name(name: str) -> dataset_lib.FlanDataset:
