@@ -6,6 +6,7 @@ checks it; CONTRIBUTING.md says where new code goes).
   errors.py files.py settings.py   leaves: one-line errors, whole-or-nothing files, gin settings checks
   metrics.py task_info.py          leaves: metric writers, what the task registry says of a task
   startup.py                       leaf: what a command does before its heavy imports
+  lazy.py                          leaf: a package's names imported on first use (text/, checkpoints/)
   storage.py                       leaf: user paths, local or in a bucket (gs://, s3://), read and written whole
   model/        the decoder, its attention kernels, LoRA, the mesh and decoding (JAX only)
   text/         tokenizers, the run's vocabulary and example format (seqio and TF but records.py; never JAX)

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEAVES = ("errors", "files", "metrics", "settings", "startup", "storage", "task_info")
+LEAVES = ("errors", "files", "lazy", "metrics", "settings", "startup", "storage", "task_info")
 COMMANDS = ("train", "eval", "export", "report", "study")
 FOLDERS = ("model", "text", "reports", "data", "checkpoints", "training", "evaluation", "studies", "harness")
 # What each unit may import (besides itself). A leaf imports at most flan_jax.errors and flan_jax.storage

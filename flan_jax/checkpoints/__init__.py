@@ -26,8 +26,7 @@ loads neither. Their gin configurables, pretrained_model_config (restore.py) and
 are registered when those modules are imported, as the train, eval, export and study commands do.
 """
 
-import importlib
-
+from flan_jax import lazy
 from flan_jax.checkpoints import (
     gguf_reader,
     gguf_writer,
@@ -66,16 +65,7 @@ _LAZY = {
     "starting_format": "restore", "starting_vocabulary": "restore",
 }
 
-
-def __getattr__(name: str):
-  if name not in _LAZY:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-  return module if name == _LAZY[name] else getattr(module, name)
-
-
-def __dir__() -> list[str]:
-  return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy.exports(__name__, _LAZY)
 
 
 __all__ = [

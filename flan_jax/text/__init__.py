@@ -14,7 +14,7 @@
   opened by the trainer's train() and the evaluator's evaluate() for their length. No run state lives
   in a module global.
 
-Imports: the leaves (flan_jax.errors, flan_jax.storage), seqio, TensorFlow, tokenizers, sentencepiece, gguf and
+Imports: the leaves (flan_jax.errors, flan_jax.storage, flan_jax.lazy), seqio, TensorFlow, tokenizers, sentencepiece, gguf and
 jinja2; records.py and gguf_tokenizer.py never seqio or TensorFlow. Never JAX, and no other flan_jax folder (model,
 checkpoints, data, training, evaluation, ...): data/ and checkpoints/ build on this folder, and flan_tasks imports
 it to register tasks.
@@ -26,8 +26,7 @@ registered when those modules are imported: every command imports them (through 
 and so does flan_tasks.
 """
 
-import importlib
-
+from flan_jax import lazy
 from flan_jax.text import gguf_tokenizer, records
 
 # The modules that import seqio and TensorFlow, and the names this package gives of them, imported on first use.
@@ -39,16 +38,7 @@ _LAZY = {
     "run_vocabulary": "vocabulary",
 }
 
-
-def __getattr__(name: str):
-  if name not in _LAZY:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-  return module if name == _LAZY[name] else getattr(module, name)
-
-
-def __dir__() -> list[str]:
-  return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy.exports(__name__, _LAZY)
 
 
 __all__ = [
