@@ -26,6 +26,7 @@ from flan_jax import cli, startup
 if __name__ == "__main__":  # before JAX loads: Ctrl-C stays one line (the harness never imports TensorFlow)
   startup.prepare(tensorflow=False)
 
+import datasets  # noqa: E402
 import jax  # noqa: E402
 from lm_eval import __main__ as lm_eval_main  # noqa: E402
 
@@ -99,6 +100,8 @@ def evaluate(lm_eval_args: list[str], flags: cli.Flags) -> None:
   logger.handlers = [lm.HeldUntilRunning(h) for h in handlers]
   parser = lm_eval_main.HarnessCLI()
   args = None
+  bars = datasets.is_progress_bar_enabled()
+  datasets.disable_progress_bars()  # "Generating test split": a task's first read would print it around the error
   try:
     args = parser.parse_args()
     parser.execute(args)
@@ -114,6 +117,8 @@ def evaluate(lm_eval_args: list[str], flags: cli.Flags) -> None:
     lm.pass_on_held_logs()
   finally:
     logger.handlers = handlers
+    if bars:
+      datasets.enable_progress_bars()
 
 
 def _user_message(e: Exception, args) -> Optional[str]:
@@ -121,10 +126,14 @@ def _user_message(e: Exception, args) -> Optional[str]:
   if isinstance(e, ValueError) and str(e).startswith("Tasks not found:"):
     return _unknown_tasks(str(e).split(":", 1)[1], getattr(args, "include_path", None))
   dataset = _dataset_of_failed_download(e)
-  if dataset is not None:
+  if dataset is None:
+    return None
+  if any(isinstance(seen, ConnectionError) or type(seen).__name__ in _UNREACHABLE for seen in chain(e)):
     return (f"the dataset {dataset} of a task is not available offline ({first_line(e)[:200]}); run once with "
             "network to fill the Hugging Face cache, or point the task at local files (dataset_path: json with "
             "data_files) and pass --include_path")
+  if any(isinstance(seen, FileNotFoundError) for seen in chain(e)):
+    return f"a file of the dataset {dataset} of a task is missing ({first_line(e)[:200]}); check the task's data_files"
   return None
 
 
@@ -140,8 +149,13 @@ def _unknown_tasks(names: str, include_path: Optional[str]) -> str:
   return f"unknown lm-eval task {', '.join(parts)}: `lm-eval ls tasks` lists them{where}"
 
 
+# What `datasets` and `huggingface_hub` raise for a dataset they cannot reach (offline, or no network) and do not
+# have in the cache.
+_UNREACHABLE = ("DatasetNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError")
+
+
 def _dataset_of_failed_download(e: BaseException) -> Optional[str]:
-  """The dataset whose loading raised `e`, if a task's dataset download failed (no network, not in the cache)."""
+  """The dataset whose loading raised `e`, if it was raised while a task loaded its dataset."""
   for seen in chain(e):
     tb = seen.__traceback__
     while tb is not None:

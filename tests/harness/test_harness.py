@@ -320,6 +320,7 @@ MISTAKES = {  # case: (arguments, what the line must say)
     "empty checkpoint": (["--tasks", "fj_mc"], r"checkpoint=\S*empty holds no model"),
     "no chat template": (["--tasks", "fj_mc", "--apply_chat_template"], r"llama has no chat template"),
     "dataset offline": (["--tasks", "fj_hub"], r"dataset someone/not_in_the_cache of a task is not available offline"),
+    "missing data file": (["--tasks", "fj_missing"], r"a file of the dataset json of a task is missing .*missing"),
     "another backend": (["--tasks", "fj_mc", "--model", "hf"], r"runs the flan_jax model only"),
     "unknown gin binding": (["--tasks", "fj_mc", "--gin.make_mesh.bogus=1"], r"^error: gin: .*bogus"),
 }
@@ -331,6 +332,9 @@ def test_command_mistakes_are_one_line_exit_2_and_write_nothing(setup, case, tmp
   (base / "fj_hub.yaml").write_text(  # a task whose dataset is on the Hugging Face hub, not in any local cache
       "task: fj_hub\ndataset_path: someone/not_in_the_cache\ntest_split: test\noutput_type: multiple_choice\n"
       "doc_to_text: q\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n")
+  (base / "fj_missing.yaml").write_text(  # a local task whose data file is not there
+      f"task: fj_missing\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {base / 'missing.jsonl'}\n"
+      "test_split: test\noutput_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n")
   (tmp_path / "empty").mkdir()
   checkpoint = str(tmp_path / "empty") if case == "empty checkpoint" else model
   argv, pattern = MISTAKES[case]
