@@ -17,8 +17,7 @@
 Imports: the leaves (flan_jax.errors, flan_jax.storage, flan_jax.lazy), seqio, TensorFlow, tokenizers,
 sentencepiece, gguf and jinja2; records.py and gguf_tokenizer.py never seqio or TensorFlow. Never JAX, and no other
 flan_jax folder (model, checkpoints, data, training, evaluation, ...): data/ and checkpoints/ build on this folder,
-and flan_tasks imports
-it to register tasks.
+and flan_tasks imports it to register tasks.
 
 This package imports records.py and gguf_tokenizer.py, and the other modules when one of their names is first
 asked of it (PEP 562), so that reading a record loads neither seqio nor TensorFlow. Their gin configurables
