@@ -5,29 +5,9 @@ chain-of-thought (cot.py) and Super-NaturalInstructions (niv2.py) sub-mixtures. 
 no TFDS builder is read until a task's data is, so it is cheap enough to run on import.
 """
 
-import itertools
-
-from flan_tasks.flan import (
-  closed_book,
-  commonsense,
-  cot,
-  misc,
-  mixtures,
-  niv2,
-  nli,
-  paraphrase,
-  reading,
-  sentiment,
-  struct_to_text,
-  summarization,
-  translation,
-)
+from flan_tasks.flan import cot, mixtures, niv2
 from flan_tasks.flan import dataset as dataset_lib
-
-DATASETS: tuple[dataset_lib.FlanDataset, ...] = tuple(itertools.chain(
-    nli.DATASETS, reading.DATASETS, closed_book.DATASETS, commonsense.DATASETS,
-    sentiment.DATASETS, paraphrase.DATASETS, struct_to_text.DATASETS, translation.DATASETS,
-    summarization.DATASETS, misc.DATASETS))
+from flan_tasks.flan.collection import DATASETS
 
 _registered = False
 

@@ -30,19 +30,7 @@ from flan_jax.errors import UserError
 from flan_jax.text import formats
 from flan_tasks import instruction, metrics
 from flan_tasks import templates as templates_lib
-from flan_tasks.flan import (
-  closed_book,
-  clusters,
-  commonsense,
-  misc,
-  nli,
-  paraphrase,
-  reading,
-  sentiment,
-  struct_to_text,
-  summarization,
-  translation,
-)
+from flan_tasks.flan import clusters, collection
 from flan_tasks.templates import Template
 
 TFDS = "natural_instructions:1.0.1"
@@ -83,9 +71,6 @@ STOP = ("\n\nSample input:", "\n\nInput:")
 
 # TFDS builders that gather many datasets under one name: their name says nothing about a dataset.
 _COLLECTIONS = ("glue", "super_glue", "gem", "wmt14_translate", "wmt16_translate", "para_crawl")
-_FLAN_2021 = tuple(d for module in (nli, reading, closed_book, commonsense, sentiment, paraphrase,
-                                    struct_to_text, translation, summarization, misc)
-                   for d in module.DATASETS)
 
 
 def task_names() -> tuple[str, ...]:
@@ -125,7 +110,7 @@ def cluster_exclusions(cluster: str) -> tuple[str, ...]:
   builder's name (except a collection's, such as glue). A match by name only: see the module doc."""
   wanted = clusters.overlapping(cluster)
   names = []
-  for d in _FLAN_2021:
+  for d in collection.DATASETS:
     if d.cluster not in wanted:
       continue
     builder = d.tfds.split(":")[0].split("/")[0]
